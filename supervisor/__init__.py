@@ -1,0 +1,3 @@
+"""agentd parent process: registry, lifecycle, metadata, control."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""agentd worker processes, one module per worker kind."""
