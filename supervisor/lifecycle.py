@@ -1,0 +1,445 @@
+"""One agent's lifecycle state machine, driven by events and by `tick(now)`.
+
+The machine makes no OS calls itself: it asks a `ProcessOps` facade to spawn, signal and inspect
+process trees, and takes the monotonic time as an argument. Tests drive it with a fake facade and
+a hand-moved clock; the daemon drives it with `process_ops.RealProcessOps` and `time.monotonic()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as signal_mod
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .config import AgentSpec
+from .metadata_store import AgentRecord, ExitRecord, iso_utc
+from .restart_policy import decide
+from .states import DOWN_STATES, UP_STATES, AgentState
+
+log = logging.getLogger(__name__)
+
+# While stopping, how often to look whether the tree is gone, and how long after SIGKILL before we
+# say loudly that something survived it (a process in uninterruptible sleep, usually).
+STOP_POLL_INTERVAL = 0.1
+KILL_GRACE = 5.0
+
+
+class SpawnError(Exception):
+    """The agent's command cannot be started (bad path, permissions, exec failure)."""
+
+
+@dataclass
+class ProcessHandle:
+    """One spawned (or adopted) agent process and the tree it grew."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    generation: int
+    started_mono: float
+    started_wall: float
+    adopted: bool = False
+    exited: bool = False
+    # pid -> create_time of every process ever seen in the tree, so stop can wait for all of them.
+    tree: dict[int, float] = field(default_factory=dict)
+    os_state: object = None  # owned by the ProcessOps implementation (Popen, pidfd, ...)
+
+
+class ProcessOps(Protocol):
+    """The OS calls the state machine needs; see process_ops.RealProcessOps."""
+
+    def spawn(self, spec: AgentSpec, generation: int, now: float) -> ProcessHandle: ...
+
+    def signal_tree(self, handle: ProcessHandle, signum: int) -> None: ...
+
+    def tree_alive(self, handle: ProcessHandle) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """Outcome of an operator action on one agent, as reported back to agentctl."""
+
+    ok: bool
+    message: str
+
+
+TransitionCallback = Callable[["AgentProcess", AgentState, AgentState, str], None]
+
+
+def _signal_name(signum: int | None) -> str | None:
+    if signum is None:
+        return None
+    try:
+        return signal_mod.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_exit(code: int | None, signum: int | None) -> str:
+    """'exit code 3', 'killed by SIGKILL' or 'exit status unknown'."""
+    if signum is not None:
+        return f"killed by {_signal_name(signum)}"
+    if code is not None:
+        return f"exit code {code}"
+    return "exit status unknown"
+
+
+class AgentProcess:
+    """The runtime state of one supervised agent (DESIGN section 3)."""
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        ops: ProcessOps,
+        on_transition: TransitionCallback | None = None,
+        record: AgentRecord | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.ops = ops
+        self.on_transition = on_transition or (lambda *a: None)
+        self.wall = wall
+        self.state = AgentState.STOPPED
+        self.reason = "not started"
+        self.handle: ProcessHandle | None = None
+        self.generation = 0
+        self.restart_count = 0
+        self.total_restarts = 0
+        self.operator_stopped = False
+        self.removed = False
+        self.last_exit: ExitRecord | None = None
+        self.last_restart_reason: str | None = None
+        self.last_restart_wall: float | None = None
+        self.last_heartbeat_wall: float | None = None
+        self.last_heartbeat_mono: float | None = None
+        self.reported: dict[str, object] = {}  # version/cpu/memory/status from heartbeats
+        self.health: str | None = None
+        self.backoff_until: float | None = None
+        self.stop_deadline: float | None = None
+        self.kill_sent_at: float | None = None
+        self.kill_warned = False
+        # What to do once the tree is gone: None (stay stopped), "start", "policy" or "remove".
+        self.after_stop: str | None = None
+        self.pending_reason = ""
+        self.pending_forced = False
+        self.pending_clean = False
+        self.dirty = False  # a change worth persisting that is not a transition
+        if record is not None:
+            self._restore(record)
+
+    # ----------------------------------------------------------------- restore / adopt
+
+    def _restore(self, record: AgentRecord) -> None:
+        self.restart_count = record.restart_count
+        self.total_restarts = record.total_restarts
+        self.operator_stopped = record.operator_stopped
+        self.last_exit = record.last_exit
+        self.last_restart_reason = record.last_restart_reason
+        self.health = record.health
+        if record.version:
+            self.reported["version"] = record.version
+        if record.status == AgentState.FAILED:
+            self.state = AgentState.FAILED
+            self.reason = "failed before agentd restarted"
+
+    def adopt(self, handle: ProcessHandle, now: float, recorded_state: str) -> None:
+        """Take over a process that outlived the previous agentd."""
+        self.generation = handle.generation
+        self.handle = handle
+        if self.operator_stopped:
+            # The previous agentd died while carrying out an operator stop: finish it.
+            self._set(AgentState.RUNNING, f"re-adopted pid {handle.pid}")
+            self.stop(now, reason="operator stop (resumed after agentd restart)")
+            return
+        new = AgentState.STARTING if recorded_state == AgentState.STARTING and self.spec.expects_heartbeat else AgentState.RUNNING
+        self._set(new, f"re-adopted pid {handle.pid} after agentd restart")
+
+    # ----------------------------------------------------------------- operator actions
+
+    def start(self, now: float, reason: str = "operator start") -> ActionResult:
+        """Operator start: always revives, even a failed agent, and clears the operator stop."""
+        self.operator_stopped = False
+        self.dirty = True
+        if self.state in UP_STATES:
+            return ActionResult(True, f"already {self.state.value} (pid {self.handle.pid})")
+        if self.state == AgentState.STOPPING:
+            if self.after_stop == "remove":
+                return ActionResult(False, "is being removed by a reload")
+            self.after_stop = "start"
+            self.pending_reason = reason
+            return ActionResult(True, "will start once the old process tree is gone")
+        # stopped, failed, restarting: start now with a fresh retry budget.
+        self.restart_count = 0
+        self.backoff_until = None
+        return self._spawn(now, reason)
+
+    def stop(self, now: float, reason: str = "operator stop", operator: bool = True) -> ActionResult:
+        """Stop the agent's whole tree; an operator stop keeps it down until an operator starts it."""
+        if operator:
+            self.operator_stopped = True
+            self.dirty = True
+        if self.state in DOWN_STATES:
+            if self.state == AgentState.FAILED and operator:
+                self._set(AgentState.STOPPED, reason)
+            return ActionResult(True, f"already {self.state.value}")
+        if self.state == AgentState.RESTARTING:
+            self.backoff_until = None
+            self._set(AgentState.STOPPED, f"{reason} (pending restart cancelled)")
+            return ActionResult(True, "stopped (pending restart cancelled)")
+        if self.state == AgentState.STOPPING:
+            if self.after_stop != "remove":
+                self.after_stop = None
+            return ActionResult(True, "already stopping")
+        self._begin_stop(now, reason, after=None)
+        return ActionResult(True, "stopping")
+
+    def restart(self, now: float, reason: str = "operator restart") -> ActionResult:
+        """Stop then start; an operator restart also clears an operator stop."""
+        self.operator_stopped = False
+        self.dirty = True
+        if self.state in UP_STATES:
+            self._count_restart(reason)
+            self._begin_stop(now, reason, after="start")
+            return ActionResult(True, "restarting")
+        return self.start(now, reason)
+
+    def remove(self, now: float) -> ActionResult:
+        """Stop for good because the agent left the configuration."""
+        if self.state in DOWN_STATES or self.state == AgentState.RESTARTING:
+            self.backoff_until = None
+            self.removed = True
+            self._set(AgentState.STOPPED, "removed from configuration")
+            return ActionResult(True, "removed")
+        if self.state == AgentState.STOPPING:
+            self.after_stop = "remove"
+            return ActionResult(True, "will be removed once stopped")
+        self._begin_stop(now, "removed from configuration", after="remove")
+        return ActionResult(True, "stopping to remove")
+
+    def update_spec(self, spec: AgentSpec, now: float) -> ActionResult:
+        """Take a changed spec from reload; restarts a running agent, never starts an operator-stopped one."""
+        self.spec = spec
+        self.dirty = True
+        if not spec.enabled:
+            if self.state in DOWN_STATES:
+                return ActionResult(True, "updated (disabled)")
+            return self.stop(now, reason="disabled by reload", operator=False)
+        if self.state in UP_STATES:
+            self._count_restart("configuration changed")
+            self._begin_stop(now, "configuration changed", after="start")
+            return ActionResult(True, "restarting with the new configuration")
+        if self.state == AgentState.STOPPING:
+            return ActionResult(True, "updated; takes effect at the next start")
+        if self.state == AgentState.RESTARTING:
+            return ActionResult(True, "updated; used by the pending restart")
+        if self.operator_stopped:
+            return ActionResult(True, "updated; stays stopped (stopped by operator)")
+        return self.start_if_wanted(now, "enabled by reload") or ActionResult(True, "updated")
+
+    def start_if_wanted(self, now: float, reason: str) -> ActionResult | None:
+        """Start at daemon start-up or after reload unless disabled, failed or operator-stopped."""
+        if not self.spec.enabled or self.operator_stopped or self.state != AgentState.STOPPED:
+            return None
+        return self._spawn(now, reason)
+
+    # ----------------------------------------------------------------- events from the world
+
+    def on_exit(self, now: float, generation: int, code: int | None, signum: int | None) -> None:
+        """The main process of `generation` exited; a stale generation is ignored."""
+        handle = self.handle
+        if handle is None or generation != handle.generation or handle.exited:
+            log.debug("%s: ignoring exit of stale generation %s", self.spec.id, generation)
+            return
+        handle.exited = True
+        what = describe_exit(code, signum)
+        self.last_exit = ExitRecord(code=code, signal=_signal_name(signum), time=iso_utc(self.wall()), reason=None)
+        self.dirty = True
+        if self.state == AgentState.STOPPING:
+            self.last_exit.reason = self.pending_reason or "stopped"
+            return  # tick() finishes the stop once the whole tree is gone
+        uptime = now - handle.started_mono
+        reason = f"exited unexpectedly ({what}) after {uptime:.1f}s"
+        self.last_exit.reason = reason
+        if self.state not in UP_STATES:
+            return
+        if self.ops.tree_alive(handle):
+            # The main process died but its children linger: clean them up before any restart
+            # so the next generation never runs beside the old one.
+            self._begin_stop(now, reason + "; stopping leftover processes", after="policy", forced=False, clean=code == 0)
+            return
+        self._after_failure(now, reason, forced=False, clean_exit=(code == 0 and signum is None))
+
+    def on_heartbeat(self, now: float, wall: float, fields: dict[str, object] | None = None) -> None:
+        """A valid heartbeat arrived; the first one makes a starting agent running."""
+        self.last_heartbeat_mono = now
+        self.last_heartbeat_wall = wall
+        if fields:
+            self.reported.update({k: v for k, v in fields.items() if v is not None})
+        self.dirty = True
+        if self.state == AgentState.STARTING:
+            self._set(AgentState.RUNNING, "first heartbeat received")
+
+    def verdict(self, now: float, generation: int, reason: str) -> ActionResult:
+        """A health verdict asks for a restart; ignored for stale generations and operator stops."""
+        handle = self.handle
+        if handle is None or generation != handle.generation:
+            return ActionResult(False, "stale verdict (process has since been replaced)")
+        if self.operator_stopped or self.state not in UP_STATES:
+            return ActionResult(False, f"ignored: agent is {self.state.value}")
+        self.health = reason
+        self._begin_stop(now, f"health: {reason}", after="policy", forced=True)
+        return ActionResult(True, "restarting")
+
+    # ----------------------------------------------------------------- timers
+
+    def tick(self, now: float) -> float | None:
+        """Advance timers; returns the monotonic time this agent next needs a tick, if any."""
+        if self.state == AgentState.RESTARTING:
+            if self.backoff_until is not None and now >= self.backoff_until:
+                self._spawn(now, self.last_restart_reason or "restart")
+            else:
+                return self.backoff_until
+        if self.state == AgentState.STARTING and self.handle is not None:
+            if self.spec.expects_heartbeat:
+                return None  # the first heartbeat (or the health worker's verdict) moves it on
+            ready_at = self.handle.started_mono + self.spec.start_seconds
+            if now >= ready_at:
+                self._set(AgentState.RUNNING, f"alive for {self.spec.start_seconds:g}s")
+            else:
+                return ready_at
+        if self.state == AgentState.RUNNING and self.handle is not None:
+            if self.restart_count:
+                reset_at = self.handle.started_mono + self.spec.restart.reset_after
+                if now >= reset_at:
+                    self.restart_count = 0
+                    self.dirty = True
+                    return None
+                return reset_at
+            return None
+        if self.state == AgentState.STOPPING:
+            return self._tick_stopping(now)
+        return None
+
+    def _tick_stopping(self, now: float) -> float | None:
+        handle = self.handle
+        assert handle is not None
+        if handle.exited and not self.ops.tree_alive(handle):
+            self._finish_stop(now)
+            return now  # the follow-up (start, backoff) may need a tick right away
+        if self.kill_sent_at is None and self.stop_deadline is not None and now >= self.stop_deadline:
+            log.warning("%s: still running %.0fs after SIG%s; sending SIGKILL to its tree", self.spec.id, self.spec.stop_timeout, self.spec.stop_signal)
+            self.ops.signal_tree(handle, signal_mod.SIGKILL)
+            self.kill_sent_at = now
+        elif self.kill_sent_at is not None and not self.kill_warned and now >= self.kill_sent_at + KILL_GRACE:
+            self.kill_warned = True
+            log.error("%s: processes survive SIGKILL for %.0fs (uninterruptible sleep?); still waiting", self.spec.id, KILL_GRACE)
+        return now + STOP_POLL_INTERVAL
+
+    # ----------------------------------------------------------------- internals
+
+    def _set(self, new: AgentState, reason: str) -> None:
+        old = self.state
+        self.state = new
+        self.reason = reason
+        self.dirty = True
+        self.on_transition(self, old, new, reason)
+
+    def _spawn(self, now: float, reason: str) -> ActionResult:
+        self.generation += 1
+        try:
+            handle = self.ops.spawn(self.spec, self.generation, now)
+        except SpawnError as exc:
+            self.handle = None
+            self._set(AgentState.FAILED, f"cannot start: {exc}")
+            return ActionResult(False, f"cannot start: {exc}")
+        self.handle = handle
+        self.backoff_until = None
+        self.stop_deadline = None
+        self.kill_sent_at = None
+        self.kill_warned = False
+        self.after_stop = None
+        self.health = None
+        self.last_heartbeat_mono = None
+        self._set(AgentState.STARTING, f"{reason} (pid {handle.pid})")
+        return ActionResult(True, f"started (pid {handle.pid})")
+
+    def _begin_stop(self, now: float, reason: str, after: str | None, forced: bool = False, clean: bool = False) -> None:
+        handle = self.handle
+        assert handle is not None
+        self.after_stop = after
+        self.pending_reason = reason
+        self.pending_forced = forced
+        self.pending_clean = clean
+        self.stop_deadline = now + self.spec.stop_timeout
+        self.kill_sent_at = None
+        self.kill_warned = False
+        signum = getattr(signal_mod, "SIG" + self.spec.stop_signal)
+        self.ops.signal_tree(handle, signum)
+        self._set(AgentState.STOPPING, reason)
+
+    def _finish_stop(self, now: float) -> None:
+        after, reason = self.after_stop, self.pending_reason
+        self.after_stop = None
+        self.stop_deadline = None
+        self.kill_sent_at = None
+        if after == "remove":
+            self.removed = True
+            self._set(AgentState.STOPPED, "removed from configuration")
+        elif after == "start" and not self.operator_stopped:
+            self._spawn(now, reason)
+        elif after == "policy" and not self.operator_stopped:
+            self._after_failure(now, reason, forced=self.pending_forced, clean_exit=self.pending_clean)
+        else:
+            self._set(AgentState.STOPPED, reason)
+
+    def _after_failure(self, now: float, reason: str, forced: bool, clean_exit: bool) -> None:
+        decision = decide(self.spec.restart, self.restart_count, clean_exit=clean_exit, forced=forced)
+        if decision.action == "stay_stopped":
+            self._set(AgentState.STOPPED, f"{reason}; {decision.why}")
+            return
+        if decision.action == "give_up":
+            self._set(AgentState.FAILED, f"{reason}; {decision.why}")
+            return
+        self.restart_count += 1
+        self._count_restart(reason)
+        self.backoff_until = now + decision.delay
+        self._set(AgentState.RESTARTING, f"{reason}; restart {self.restart_count} in {decision.delay:g}s")
+
+    def _count_restart(self, reason: str) -> None:
+        self.total_restarts += 1
+        self.last_restart_reason = reason
+        self.last_restart_wall = self.wall()
+
+    # ----------------------------------------------------------------- views
+
+    def uptime(self, now: float) -> float | None:
+        """Seconds since the current process started, while one runs."""
+        if self.handle is None or self.state not in UP_STATES:
+            return None
+        return max(0.0, now - self.handle.started_mono)
+
+    def to_record(self) -> AgentRecord:
+        """The metadata document for this agent (DESIGN section 6)."""
+        h = self.handle if self.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING) else None
+        return AgentRecord(
+            id=self.spec.id,
+            type=self.spec.type,
+            version=self.reported.get("version"),
+            status=self.state.value,
+            health=self.health,
+            pid=h.pid if h else None,
+            create_time=h.create_time if h else None,
+            pgid=h.pgid if h else None,
+            start_time=iso_utc(h.started_wall) if h else None,
+            restart_count=self.restart_count,
+            total_restarts=self.total_restarts,
+            last_restart=iso_utc(self.last_restart_wall) if self.last_restart_wall else None,
+            last_restart_reason=self.last_restart_reason,
+            last_exit=self.last_exit,
+            last_heartbeat=iso_utc(self.last_heartbeat_wall) if self.last_heartbeat_wall else None,
+            cpu=self.reported.get("cpu"),
+            memory=self.reported.get("memory"),
+            operator_stopped=self.operator_stopped,
+        )

@@ -1,0 +1,411 @@
+"""The agent state machine, one test per transition, driven by a fake clock and fake process ops.
+
+No real processes and no sleeps: time is a number the test moves, and `FakeOps` stands in for the
+OS (spawn, signal, is-the-tree-alive), recording what the machine asked of it.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import parse_config
+from supervisor.lifecycle import AgentProcess, ProcessHandle, SpawnError
+from supervisor.metadata_store import AgentRecord
+from supervisor.states import AgentState as S
+
+
+def make_spec(**overrides):
+    agent = {"id": "a1", "binary_path": "/bin/true", "start_seconds": 1, "stop_timeout": 30,
+             "health_check": {"heartbeat_timeout": None},
+             "restart": {"backoff_steps": [0, 10, 30], "max_retries": 3, "reset_after": 300}}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(agent.get(key), dict):
+            agent[key] = {**agent[key], **value}
+        else:
+            agent[key] = value
+    return parse_config({"agents": [agent]}, source="test.yaml", base_dir=Path("/")).agents[0]
+
+
+class FakeOps:
+    """Records spawns and signals; `alive` holds the generations whose tree still has processes."""
+
+    def __init__(self) -> None:
+        self.next_pid = 1000
+        self.spawned: list[ProcessHandle] = []
+        self.signals: list[tuple[int, int]] = []
+        self.alive: set[int] = set()
+        self.fail_spawn: str | None = None
+
+    def spawn(self, spec, generation, now):
+        if self.fail_spawn:
+            raise SpawnError(self.fail_spawn)
+        self.next_pid += 1
+        h = ProcessHandle(pid=self.next_pid, pgid=self.next_pid, create_time=1.0, generation=generation, started_mono=now, started_wall=0.0)
+        self.spawned.append(h)
+        self.alive.add(generation)
+        return h
+
+    def signal_tree(self, handle, signum):
+        self.signals.append((handle.pid, signum))
+
+    def tree_alive(self, handle):
+        return handle.generation in self.alive
+
+
+@pytest.fixture
+def ops():
+    return FakeOps()
+
+
+def new_agent(ops, transitions=None, record=None, **spec):
+    def on_transition(agent, old, new, reason):
+        if transitions is not None:
+            transitions.append((old, new, reason))
+    return AgentProcess(make_spec(**spec), ops, on_transition=on_transition, record=record, wall=lambda: 1_700_000_000.0)
+
+
+def crash(agent, ops, now, code=1):
+    """The current process exits and its whole tree is gone."""
+    ops.alive.discard(agent.handle.generation)
+    agent.on_exit(now, agent.handle.generation, code, None)
+
+
+def settle_stop(agent, ops, now, code=None, sig=signal.SIGTERM):
+    ops.alive.discard(agent.handle.generation)
+    agent.on_exit(now, agent.handle.generation, code, sig)
+    return agent.tick(now)
+
+
+# ----------------------------------------------------------------------------- start
+
+
+def test_start_goes_starting_then_running_after_start_seconds(ops):
+    t = []
+    a = new_agent(ops, t)
+    assert a.start(0.0).ok
+    assert a.state == S.STARTING and len(ops.spawned) == 1
+    assert a.tick(0.5) == pytest.approx(1.0)  # asks to be woken when start_seconds is up
+    assert a.state == S.STARTING
+    a.tick(1.0)
+    assert a.state == S.RUNNING
+    assert [(o, n) for o, n, _ in t] == [(S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING)]
+
+
+def test_agent_expecting_heartbeats_stays_starting_until_first_heartbeat(ops):
+    a = new_agent(ops, health_check={"heartbeat_timeout": "90s"})
+    a.start(0.0)
+    assert a.tick(500.0) is None and a.state == S.STARTING
+    a.on_heartbeat(501.0, 1_700_000_501.0, {"version": "2.1"})
+    assert a.state == S.RUNNING and a.reported["version"] == "2.1"
+
+
+def test_start_of_running_agent_is_a_noop(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    res = a.start(0.1)
+    assert res.ok and "already" in res.message and len(ops.spawned) == 1
+
+
+def test_spawn_error_makes_agent_failed_with_reason(ops):
+    ops.fail_spawn = "binary_path /nope does not exist"
+    a = new_agent(ops)
+    res = a.start(0.0)
+    assert not res.ok and a.state == S.FAILED
+    assert "does not exist" in a.reason
+
+
+# ----------------------------------------------------------------------------- crash and backoff
+
+
+def test_crash_restarts_after_each_backoff_step_last_step_repeats(ops):
+    a = new_agent(ops, restart={"max_retries": 0})
+    a.start(0.0)
+    a.tick(1.0)
+    now = 1.0
+    for expected_delay in [0, 10, 30, 30]:
+        crash(a, ops, now)
+        assert a.state == S.RESTARTING
+        assert a.backoff_until == pytest.approx(now + expected_delay)
+        if expected_delay:
+            a.tick(now + expected_delay - 0.01)
+            assert a.state == S.RESTARTING
+        a.tick(now + expected_delay)
+        assert a.state == S.STARTING
+        now += expected_delay + 0.5
+    assert len(ops.spawned) == 5 and a.total_restarts == 4
+
+
+def test_gives_up_after_max_retries_and_operator_start_revives(ops):
+    t = []
+    a = new_agent(ops, t, restart={"backoff_steps": [0], "max_retries": 3})
+    a.start(0.0)
+    now = 0.0
+    for _ in range(3):
+        crash(a, ops, now, code=2)
+        a.tick(now)  # zero backoff: respawn at once
+        now += 0.1
+    crash(a, ops, now, code=2)
+    assert a.state == S.FAILED
+    assert "gave up after 3 restarts" in a.reason
+    assert a.tick(now + 1000) is None and a.state == S.FAILED  # nothing automatic revives it
+    res = a.start(now + 1000)
+    assert res.ok and a.state == S.STARTING and a.restart_count == 0
+
+
+def test_restart_count_resets_after_healthy_running(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    crash(a, ops, 0.5)
+    a.tick(0.5)
+    assert a.restart_count == 1
+    a.tick(1.5)
+    assert a.state == S.RUNNING
+    assert a.tick(100.0) == pytest.approx(300.5)  # reset_after counts from this process's start
+    a.tick(300.5)
+    assert a.restart_count == 0 and a.dirty
+
+
+def test_policy_never_stays_stopped_after_exit(ops):
+    a = new_agent(ops, restart={"policy": "never"})
+    a.start(0.0)
+    crash(a, ops, 5.0)
+    assert a.state == S.STOPPED and "never" in a.reason
+
+
+def test_policy_on_failure_restarts_only_failures(ops):
+    a = new_agent(ops, restart={"policy": "on-failure"})
+    a.start(0.0)
+    crash(a, ops, 5.0, code=0)
+    assert a.state == S.STOPPED
+    a.start(6.0)
+    crash(a, ops, 7.0, code=1)
+    assert a.state == S.RESTARTING
+
+
+def test_exit_with_leftover_children_stops_them_before_restarting(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    gen = a.handle.generation
+    a.on_exit(2.0, gen, 1, None)  # main died, its children did not (still in ops.alive)
+    assert a.state == S.STOPPING
+    assert ops.signals[-1] == (a.handle.pid, signal.SIGTERM)
+    ops.alive.discard(gen)
+    a.tick(2.5)
+    assert a.state == S.RESTARTING and a.restart_count == 1
+
+
+def test_stale_exit_of_an_old_generation_is_ignored(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    old = a.handle.generation
+    crash(a, ops, 1.0)
+    a.tick(1.0)
+    assert a.state == S.STARTING and a.handle.generation == old + 1
+    a.on_exit(1.1, old, 1, None)  # a late notification about the previous process
+    assert a.state == S.STARTING and a.restart_count == 1
+
+
+# ----------------------------------------------------------------------------- stop
+
+
+def test_stop_sends_stop_signal_then_kill_after_stop_timeout(ops):
+    a = new_agent(ops, stop_timeout=30)
+    a.start(0.0)
+    a.tick(1.0)
+    a.stop(2.0)
+    assert a.state == S.STOPPING and a.operator_stopped
+    assert ops.signals == [(a.handle.pid, signal.SIGTERM)]
+    a.tick(31.9)
+    assert len(ops.signals) == 1
+    a.tick(32.0)
+    assert ops.signals[-1] == (a.handle.pid, signal.SIGKILL)
+    settle_stop(a, ops, 32.1, sig=signal.SIGKILL)
+    assert a.state == S.STOPPED
+    assert a.last_exit.signal == "SIGKILL"
+
+
+def test_stop_is_not_done_while_any_process_of_the_tree_lives(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    a.stop(2.0)
+    a.on_exit(2.1, a.handle.generation, None, signal.SIGTERM)  # main gone, tree still alive
+    a.tick(2.2)
+    assert a.state == S.STOPPING
+    ops.alive.discard(a.handle.generation)
+    a.tick(2.3)
+    assert a.state == S.STOPPED
+
+
+def test_custom_stop_signal_is_used(ops):
+    a = new_agent(ops, stop_signal="INT")
+    a.start(0.0)
+    a.stop(1.0)
+    assert ops.signals == [(a.handle.pid, signal.SIGINT)]
+
+
+def test_stop_during_backoff_cancels_the_restart(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    crash(a, ops, 1.0)  # first step is 0 s
+    a.tick(1.0)
+    crash(a, ops, 1.5)  # second step is 10 s
+    assert a.state == S.RESTARTING and a.backoff_until == pytest.approx(11.5)
+    a.stop(2.0)
+    assert a.state == S.STOPPED
+    a.tick(1000.0)
+    assert a.state == S.STOPPED and len(ops.spawned) == 2
+
+
+def test_stop_of_stopped_agent_is_clear_and_harmless(ops):
+    a = new_agent(ops)
+    res = a.stop(0.0)
+    assert res.ok and res.message == "already stopped" and ops.signals == []
+
+
+def test_stop_of_failed_agent_moves_it_to_stopped(ops):
+    ops.fail_spawn = "nope"
+    a = new_agent(ops)
+    a.start(0.0)
+    a.stop(1.0)
+    assert a.state == S.STOPPED and a.operator_stopped
+
+
+# ----------------------------------------------------------------------------- operator intent
+
+
+def test_operator_stopped_agent_is_never_started_by_automation(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    a.stop(2.0)
+    settle_stop(a, ops, 2.1)
+    assert a.state == S.STOPPED
+    assert a.start_if_wanted(3.0, "agentd start") is None
+    assert not a.verdict(3.0, a.handle.generation, "no_heartbeat").ok
+    a.update_spec(make_spec(args=["--new"]), 4.0)
+    assert a.tick(5000.0) is None
+    assert a.state == S.STOPPED and len(ops.spawned) == 1
+
+
+def test_operator_stop_during_a_restart_wins(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    a.restart(2.0)
+    a.stop(2.1)
+    settle_stop(a, ops, 2.2)
+    assert a.state == S.STOPPED and len(ops.spawned) == 1
+
+
+def test_verdict_stops_then_restarts_under_policy(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    res = a.verdict(5.0, a.handle.generation, "no_heartbeat for 95s")
+    assert res.ok and a.state == S.STOPPING
+    settle_stop(a, ops, 5.1)
+    assert a.state == S.RESTARTING and "no_heartbeat" in a.last_restart_reason
+
+
+def test_stale_verdict_is_ignored(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    old = a.handle.generation
+    crash(a, ops, 1.0)
+    a.tick(1.0)
+    assert not a.verdict(2.0, old, "dead").ok
+    assert a.state == S.STARTING
+
+
+# ----------------------------------------------------------------------------- restart, reload, remove
+
+
+def test_restart_stops_the_tree_then_starts_a_new_generation(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    first = a.handle
+    a.restart(2.0)
+    assert a.state == S.STOPPING
+    settle_stop(a, ops, 2.1)
+    assert a.state == S.STARTING and a.handle.generation == first.generation + 1
+    assert a.total_restarts == 1 and a.restart_count == 0
+
+
+def test_start_while_stopping_starts_once_the_tree_is_gone(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.stop(1.0)
+    assert a.start(1.1).ok and not a.operator_stopped
+    settle_stop(a, ops, 1.2)
+    assert a.state == S.STARTING and len(ops.spawned) == 2
+
+
+def test_update_spec_restarts_a_running_agent_with_the_new_spec(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    a.update_spec(make_spec(args=["--v2"]), 2.0)
+    assert a.state == S.STOPPING
+    settle_stop(a, ops, 2.1)
+    assert a.state == S.STARTING and a.spec.args == ["--v2"]
+
+
+def test_disabling_by_reload_stops_but_is_not_an_operator_stop(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.update_spec(make_spec(enabled=False), 1.0)
+    settle_stop(a, ops, 1.1)
+    assert a.state == S.STOPPED and not a.operator_stopped
+    a.update_spec(make_spec(enabled=True), 2.0)
+    assert a.state == S.STARTING
+
+
+def test_remove_stops_then_marks_removed(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.remove(1.0)
+    assert a.state == S.STOPPING and not a.removed
+    settle_stop(a, ops, 1.1)
+    assert a.removed and a.state == S.STOPPED
+
+
+# ----------------------------------------------------------------------------- persistence and adoption
+
+
+def test_record_round_trip_keeps_counts_and_operator_stop(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    crash(a, ops, 0.5)
+    a.tick(0.5)
+    a.stop(1.0)
+    rec = a.to_record()
+    assert rec.restart_count == 1 and rec.total_restarts == 1 and rec.operator_stopped
+    b = new_agent(FakeOps(), record=AgentRecord.model_validate(rec.model_dump()))
+    assert b.restart_count == 1 and b.operator_stopped and b.state == S.STOPPED
+
+
+def test_adopted_agent_runs_and_its_unknown_exit_restarts_it(ops):
+    a = new_agent(ops)
+    h = ProcessHandle(pid=4242, pgid=4242, create_time=5.0, generation=1, started_mono=-10.0, started_wall=0.0, adopted=True)
+    a.adopt(h, 0.0, "running")
+    assert a.state == S.RUNNING and a.handle.pid == 4242
+    ops.alive.discard(1)
+    a.on_exit(1.0, 1, None, None)
+    assert a.state == S.RESTARTING and a.last_exit.code is None
+    a.tick(1.0)
+    assert a.state == S.STARTING and a.handle.generation == 2
+
+
+def test_adopting_an_operator_stopped_agent_resumes_the_stop(ops):
+    rec = AgentRecord(id="a1", status="stopping", pid=4242, operator_stopped=True)
+    a = new_agent(ops, record=rec)
+    h = ProcessHandle(pid=4242, pgid=4242, create_time=5.0, generation=1, started_mono=0.0, started_wall=0.0, adopted=True)
+    ops.alive.add(1)
+    a.adopt(h, 0.0, "stopping")
+    assert a.state == S.STOPPING and ops.signals == [(4242, signal.SIGTERM)]
