@@ -1,0 +1,317 @@
+"""Agent log files: ``<log_dir>/<agent_id>/agent.log`` plus rotated copies ``agent.log.N[.gz]``.
+
+The parent opens the log with O_APPEND and hands the descriptor to the agent as stdout and stderr, so
+the agent writes the file directly: no pipe to fill up, nothing lost or blocked when the parent dies.
+
+Rotation is copy-and-truncate, because renaming would leave the agent writing to the renamed file.
+The copy is made in rounds (copy up to the current size, re-stat, copy what was appended meanwhile)
+until it has caught up at a line end, and the live file is truncated right after a final size check.
+
+The remaining loss window: whatever the agent writes between that last size check and the truncate
+(two back-to-back syscalls, normally microseconds) is lost. Against an agent that writes without ever
+pausing, the truncate can also wait a few milliseconds for the file's inode lock while the agent keeps
+appending, and the catch-up itself gives up after ``MAX_COPY_ROUNDS`` / ``CATCH_UP_SECONDS`` (that
+case is logged with the byte count). We accept this: closing the window needs the agent's cooperation
+(reopen on a signal) or a pipe through the parent, and pipes are what make other supervisors block
+agents or lose their output when the supervisor stalls or dies. Rotation happens once per
+``max_size`` bytes, so the loss is a few lines per 100 MiB at worst, and none when the agent pauses
+for a moment. Because the agent's descriptor is O_APPEND, its next write after the truncate lands at
+offset 0: no sparse file, no torn line. Compression runs after the truncate, outside the window.
+
+Everything here is blocking file I/O; the parent calls it from a thread executor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gzip
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+READ_LIMIT = 1024 * 1024
+TAIL_BLOCK = 64 * 1024
+TAIL_MAX_BYTES = 16 * 1024 * 1024
+# Bounds on the catch-up copy; a writer that never pauses this long loses what it writes in the
+# last round (logged as a warning).
+MAX_COPY_ROUNDS = 10_000
+CATCH_UP_SECONDS = 0.1
+PARTIAL_LINE_WAIT = 0.01
+_COPY_CHUNK = 8 * 1024 * 1024
+_SYNC_THRESHOLD = 256 * 1024
+_COPY_FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def open_agent_log(path: Path) -> int:
+    """Open (create) the live log for appending; returns a close-on-exec fd to dup onto 1 and 2."""
+    path = Path(path)
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+
+
+def rotated_path(path: Path, index: int, compressed: bool) -> Path:
+    """Name of rotated copy number ``index`` (1 = newest) of ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{index}{'.gz' if compressed else ''}")
+
+
+def list_log_files(path: Path) -> list[Path]:
+    """The live file (if present) and its rotated copies, newest first."""
+    path = Path(path)
+    files = [path] if path.exists() else []
+    files.extend(p for _, _, p in _rotated_copies(path))
+    return files
+
+
+def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bool:
+    """Copy-and-truncate ``path`` when it has reached ``max_size`` bytes, keeping ``keep`` copies.
+
+    Returns True if it rotated. ``keep=0`` truncates without a copy. A rotation already running on
+    the same file (in any process) makes this return False.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1 byte, got {max_size}")
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            # Agents never flock their stdout; the lock only keeps two rotations apart.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        size = os.fstat(fd).st_size
+        if size < max_size:
+            return False
+        _remove_tmp_leftovers(path)
+        # Shift before copying so a crash at any point leaves every byte in a properly named file.
+        _shift(path, keep)
+        if keep == 0:
+            os.ftruncate(fd, 0)
+            _fsync_dir(path.parent)
+            log.info("truncated %s (%d bytes, keep=0)", path, size)
+            return True
+        dest = rotated_path(path, 1, compressed=False)
+        copied, lost = _copy_and_truncate(fd, dest)
+        if lost:
+            log.warning(
+                "rotating %s: writer outpaced the copy; at least %d bytes were dropped", path, lost
+            )
+        if compress:
+            dest = _compress(dest)
+        _fsync_dir(path.parent)
+        log.info("rotated %s (%d bytes) to %s", path, copied, dest.name)
+        return True
+    finally:
+        os.close(fd)
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = TAIL_MAX_BYTES) -> list[str]:
+    """The last ``n`` lines of ``path`` without newlines, read backwards; a missing file gives []."""
+    if n <= 0:
+        return []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    try:
+        pos = os.fstat(fd).st_size
+        chunks: list[bytes] = []
+        newlines = 0
+        total = 0
+        # n + 1 newlines guarantee n whole lines whether or not the file ends with one.
+        while pos > 0 and newlines <= n and total < max_bytes:
+            step = min(TAIL_BLOCK, pos, max_bytes - total)
+            pos -= step
+            block = os.pread(fd, step, pos)
+            if len(block) < step:
+                break  # truncated under us (rotation); what we have so far is still the tail
+            chunks.append(block)
+            newlines += block.count(b"\n")
+            total += step
+    finally:
+        os.close(fd)
+    data = b"".join(reversed(chunks))
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line.decode("utf-8", errors="replace") for line in lines[-n:]]
+
+
+def read_from(path: Path, offset: int, limit: int = READ_LIMIT) -> tuple[bytes, int, bool]:
+    """Up to ``limit`` bytes from ``offset``: ``(data, new_offset, rotated)``.
+
+    ``rotated`` is True (with no data and offset 0) when the file is now shorter than ``offset``;
+    the caller then reads again from 0. A truncate followed by growth past ``offset`` between two
+    calls cannot be told apart from plain growth.
+    """
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0, offset > 0
+    try:
+        size = os.fstat(fd).st_size
+        if size < offset:
+            return b"", 0, True
+        data = os.pread(fd, min(limit, size - offset), offset) if size > offset else b""
+    finally:
+        os.close(fd)
+    return data, offset + len(data), False
+
+
+def _rotated_copies(path: Path) -> list[tuple[int, bool, Path]]:
+    pattern = re.compile(rf"{re.escape(path.name)}\.([0-9]+)(\.gz)?")
+    found = []
+    try:
+        entries = os.scandir(path.parent)
+    except FileNotFoundError:
+        return []
+    with entries:
+        for entry in entries:
+            m = pattern.fullmatch(entry.name)
+            if m:
+                found.append((int(m.group(1)), m.group(2) is not None, Path(entry.path)))
+    found.sort(key=lambda t: (t[0], t[1]))
+    return found
+
+
+def _remove_tmp_leftovers(path: Path) -> None:
+    pattern = re.compile(rf"{re.escape(path.name)}\.[0-9]+(\.gz)?\.tmp")
+    with os.scandir(path.parent) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+
+def _shift(path: Path, keep: int) -> None:
+    copies = _rotated_copies(path)
+    for index, _, p in copies:
+        if index >= keep:
+            p.unlink(missing_ok=True)
+    for index, compressed, p in reversed(copies):
+        if index < keep:
+            os.rename(p, rotated_path(path, index + 1, compressed))
+
+
+def _copy_and_truncate(src: int, dest: Path) -> tuple[int, int]:
+    """Copy ``src`` into ``dest`` until caught up, then truncate ``src``; returns (copied, lost)."""
+    dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    truncated = False
+    try:
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        copied = 0
+        rounds = 0
+        partial_at, partial_until = -1, 0.0
+        while True:
+            size = os.fstat(src).st_size
+            if size <= copied:
+                if copied > 0 and os.pread(src, 1, copied - 1) not in (b"\n", b""):
+                    # Mid-line: either a write spanning a page boundary is half visible (the
+                    # truncate would wait for it, then drop its second half) or the agent left
+                    # an unfinished line; wait briefly in case it is the former.
+                    now = time.monotonic()
+                    if partial_at != copied:
+                        partial_at, partial_until = copied, now + PARTIAL_LINE_WAIT
+                    if now < partial_until:
+                        time.sleep(0.0001)
+                        continue
+                # The loss window: keep these two syscalls back to back.
+                if os.fstat(src).st_size <= copied:
+                    os.ftruncate(src, 0)
+                    truncated = True
+                    break
+                continue
+            if rounds and (rounds >= MAX_COPY_ROUNDS or time.monotonic() >= deadline):
+                os.ftruncate(src, 0)
+                truncated = True
+                break
+            delta = size - copied
+            copied += _copy_range(src, dst, copied, delta)
+            rounds += 1
+            # Make the bulk durable before the truncate, but copy small tails back to back: a sync
+            # there would let the writer append more each round and we would never catch up.
+            if delta >= _SYNC_THRESHOLD:
+                os.fdatasync(dst)
+        os.fdatasync(dst)
+    except BaseException:
+        os.close(dst)
+        if not truncated:  # afterwards the copy is the only place that data lives
+            dest.unlink(missing_ok=True)
+        raise
+    os.close(dst)
+    return copied, max(0, size - copied)
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
+    done = 0
+    use_kernel_copy = True
+    while done < count:
+        want = min(_COPY_CHUNK, count - done)
+        if use_kernel_copy:
+            try:
+                n = os.copy_file_range(src, dst, want, offset + done)
+            except OSError as exc:
+                if exc.errno not in _COPY_FALLBACK_ERRNOS:
+                    raise
+                use_kernel_copy = False
+                continue
+        else:
+            data = os.pread(src, want, offset + done)
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst, view) :]
+        if n == 0:
+            break  # source shrank under us
+        done += n
+    return done
+
+
+def _compress(raw: Path) -> Path:
+    """Gzip ``raw`` into ``raw.gz`` and remove it; on failure keep ``raw`` and return it."""
+    target = raw.with_name(raw.name + ".gz")
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(raw, "rb") as src, open(tmp, "wb", opener=_log_file_opener) as out:
+            with gzip.GzipFile(filename=raw.name, mode="wb", fileobj=out) as gz:
+                shutil.copyfileobj(src, gz, READ_LIMIT)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        log.warning("cannot compress %s, keeping it uncompressed: %s", raw, exc)
+        tmp.unlink(missing_ok=True)
+        return raw
+    raw.unlink()
+    return target
+
+
+def _log_file_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
