@@ -1,0 +1,331 @@
+"""agentctl: see and steer agentd over its control socket.
+
+Exit codes: 0 success; 1 agentd reported a failure; 2 bad usage; 3 agentd is not running or not
+reachable; 4 agentd did not finish in time (it may still be working).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import ConfigError, load_config
+from .control_client import ClientError, ControlClient, DaemonTimeout
+from .tables import render_table
+from .units import format_duration
+from .verbs import events as events_verb
+from .verbs import logs as logs_verb
+from .verbs import reload as reload_verb
+from .verbs import shutdown as shutdown_verb
+from .verbs import status as status_verb
+from .verbs.agent_actions import ActionArgs, ActionResultList
+
+DEFAULT_RUN_DIR = "/run/agentd"
+EXIT_FAILED = 1
+EXIT_PENDING = 4
+
+
+class Ctx:
+    """What every command needs: how to reach the daemon and how to print."""
+
+    def __init__(self, run_dir: Path, timeout: float, as_json: bool) -> None:
+        self.client = ControlClient(run_dir, timeout)
+        self.timeout = timeout
+        self.as_json = as_json
+
+    def call(self, verb: str, args: Any = None, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            return self.client.call(verb, args, timeout)
+        except ClientError as exc:
+            fail(str(exc), exc.exit_code, self.as_json, getattr(exc, "code", None))
+
+    def emit(self, result: dict[str, Any], human: str) -> None:
+        click.echo(json.dumps(result, indent=2) if self.as_json else human)
+
+
+def fail(message: str, code: int, as_json: bool = False, error_code: str | None = None) -> None:
+    """Print a one-line (or, for config errors, multi-line) error and exit."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": {"code": error_code or "client_error", "message": message}}))
+    else:
+        click.echo(f"agentctl: {message}", err=True)
+    sys.exit(code)
+
+
+def resolve_run_dir(config: str | None, run_dir: str | None) -> Path:
+    """-c FILE, then --run-dir, then AGENTD_CONFIG / AGENTD_RUN_DIR, else /run/agentd."""
+    config = config or (None if run_dir else os.environ.get("AGENTD_CONFIG"))
+    if config:
+        try:
+            return Path(load_config(config).daemon.run_dir)
+        except ConfigError as exc:
+            fail(f"cannot read the config to find agentd:\n{exc}", 2)
+    return Path(run_dir or os.environ.get("AGENTD_RUN_DIR") or DEFAULT_RUN_DIR)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _ctx(click_ctx: click.Context, as_json: bool) -> Ctx:
+    obj = click_ctx.obj
+    return Ctx(obj["run_dir"], obj["timeout"], as_json or obj["json"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", type=click.Path(dir_okay=False), help="agentd config file (to find its run_dir).")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="agentd's run_dir (default /run/agentd).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for agentd.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.version_option(__version__, prog_name="agentctl")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: float, as_json: bool) -> None:
+    """See and steer agentd: status, start, stop, restart, reload, logs, events."""
+    ctx.obj = {"run_dir": resolve_run_dir(config, run_dir), "timeout": timeout, "json": as_json}
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{format_duration(seconds)} ago"
+
+
+def _info(agent: dict[str, Any]) -> str:
+    state = agent["state"]
+    if state == "restarting" and agent.get("next_restart_in_s") is not None:
+        return f"next try in {format_duration(agent['next_restart_in_s'])}: {agent.get('last_restart_reason') or ''}"
+    if state in ("running", "starting") and agent.get("last_restart_reason") and agent["restarts"]:
+        return f"last restart: {agent['last_restart_reason']}"
+    if state == "starting" and agent.get("expects_heartbeat"):
+        return "waiting for first heartbeat"
+    if state in ("stopped", "failed", "stopping"):
+        return agent["reason"]
+    return ""
+
+
+def render_status(result: dict[str, Any]) -> str:
+    rows = []
+    for a in result["agents"]:
+        hb = _age(a["heartbeat_age_s"]) if a["expects_heartbeat"] or a["heartbeat_age_s"] is not None else "n/a"
+        rows.append([
+            a["id"], a["type"], a["state"], a["pid"], format_duration(a["uptime_s"]) if a["uptime_s"] is not None else None,
+            a["restarts"], a["health"], hb, a["version"], _info(a),
+        ])
+    if not rows:
+        return "no agents configured"
+    return render_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "HEARTBEAT", "VERSION", "INFO"], rows, max_last=90)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@json_option
+@click.pass_context
+def status(click_ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
+    """Show agents: state, pid, uptime, restarts, health, heartbeat age."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call(status_verb.NAME, status_verb.Args(ids=list(ids)))
+    c.emit(result, render_status(result))
+
+
+# ----------------------------------------------------------------------------- start / stop / restart
+
+
+def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool) -> None:
+    c = _ctx(click_ctx, as_json)
+    if not ids and not all_:
+        fail(f"{verb}: name at least one agent id, or use --all", 2, c.as_json)
+    if ids and all_:
+        fail(f"{verb}: give agent ids or --all, not both", 2, c.as_json)
+    # The daemon answers a little before our own deadline, so "still working" arrives as an answer.
+    server_wait = max(1.0, c.timeout - 2.0)
+    args = ActionArgs(ids=list(ids), all=all_, wait=not no_wait, timeout=server_wait)
+    result = ActionResultList.model_validate(c.call(verb, args, timeout=c.timeout))
+    rows = [[r.id, r.state, r.pid, ("ok" if r.ok else "FAILED") + ": " + r.message] for r in result.results]
+    c.emit(result.model_dump(mode="json"), render_table(["ID", "STATE", "PID", "RESULT"], rows))
+    if any(not r.ok for r in result.results):
+        sys.exit(EXIT_FAILED)
+    if result.pending:
+        sys.exit(EXIT_PENDING)
+
+
+def _action_command(verb: str, help_text: str, default_timeout: float):
+    @click.argument("ids", nargs=-1)
+    @click.option("--all", "all_", is_flag=True, help="Every configured agent.")
+    @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for agents to settle.")
+    @json_option
+    @click.pass_context
+    def command(click_ctx: click.Context, ids: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool) -> None:
+        if click_ctx.parent.get_parameter_source("timeout").name == "DEFAULT":
+            click_ctx.obj["timeout"] = default_timeout
+        _action(click_ctx, verb, ids, all_, no_wait, as_json)
+
+    command.__doc__ = help_text
+    return cli.command(name=verb)(command)
+
+
+# Stop waits out stop_timeout (30 s by default) and then SIGKILL; give it room by default.
+_action_command("start", "Start agents (revives failed ones, clears an operator stop).", 30.0)
+_action_command("stop", "Stop agents' whole process trees; they stay stopped until started.", 60.0)
+_action_command("restart", "Restart agents (stop the whole tree, then start).", 60.0)
+
+
+# ----------------------------------------------------------------------------- reload
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only show what would change.")
+@json_option
+@click.pass_context
+def reload(click_ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Re-read the config: add, remove and restart only changed agents."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call(reload_verb.NAME, reload_verb.Args(dry_run=dry_run))
+    plan = result["plan"]
+    lines = [("would apply" if dry_run else "applied") + f" {result['config']}:"]
+    for agent_id in plan["added"]:
+        lines.append(f"  + {agent_id} (added{'' if dry_run else ', starting'})")
+    for agent_id in plan["removed"]:
+        lines.append(f"  - {agent_id} (removed{'' if dry_run else ', stopping'})")
+    for change in plan["changed"]:
+        lines.append(f"  ~ {change['id']} (changed: {', '.join(change['fields'])})")
+    if not (plan["added"] or plan["removed"] or plan["changed"]):
+        lines.append("  no agent changes")
+    lines.append(f"  = {len(plan['unchanged'])} unchanged")
+    for section in plan["restart_required"]:
+        lines.append(f"  ! '{section}' changed: takes effect only after agentd restarts")
+    for warning in plan["warnings"]:
+        lines.append(f"  warning: {warning}")
+    c.emit(result, "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+@cli.command()
+@click.argument("agent_id")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(0, 100_000), help="Lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@json_option
+@click.pass_context
+def logs(click_ctx: click.Context, agent_id: str, lines: int, follow: bool, as_json: bool) -> None:
+    """Show an agent's output (stdout and stderr)."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call(logs_verb.NAME, logs_verb.Args(id=agent_id, lines=lines))
+    if c.as_json and not follow:
+        c.emit(result, "")
+        return
+    _write(result["text"], c.as_json, result)
+    offset = result["offset"]
+    while follow:
+        try:
+            time.sleep(0.5)
+            result = c.call(logs_verb.NAME, logs_verb.Args(id=agent_id, offset=offset))
+        except KeyboardInterrupt:
+            return
+        if result["rotated"]:
+            _write("--- log rotated ---\n", c.as_json, None)
+        _write(result["text"], c.as_json, result)
+        offset = result["offset"]
+
+
+def _write(text: str, as_json: bool, result: dict | None) -> None:
+    if as_json:
+        if result is not None and result["text"]:
+            click.echo(json.dumps(result))
+        return
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    return f"{e['time']}  {e['agent_id']}  {e['old']} -> {e['new']}  {e['reason']}"
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="How many past events.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen.")
+@json_option
+@click.pass_context
+def events(click_ctx: click.Context, ids: tuple[str, ...], limit: int, follow: bool, as_json: bool) -> None:
+    """Show agent state changes and why they happened."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call(events_verb.NAME, events_verb.Args(ids=list(ids), limit=limit))
+    if c.as_json and not follow:
+        c.emit(result, "")
+        return
+    _print_events(result["events"], c.as_json)
+    after = result["last_seq"]
+    while follow:
+        try:
+            result = c.call(events_verb.NAME, events_verb.Args(ids=list(ids), after=after, wait=20), timeout=c.timeout + 20)
+        except KeyboardInterrupt:
+            return
+        _print_events(result["events"], c.as_json)
+        after = result["last_seq"]
+
+
+def _print_events(items: list[dict[str, Any]], as_json: bool) -> None:
+    for e in items:
+        click.echo(json.dumps(e) if as_json else _event_line(e))
+
+
+# ----------------------------------------------------------------------------- small verbs
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def ping(click_ctx: click.Context, as_json: bool) -> None:
+    """Check that agentd answers."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call("ping")
+    c.emit(result, f"agentd is running (pid {result['pid']}, up {format_duration(result['uptime_s'])})")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def version(click_ctx: click.Context, as_json: bool) -> None:
+    """Show agentctl's and agentd's versions."""
+    c = _ctx(click_ctx, as_json)
+    try:
+        result = c.client.call("version")
+    except ClientError as exc:
+        result = {"version": None, "protocol": None, "error": str(exc)}
+    result["agentctl"] = __version__
+    daemon = result["version"] or f"unknown ({result.get('error')})"
+    c.emit(result, f"agentctl {__version__}\nagentd   {daemon}")
+
+
+@cli.command()
+@click.option("--stop-agents", is_flag=True, help="Stop every agent before exiting.")
+@json_option
+@click.pass_context
+def shutdown(click_ctx: click.Context, stop_agents: bool, as_json: bool) -> None:
+    """Stop agentd; agents keep running unless --stop-agents."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call(shutdown_verb.NAME, shutdown_verb.Args(stop_agents=stop_agents))
+    c.emit(result, f"agentd: {result['message']}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="agentctl")
+    except DaemonTimeout as exc:  # pragma: no cover - calls go through Ctx.call
+        fail(str(exc), exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

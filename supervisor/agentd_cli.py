@@ -1,0 +1,73 @@
+"""The `agentd` command: `run -c FILE` (foreground daemon) and `check-config FILE`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from . import __version__
+from .config import ConfigError, check_binaries, dump_effective, load_config
+from .logging_setup import setup_logging
+from .pidfile import AlreadyRunning
+
+log = logging.getLogger("agentd")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agentd")
+def cli() -> None:
+    """agentd: keeps a node's agents alive, judges their health, reports to a Manager."""
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False), envvar="AGENTD_CONFIG", help="Config file (YAML).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Override daemon.log_level.")
+def run(config_path: str, log_level: str | None) -> None:
+    """Run the daemon in the foreground (systemd runs this)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"agentd: invalid configuration, not starting:\n{exc}", err=True)
+        sys.exit(2)
+    setup_logging(log_level or config.daemon.log_level, config.daemon.log_format)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    from .daemon import Daemon  # imported late so check-config stays light
+
+    try:
+        code = asyncio.run(Daemon(config, config.source).run())
+    except AlreadyRunning as exc:
+        click.echo(f"agentd: {exc}", err=True)
+        sys.exit(1)
+    except PermissionError as exc:
+        click.echo(f"agentd: permission denied: {exc.filename or exc} (run as root, or point run_dir/data_dir/log_dir somewhere writable)", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@cli.command("check-config")
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when the config is valid.")
+def check_config(config_path: str, quiet: bool) -> None:
+    """Validate a config file; print the effective config, or every problem found."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    for warning in [*config.warnings, *check_binaries(config)]:
+        click.echo(f"warning: {warning}", err=True)
+    if not quiet:
+        click.echo(dump_effective(config))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="agentd")
+
+
+if __name__ == "__main__":
+    main()

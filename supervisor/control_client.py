@@ -1,0 +1,109 @@
+"""The agentctl side of `control.ipc`: one DEALER request, one reply, and errors that tell
+"not running", "not answering" and "failed" apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+from pydantic import BaseModel
+
+from .pidfile import PidFile
+from .protocol import Reply, Request
+
+
+class ClientError(Exception):
+    """Base for agentctl failures; `exit_code` is what agentctl exits with."""
+
+    exit_code = 1
+
+
+class DaemonUnavailable(ClientError):
+    """agentd is not running (no socket, stale socket) or we may not talk to it."""
+
+    exit_code = 3
+
+
+class DaemonTimeout(ClientError):
+    """agentd is there but did not answer in time (it may still be working)."""
+
+    exit_code = 4
+
+
+class RemoteError(ClientError):
+    """agentd answered with a typed error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ControlClient:
+    """Sends requests to the agentd whose run_dir is given."""
+
+    def __init__(self, run_dir: Path, timeout: float = 10.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.socket_path = self.run_dir / "control.ipc"
+        self.timeout = timeout
+
+    def check_reachable(self) -> None:
+        """Fail fast, with the reason, when there is evidently no daemon to talk to."""
+        path = self.socket_path
+        if not path.exists():
+            raise DaemonUnavailable(f"agentd is not running: no socket at {path}")
+        pid = PidFile.read_pid(self.run_dir / "agentd.pid")
+        if pid is None or not _pid_alive(pid):
+            what = f"pid {pid} from agentd.pid is gone" if pid else "no pid file"
+            raise DaemonUnavailable(f"agentd is not running: stale socket at {path} ({what})")
+        if not os.access(path, os.W_OK):
+            raise DaemonUnavailable(
+                f"permission denied on {path}: only its owner (or the control.group) may talk to agentd; try sudo"
+            )
+
+    def call(self, verb: str, args: BaseModel | dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and return the reply's result; raises a ClientError subclass on failure."""
+        self.check_reachable()
+        if isinstance(args, BaseModel):
+            args = args.model_dump(mode="json", exclude_defaults=True)
+        request = Request(id=uuid.uuid4().hex[:16], verb=verb, args=args or {})
+        wait = self.timeout if timeout is None else timeout
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(f"ipc://{self.socket_path}")
+            sock.send(request.model_dump_json().encode())
+            deadline_ms = int(wait * 1000)
+            while True:
+                if not sock.poll(deadline_ms, zmq.POLLIN):
+                    raise DaemonTimeout(
+                        f"agentd did not answer '{verb}' within {wait:g}s; it may still be working (see agentctl status, or raise --timeout)"
+                    )
+                raw = sock.recv()
+                try:
+                    reply = Reply.model_validate(json.loads(raw))
+                except ValueError as exc:
+                    raise ClientError(f"agentd sent an unreadable reply: {exc}") from None
+                if reply.id == request.id:
+                    break
+        finally:
+            sock.close(linger=0)
+        if not reply.ok:
+            err = reply.error
+            raise RemoteError(err.code if err else "failed", err.message if err else "unknown error")
+        return reply.result or {}

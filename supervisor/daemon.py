@@ -1,0 +1,381 @@
+"""The agentd parent: one asyncio loop that owns the registry, drives every agent and serves control.
+
+Start-up order: directories, pid lock, metadata, re-adopt or start agents, control endpoint, then
+ready. The loop wakes on any event (exit via pidfd, control request, signal) or at the earliest
+timer any agent asked for; it never sleeps on process work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .control_server import ControlServer
+from .event_log import EventLog
+from .lifecycle import AgentProcess
+from .log_files import rotate_if_needed
+from .metadata_store import ExitRecord, MetadataStore, iso_utc
+from .metadata_writer import MetadataWriter
+from .pidfile import PidFile
+from .process_ops import RealProcessOps, agent_log_path
+from .protocol import ControlError, ErrorCode, Reply, Request, error_reply
+from .registry import Registry
+from .reload_plan import ReloadPlan, plan_reload
+from .sd_notify import sd_notify
+from .states import DOWN_STATES, PROCESS_STATES, AgentState
+from .validation_text import describe_validation_error
+from .verbs import VERBS
+from .verbs.status import DaemonStatus
+
+log = logging.getLogger(__name__)
+
+LOG_ROTATE_CHECK_INTERVAL = 5.0
+# Verbs still answered while shutting down, so an operator can watch it happen.
+SHUTDOWN_VERBS = frozenset({"ping", "version", "status", "events", "logs"})
+
+
+def heartbeat_env(config: Config) -> dict[str, str]:
+    """The AGENTD_HEARTBEAT_* variables every agent gets."""
+    env = {}
+    http = config.heartbeat.http
+    if http.enabled:
+        host, _, port = http.listen.rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        env["AGENTD_HEARTBEAT_URL"] = f"http://{host}:{port}/heartbeat"
+    if config.heartbeat.unix.enabled:
+        env["AGENTD_HEARTBEAT_SOCKET"] = str(config.heartbeat.unix.path)
+    return env
+
+
+class Daemon:
+    """The parent process: registry, lifecycle driver, metadata owner, control server."""
+
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.run_dir = Path(config.daemon.run_dir)
+        self.data_dir = Path(config.daemon.data_dir)
+        self.log_dir = Path(config.daemon.log_dir)
+        self.pid = os.getpid()
+        self.started_mono = time.monotonic()
+        self.registry = Registry()
+        self.events = EventLog()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._stop_agents_on_exit = config.shutdown.stop_agents
+        self._shutting_down = False
+        self._tasks: list[asyncio.Task] = []
+
+    # ----------------------------------------------------------------- clocks and small views
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    @staticmethod
+    def wall() -> float:
+        return time.time()
+
+    def uptime(self) -> float:
+        return self.now() - self.started_mono
+
+    def log_path(self, agent_id: str) -> Path:
+        return agent_log_path(self.log_dir, agent_id)
+
+    def status_info(self) -> DaemonStatus:
+        return DaemonStatus(
+            pid=self.pid,
+            version=__version__,
+            uptime_s=round(self.uptime(), 3),
+            config=str(self.config_path) if self.config_path else None,
+            run_dir=str(self.run_dir),
+        )
+
+    # ----------------------------------------------------------------- run
+
+    async def run(self) -> int:
+        """Run until shutdown; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        self._prepare_dirs()
+        self.pidfile = PidFile(self.run_dir / "agentd.pid")
+        self.pidfile.acquire()  # AlreadyRunning propagates to the CLI with its message
+        self.store = MetadataStore(self.data_dir / "metadata")
+        self.writer = MetadataWriter(self.store)
+        self.ops = RealProcessOps(loop, self.log_dir, heartbeat_env(self.config), self._on_exit)
+        self.zctx = zmq.asyncio.Context()
+        try:
+            self.control = ControlServer(self.zctx, self.run_dir / "control.ipc", self._dispatch, self.config.control.group)
+            self._load_agents()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_shutdown, self.config.shutdown.stop_agents, signal.Signals(sig).name)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
+            self._tasks = [
+                asyncio.create_task(self.control.serve(), name="control"),
+                asyncio.create_task(self._rotate_logs_forever(), name="log-rotation"),
+            ]
+            log.info("agentd %s running (pid %d, %d agents, run_dir %s)", __version__, self.pid, len(self.registry), self.run_dir)
+            sd_notify("READY=1\nSTATUS=supervising %d agents" % len(self.registry))
+            await self._supervise()
+            sd_notify("STOPPING=1")
+            await self._shutdown_sequence()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            for task in self._tasks:
+                task.cancel()
+            if hasattr(self, "control"):
+                self.control.close()
+            self.writer.close()
+            self.zctx.term()
+            self.pidfile.release()
+        log.info("agentd stopped")
+        return 0
+
+    def _prepare_dirs(self) -> None:
+        # run_dir is 0755 so agents running as other users can reach the heartbeat socket; the
+        # control socket inside it is born 0600.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o755)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _load_agents(self) -> None:
+        """Re-adopt what the previous agentd left running; start the rest unless told not to."""
+        records = self.store.load_all()
+        now = self.now()
+        for spec in self.config.agents:
+            record = records.pop(spec.id, None)
+            agent = self._new_agent(spec, record)
+            self.registry.add(agent)
+            if record is not None and record.pid and record.status in PROCESS_STATES:
+                handle = self.ops.adopt(spec.id, record.pid, record.create_time, record.pgid, agent.generation + 1, now, None)
+                if handle is not None:
+                    agent.adopt(handle, now, record.status)
+                    log.info("%s: re-adopted pid %d left by the previous agentd", spec.id, record.pid)
+                    continue
+                log.warning(
+                    "%s: recorded pid %s is gone or now belongs to another program; treating the agent as exited",
+                    spec.id, record.pid,
+                )
+                agent.last_exit = ExitRecord(code=None, signal=None, time=iso_utc(), reason="process vanished while agentd was down")
+            if agent.operator_stopped:
+                agent.reason = "stopped by operator (before agentd restarted)"
+            agent.start_if_wanted(now, "agentd start")
+        for agent_id, record in records.items():
+            if record.pid and record.status in PROCESS_STATES:
+                log.warning("metadata for %s (not in the config) says pid %s may still run; agentd does not manage it", agent_id, record.pid)
+        self._persist_dirty()
+
+    def _new_agent(self, spec, record=None) -> AgentProcess:
+        return AgentProcess(spec, self.ops, on_transition=self._on_transition, record=record)
+
+    # ----------------------------------------------------------------- the supervision loop
+
+    async def _supervise(self) -> None:
+        while not self._shutdown.is_set():
+            next_due = self._tick_all()
+            self._wake.clear()
+            timeout = 1.0 if next_due is None else min(1.0, max(0.0, next_due - self.now()))
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+
+    def _tick_all(self) -> float | None:
+        now = self.now()
+        due = None
+        for agent in self.registry:
+            when = agent.tick(now)
+            if agent.removed:
+                self.registry.discard(agent.spec.id)
+                self.writer.delete(agent.spec.id)
+                agent.dirty = False
+                continue
+            if when is not None:
+                due = when if due is None else min(due, when)
+        self._persist_dirty()
+        return due
+
+    def _persist_dirty(self) -> None:
+        for agent in self.registry:
+            if agent.dirty:
+                agent.dirty = False
+                self.writer.save(agent.to_record())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def after_action(self) -> None:
+        """Called by verbs after acting on agents: persist now, and let the loop run their timers."""
+        self._persist_dirty()
+        self.wake()
+
+    def _on_transition(self, agent: AgentProcess, old: AgentState, new: AgentState, reason: str) -> None:
+        self.events.append(iso_utc(), agent.spec.id, old.value, new.value, reason)
+        level = logging.WARNING if new in (AgentState.FAILED, AgentState.RESTARTING) else logging.INFO
+        log.log(level, "%s: %s -> %s: %s", agent.spec.id, old.value, new.value, reason)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self.wake()
+
+    def _on_exit(self, agent_id: str, generation: int, code: int | None, signum: int | None) -> None:
+        agent = self.registry.find(agent_id)
+        if agent is None:
+            return
+        agent.on_exit(self.now(), generation, code, signum)
+        self._persist_dirty()
+        self.wake()
+
+    async def wait_for_agent(self, agent: AgentProcess, settled, timeout: float) -> bool:
+        """Wait until `settled(agent)` holds or `timeout` passes; never blocks the loop."""
+        deadline = self.now() + timeout
+        while not settled(agent):
+            remaining = deadline - self.now()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return settled(agent)
+        return True
+
+    # ----------------------------------------------------------------- control
+
+    async def _dispatch(self, request: Request) -> Reply:
+        verb = VERBS.get(request.verb)
+        if verb is None:
+            return error_reply(request.id, ErrorCode.UNKNOWN_VERB, f"unknown command '{request.verb}'; known: {', '.join(sorted(VERBS))}")
+        if self._shutting_down and request.verb not in SHUTDOWN_VERBS:
+            return error_reply(request.id, ErrorCode.SHUTTING_DOWN, "agentd is shutting down")
+        try:
+            args = verb.Args.model_validate(request.args)
+        except ValidationError as exc:
+            return error_reply(request.id, ErrorCode.BAD_REQUEST, f"{request.verb}: {describe_validation_error(exc)}")
+        try:
+            result = await verb.handle(self, args)
+        except ControlError as exc:
+            return error_reply(request.id, exc.code, exc.message)
+        except Exception:
+            log.exception("control: %s failed", request.verb)
+            return error_reply(request.id, ErrorCode.INTERNAL, f"internal error while running '{request.verb}'; see the agentd log")
+        return Reply(id=request.id, ok=True, result=result.model_dump(mode="json"))
+
+    # ----------------------------------------------------------------- reload
+
+    def reload(self, dry_run: bool = False) -> ReloadPlan:
+        """Re-read the config file and apply the per-agent diff (or only compute it)."""
+        if self.config_path is None:
+            raise ControlError(ErrorCode.FAILED, "agentd was started without a config file; nothing to reload")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            raise ControlError(ErrorCode.INVALID_CONFIG, f"config not reloaded, nothing changed:\n{exc}") from None
+        plan = plan_reload(self.config, new)
+        if dry_run:
+            return plan
+        now = self.now()
+        specs = {s.id: s for s in new.agents}
+        for agent_id in plan.removed:
+            self.registry.get(agent_id).remove(now)
+        for change in plan.changed:
+            self.registry.get(change.id).update_spec(specs[change.id], now)
+        for agent_id in plan.added:
+            existing = self.registry.find(agent_id)
+            if existing is not None:  # re-added while a previous removal is still stopping it
+                existing.update_spec(specs[agent_id], now)
+                continue
+            agent = self._new_agent(specs[agent_id], self.store.load(agent_id))
+            self.registry.add(agent)
+            agent.start_if_wanted(now, "added by reload")
+        for agent_id in plan.unchanged:
+            self.registry.get(agent_id).spec = specs[agent_id]
+        if plan.restart_required:
+            log.warning("reload: changes to %s take effect only after agentd restarts", ", ".join(plan.restart_required))
+        self.config = new
+        log.info(
+            "reload: added %s, removed %s, changed %s, unchanged %d",
+            plan.added or "none", plan.removed or "none", [c.id for c in plan.changed] or "none", len(plan.unchanged),
+        )
+        self.after_action()
+        return plan
+
+    def _reload_from_signal(self) -> None:
+        log.info("SIGHUP: reloading %s", self.config_path)
+        try:
+            self.reload()
+        except ControlError as exc:
+            log.error("SIGHUP reload failed: %s", exc.message)
+
+    # ----------------------------------------------------------------- shutdown
+
+    def request_shutdown(self, stop_agents: bool, why: str) -> None:
+        """Begin an orderly exit; agents keep running unless `stop_agents`."""
+        if self._shutting_down:
+            return
+        log.info("shutting down (%s); agents %s", why, "will be stopped" if stop_agents else "keep running")
+        self._shutting_down = True
+        self._stop_agents_on_exit = stop_agents
+        self._shutdown.set()
+        self.wake()
+
+    async def _shutdown_sequence(self) -> None:
+        if self._stop_agents_on_exit:
+            now = self.now()
+            agents = list(self.registry)
+            for agent in agents:
+                agent.stop(now, reason="agentd shutdown", operator=False)
+            self._persist_dirty()
+            limit = max((a.spec.stop_timeout for a in agents), default=0) + 10
+            waiter = asyncio.gather(*(self.wait_for_agent(a, lambda a: a.state in DOWN_STATES, limit) for a in agents))
+            ticker = asyncio.create_task(self._supervise_until(waiter))
+            await waiter
+            ticker.cancel()
+        for agent in self.registry:
+            if agent.handle is not None:
+                self.ops.forget(agent.handle)
+            agent.dirty = True
+        self._persist_dirty()
+        self.writer.flush()
+
+    async def _supervise_until(self, fut: asyncio.Future) -> None:
+        while not fut.done():
+            next_due = self._tick_all()
+            self._wake.clear()
+            timeout = 0.5 if next_due is None else min(0.5, max(0.0, next_due - self.now()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    # ----------------------------------------------------------------- log rotation
+
+    async def _rotate_logs_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(LOG_ROTATE_CHECK_INTERVAL)
+            for agent in self.registry:
+                settings = agent.spec.log
+                path = self.log_path(agent.spec.id)
+                try:
+                    rotated = await loop.run_in_executor(None, rotate_if_needed, path, settings.max_size, settings.keep, settings.compress)
+                except OSError as exc:
+                    log.error("%s: log rotation failed: %s", agent.spec.id, exc)
+                    continue
+                if rotated:
+                    log.info("%s: rotated %s", agent.spec.id, path)

@@ -1,0 +1,71 @@
+"""Writes metadata records off the event loop, newest-wins per agent, in one background thread.
+
+fsync can take tens of milliseconds on a busy disk; the control loop must not wait for it. Writes for
+one agent are coalesced: if three changes arrive while a write is in flight, only the newest is
+written next, and an older record can never land after a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .metadata_store import AgentRecord, MetadataStore
+
+log = logging.getLogger(__name__)
+
+
+class MetadataWriter:
+    """Queue of the newest AgentRecord per agent, drained by a daemon thread."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.store = store
+        self._pending: dict[str, AgentRecord | None] = {}  # None = delete
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="metadata-writer", daemon=True)
+        self._thread.start()
+
+    def save(self, record: AgentRecord) -> None:
+        with self._cond:
+            self._pending[record.id] = record
+            self._cond.notify()
+
+    def delete(self, agent_id: str) -> None:
+        with self._cond:
+            self._pending[agent_id] = None
+            self._cond.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until everything queued so far is on disk (used at shutdown and by tests)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending and self._closed:
+                    return
+                agent_id, record = next(iter(self._pending.items()))
+                del self._pending[agent_id]
+                self._busy = True
+            try:
+                if record is None:
+                    self.store.delete(agent_id)
+                else:
+                    self.store.save(record)
+            except Exception:  # a full disk must not kill the writer; the next change retries
+                log.exception("could not write metadata for %s", agent_id)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

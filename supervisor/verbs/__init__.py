@@ -1,0 +1,14 @@
+"""Control verbs: one module per verb, each holding its argument and result models and its handler.
+
+A verb module defines NAME, HELP, `Args` and `Result` (pydantic models) and
+`async def handle(daemon, args) -> Result`. agentctl imports the same models to build requests and
+read replies, so sender and receiver cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import events, logs, ping, reload, restart, shutdown, start, status, stop, version
+
+VERBS: dict[str, ModuleType] = {m.NAME: m for m in (ping, version, status, start, stop, restart, reload, logs, events, shutdown)}

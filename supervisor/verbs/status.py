@@ -1,0 +1,96 @@
+"""`status [ID...]`: every agent's state, served from memory so it answers even when agents misbehave."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..lifecycle import AgentProcess
+from ..metadata_store import ExitRecord, iso_utc
+from ..states import AgentState
+
+NAME = "status"
+HELP = "Show agents' state, pid, uptime, restarts and health."
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(default_factory=list)
+
+
+class AgentStatus(BaseModel):
+    """One agent as `status --json` prints it: stable snake_case keys, ISO times, bytes."""
+
+    id: str
+    type: str
+    enabled: bool
+    state: str
+    reason: str
+    pid: int | None
+    health: str | None
+    restarts: int
+    restart_count: int
+    uptime_s: float | None
+    started_at: str | None
+    last_heartbeat: str | None
+    heartbeat_age_s: float | None
+    version: str | None
+    last_exit: ExitRecord | None
+    last_restart: str | None
+    last_restart_reason: str | None
+    next_restart_in_s: float | None
+    operator_stopped: bool
+    expects_heartbeat: bool
+
+
+class DaemonStatus(BaseModel):
+    pid: int
+    version: str
+    uptime_s: float
+    config: str | None
+    run_dir: str
+
+
+class Result(BaseModel):
+    daemon: DaemonStatus
+    agents: list[AgentStatus]
+
+
+def agent_status(agent: AgentProcess, now: float, wall: float) -> AgentStatus:
+    """Build the status view of one agent at monotonic time `now` and wall time `wall`."""
+    h = agent.handle
+    live = h is not None and agent.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING)
+    hb_age = None
+    if agent.last_heartbeat_wall is not None:
+        hb_age = round(max(0.0, wall - agent.last_heartbeat_wall), 3)
+    next_restart = None
+    if agent.state == AgentState.RESTARTING and agent.backoff_until is not None:
+        next_restart = round(max(0.0, agent.backoff_until - now), 3)
+    uptime = agent.uptime(now)
+    return AgentStatus(
+        id=agent.spec.id,
+        type=agent.spec.type,
+        enabled=agent.spec.enabled,
+        state=agent.state.value,
+        reason=agent.reason,
+        pid=h.pid if live else None,
+        health=agent.health,
+        restarts=agent.total_restarts,
+        restart_count=agent.restart_count,
+        uptime_s=round(uptime, 3) if uptime is not None else None,
+        started_at=iso_utc(h.started_wall) if live else None,
+        last_heartbeat=iso_utc(agent.last_heartbeat_wall) if agent.last_heartbeat_wall else None,
+        heartbeat_age_s=hb_age,
+        version=agent.reported.get("version"),
+        last_exit=agent.last_exit,
+        last_restart=iso_utc(agent.last_restart_wall) if agent.last_restart_wall else None,
+        last_restart_reason=agent.last_restart_reason,
+        next_restart_in_s=next_restart,
+        operator_stopped=agent.operator_stopped,
+        expects_heartbeat=agent.spec.expects_heartbeat,
+    )
+
+
+async def handle(daemon, args: Args) -> Result:
+    agents = daemon.registry.select(args.ids, all_agents=not args.ids)
+    now, wall = daemon.now(), daemon.wall()
+    return Result(daemon=daemon.status_info(), agents=[agent_status(a, now, wall) for a in agents])

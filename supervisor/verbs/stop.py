@@ -1,0 +1,21 @@
+"""`stop ID...|--all`: stop agents' whole process trees; they stay down until an operator starts them."""
+
+from ..states import DOWN_STATES
+from ..verbs.agent_actions import ActionArgs, ActionResultList, run_action
+
+NAME = "stop"
+HELP = "Stop agents (whole process tree; stays stopped until started)."
+Args = ActionArgs
+Result = ActionResultList
+
+
+def _settled(agent) -> bool:
+    return agent.state in DOWN_STATES
+
+
+def _describe(agent, res):
+    return True, res.message if res.message.startswith("already") else "stopped"
+
+
+async def handle(daemon, args: Args) -> Result:
+    return await run_action(daemon, args, lambda a, now: a.stop(now), _settled, _describe)

@@ -1,0 +1,186 @@
+"""Run a real agentd for a test: config in a short temp dir, the real process, real control socket.
+
+Every agent started under a test daemon carries AGENTD_TEST_TAG=<unique tag> in its environment,
+which its children inherit (even ones that setsid away), so cleanup finds and kills all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from supervisor.control_client import ControlClient
+from tests.support.processes import kill_tree, pid_alive
+from tests.support.wait import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+HELPER = ROOT / "tests" / "support" / "helper_agent.py"
+TAG_VAR = "AGENTD_TEST_TAG"
+
+
+def processes_tagged(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries our test tag."""
+    needle = f"{TAG_VAR}={tag}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class TestDaemon:
+    """One agentd under test, with helpers to configure it, drive it and clean up after it."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self) -> None:
+        # Short path: ipc:// socket paths must stay under ~100 bytes.
+        self.base = Path(tempfile.mkdtemp(prefix="agentd-t-", dir="/tmp"))
+        self.tag = uuid.uuid4().hex[:12]
+        self.run_dir = self.base / "run"
+        self.data_dir = self.base / "data"
+        self.log_dir = self.base / "log"
+        self.config_path = self.base / "agentd.yaml"
+        self.markers = self.base / "markers"
+        self.markers.mkdir()
+        self.proc: subprocess.Popen | None = None
+        self.daemon_log = self.base / "agentd.log"
+        self.extra: dict[str, Any] = {}
+        self.agents: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ config
+
+    def helper_agent(self, agent_id: str, mode: str, *args: str, **spec: Any) -> dict[str, Any]:
+        """An agent entry running tests/support/helper_agent.py in `mode`, with quick test timings."""
+        entry: dict[str, Any] = {
+            "id": agent_id,
+            "binary_path": str(HELPER),
+            "args": [mode, "--marker", str(self.marker(agent_id)), *args],
+            "start_seconds": 0.3,
+            "stop_timeout": 3,
+            "health_check": {"heartbeat_timeout": None},
+            "restart": {"backoff_steps": [0.2, 0.5, 1], "max_retries": 5, "reset_after": 60},
+        }
+        for key, value in spec.items():
+            if isinstance(value, dict) and isinstance(entry.get(key), dict):
+                entry[key] = {**entry[key], **value}
+            else:
+                entry[key] = value
+        return entry
+
+    def marker(self, agent_id: str) -> Path:
+        return self.markers / f"{agent_id}.txt"
+
+    def write_config(self, agents: list[dict[str, Any]] | None = None, **sections: Any) -> Path:
+        if agents is not None:
+            self.agents = agents
+        for agent in self.agents:
+            agent.setdefault("env", {})[TAG_VAR] = self.tag
+        doc = {
+            "daemon": {"run_dir": str(self.run_dir), "data_dir": str(self.data_dir), "log_dir": str(self.log_dir), "log_level": "debug"},
+            "heartbeat": {"http": {"listen": "127.0.0.1:0"}},
+            "agents": self.agents,
+        }
+        for key, value in {**self.extra, **sections}.items():
+            doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return self.config_path
+
+    # ------------------------------------------------------------------ process
+
+    def start(self, wait: bool = True) -> subprocess.Popen:
+        if not self.config_path.exists():
+            self.write_config()
+        log = open(self.daemon_log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(self.config_path)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        if wait:
+            wait_until(self._answers, timeout=30, message="agentd to answer ping")
+        return self.proc
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agentd exited with {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            self.client(timeout=2).call("ping")
+            return True
+        except Exception:
+            return False
+
+    def client(self, timeout: float = 20.0) -> ControlClient:
+        return ControlClient(self.run_dir, timeout)
+
+    def call(self, verb: str, args: dict[str, Any] | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        return self.client(timeout).call(verb, args or {}, timeout=timeout)
+
+    def agentctl(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run the real agentctl CLI against this daemon."""
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(self.run_dir), *argv],
+            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def status(self, agent_id: str) -> dict[str, Any]:
+        return self.call("status", {"ids": [agent_id]})["agents"][0]
+
+    def wait_state(self, agent_id: str, *states: str, timeout: float = 20.0) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        def reached() -> dict[str, Any] | None:
+            seen.update(self.status(agent_id))
+            return dict(seen) if seen["state"] in states else None
+
+        try:
+            return wait_until(reached, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"{agent_id} never reached {states}; last status {seen}\n--- agentd log ---\n{self.log_text()[-4000:]}") from None
+
+    def log_text(self) -> str:
+        try:
+            return self.daemon_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def agent_pids(self) -> list[int]:
+        return processes_tagged(self.tag)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            self.proc.wait(timeout=10)
+        for pid in processes_tagged(self.tag):
+            try:
+                kill_tree(pid)
+            except psutil.Error:
+                pass
+        shutil.rmtree(self.base, ignore_errors=True)

@@ -1,0 +1,131 @@
+"""Every bad input gets a clear answer, a non-zero exit where a command failed, and loses nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import zmq
+
+from tests.support.daemon import ROOT
+from tests.support.wait import wait_until
+
+
+def agentd_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+def test_check_config_reports_each_problem_with_file_and_path(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "agents:\n"
+        "  - id: web\n    binary_path: /bin/sleep\n    helth_check: {}\n"
+        "  - id: web\n    binary_path: /bin/sleep\n"
+        "  - id: a/b\n    binary_path: /bin/sleep\n"
+        "  - id: t\n    type: telegraf\n    binary_path: /bin/sleep\n    health_check: {cpu_threshold: 150}\n"
+        "  - id: n\n    binary_path: /bin/sleep\n    stop_timeout: soon\n"
+    )
+    result = agentd_cli("check-config", str(cfg))
+    assert result.returncode == 1
+    err = result.stderr
+    assert f"{cfg}:" in err
+    assert "did you mean 'health_check'" in err
+    assert "duplicate agent id 'web'" in err
+    assert "invalid agent id 'a/b'" in err
+    assert "agents[3] (t).health_check.cpu_threshold: must be ≤ 100, got 150" in err
+    assert "agents[4] (n).stop_timeout" in err
+    assert "Traceback" not in err
+
+
+def test_both_agent_and_agents_is_an_error_and_run_refuses(tmp_path):
+    cfg = tmp_path / "both.yaml"
+    cfg.write_text("agent:\n  binary_path: /bin/sleep\nagents: []\n")
+    result = agentd_cli("run", "-c", str(cfg))
+    assert result.returncode == 2
+    assert "'agent' and 'agents' cannot both be set" in result.stderr
+
+
+def test_missing_or_non_executable_binary_fails_that_agent_only(agentd, tmp_path):
+    not_exec = agentd.base / "not-exec.sh"
+    not_exec.write_text("#!/bin/sh\nsleep 100\n")
+    agentd.write_config([
+        {"id": "ghost", "binary_path": "/no/such/binary"},
+        {"id": "noexec", "binary_path": str(not_exec)},
+        agentd.helper_agent("fine", "well-behaved"),
+    ])
+    agentd.start()
+    ghost = agentd.wait_state("ghost", "failed")
+    assert "binary_path /no/such/binary does not exist" in ghost["reason"]
+    assert "is not executable" in agentd.wait_state("noexec", "failed")["reason"]
+    agentd.wait_state("fine", "running")
+    result = agentd.agentctl("start", "ghost")
+    assert result.returncode == 1 and "does not exist" in result.stdout
+
+
+def test_agentctl_against_a_stopped_daemon_says_so_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(tmp_path), "status"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip() == f"agentctl: agentd is not running: no socket at {tmp_path}/control.ipc"
+
+
+def test_agentctl_with_a_stale_socket_after_kill_9(agentd):
+    agentd.write_config([])
+    agentd.start()
+    agentd.kill9()
+    result = agentd.agentctl("status")
+    assert result.returncode == 3
+    assert "agentd is not running: stale socket" in result.stderr
+
+
+def test_unknown_agent_id_lists_known_ones(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    for argv in (["stop", "nope"], ["status", "nope"], ["logs", "nope"]):
+        result = agentd.agentctl(*argv)
+        assert result.returncode == 1, argv
+        assert "no agent 'nope'; known: a" in result.stderr
+    assert agentd.agentctl("start").returncode == 2
+
+
+def test_garbage_on_the_control_socket_is_answered_and_the_daemon_carries_on(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("a", "running")
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{agentd.run_dir / 'control.ipc'}")
+    try:
+        for payload in ([b"\xff\xfe garbage"], [b"[1,2,3]"], [b'{"verb": "status"}'], [b"a", b"b", b"c"],
+                        [b'{"id": "x", "verb": "nope"}'], [b'{"id": "y", "verb": "stop", "args": {"ids": 5}}']):
+            sock.send_multipart(payload)
+            assert sock.poll(10_000), f"no answer to {payload}"
+            reply = sock.recv_json()
+            assert reply["ok"] is False and reply["error"]["code"] in ("bad_request", "unknown_verb")
+            assert "Traceback" not in reply["error"]["message"]
+    finally:
+        sock.close()
+    assert agentd.status("a")["state"] == "running"
+    assert "control: rejected a message" in agentd.log_text()
+
+
+def test_metadata_truncated_to_half_is_moved_aside_and_the_daemon_runs(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.helper_agent("b", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("a", "running")
+    agentd.wait_state("b", "running")
+    agentd.call("stop", {"all": True})
+    agentd.terminate()
+    meta = agentd.data_dir / "metadata" / "a.json"
+    text = meta.read_text()
+    meta.write_text(text[: len(text) // 2])
+    agentd.start()
+    wait_until(lambda: list(meta.parent.glob("a.json.corrupt-*")))
+    assert "a.json" in agentd.log_text() and "corrupt" in agentd.log_text()
+    # a's record is lost, so it starts fresh; b's operator stop survives.
+    agentd.wait_state("a", "running")
+    assert agentd.status("b")["state"] == "stopped"

@@ -1,0 +1,56 @@
+"""reload computes a per-agent diff and touches only what changed; --dry-run only shows it; SIGHUP = reload."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.support.wait import read_markers, wait_until
+
+
+def test_reload_adds_removes_and_restarts_only_changed_agents(agentd):
+    keep = agentd.helper_agent("keep", "well-behaved")
+    change = agentd.helper_agent("change", "well-behaved")
+    drop = agentd.helper_agent("drop", "well-behaved")
+    agentd.write_config([keep, change, drop])
+    agentd.start()
+    pids = {i: agentd.wait_state(i, "running")["pid"] for i in ("keep", "change", "drop")}
+
+    change["env"]["LEVEL"] = "debug"
+    agentd.write_config([keep, change, agentd.helper_agent("new", "well-behaved")])
+
+    dry = agentd.agentctl("reload", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "+ new" in dry.stdout and "- drop" in dry.stdout and "~ change (changed: env)" in dry.stdout
+    assert agentd.status("drop")["state"] == "running"  # dry run touched nothing
+
+    plan = agentd.call("reload")["plan"]
+    assert plan["added"] == ["new"] and plan["removed"] == ["drop"]
+    assert [c["id"] for c in plan["changed"]] == ["change"] and plan["unchanged"] == ["keep"]
+
+    agentd.wait_state("new", "running")
+    wait_until(lambda: agentd.status("change")["pid"] not in (None, pids["change"]))
+    agentd.wait_state("change", "running")
+    wait_until(lambda: "drop" not in [a["id"] for a in agentd.call("status")["agents"]])
+    assert agentd.status("keep")["pid"] == pids["keep"]
+    assert len(read_markers(agentd.marker("keep"))) == 1
+    assert not (agentd.data_dir / "metadata" / "drop.json").exists() or wait_until(
+        lambda: not (agentd.data_dir / "metadata" / "drop.json").exists())
+    assert any(m[0] == "TERM" for m in read_markers(agentd.marker("drop")))
+
+
+def test_sighup_reloads_and_a_broken_config_changes_nothing(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("a", "running")["pid"]
+    agentd.config_path.write_text(agentd.config_path.read_text() + "\nbogus_section: {}\n")
+    result = agentd.agentctl("reload")
+    assert result.returncode == 1
+    assert "bogus_section" in result.stderr and "nothing changed" in result.stderr
+    agentd.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP reload failed" in agentd.log_text())
+    assert agentd.proc.poll() is None and agentd.status("a")["pid"] == pid
+
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.helper_agent("b", "well-behaved")])
+    agentd.proc.send_signal(signal.SIGHUP)
+    agentd.wait_state("b", "running")
+    assert agentd.status("a")["pid"] == pid
