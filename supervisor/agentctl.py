@@ -280,6 +280,60 @@ def _print_events(items: list[dict[str, Any]], as_json: bool) -> None:
         click.echo(json.dumps(e) if as_json else _event_line(e))
 
 
+# ----------------------------------------------------------------------------- workers
+
+
+def render_workers(result: dict[str, Any]) -> str:
+    rows = []
+    for w in result["workers"]:
+        c = w["counters"]
+        rejected = sum(v for k, v in c.items() if k.startswith("rejected"))
+        dropped = sum(v for k, v in c.items() if k.startswith("dropped"))
+        causes = ", ".join(f"{k} ×{v}" for k, v in w["restart_causes"].items())
+        rows.append([
+            w["name"], w["state"], w["pid"], format_duration(w["uptime_s"]) if w["uptime_s"] is not None else None,
+            w["restarts"], c.get("received", 0), c.get("accepted", 0), rejected, dropped, w["queue_depth"],
+            (f"last exit: {w['last_exit']}" + (f" [{causes}]" if causes else "")) if w["last_exit"] else "",
+        ])
+    table = render_table(["WORKER", "STATE", "PID", "UPTIME", "RESTARTS", "RECEIVED", "ACCEPTED", "REJECTED", "DROPPED", "QUEUE", "INFO"], rows) if rows else "no workers"
+    parent = result["parent"]
+    applied = parent.get("applied", 0)
+    dropped = {k: v for k, v in parent.items() if k.startswith("dropped")}
+    summary = f"parent: {applied} heartbeats applied" + (", dropped: " + ", ".join(f"{k[8:]} {v}" for k, v in dropped.items()) if dropped else "")
+    return f"{table}\n{summary}"
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def workers(click_ctx: click.Context, as_json: bool) -> None:
+    """Show agentd's worker processes: pid, uptime, restarts, counters."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call("workers")
+    c.emit(result, render_workers(result))
+
+
+# ----------------------------------------------------------------------------- heartbeat (for scripts)
+
+
+@cli.command()
+@click.argument("agent_id", required=False)
+@click.option("--status", "hb_status", help="Free-text status to report.")
+@click.option("--agent-version", help="Version to report.")
+@click.option("--socket", "socket_path", help="Heartbeat socket (default $AGENTD_HEARTBEAT_SOCKET).")
+@click.option("--url", help="Heartbeat URL (default $AGENTD_HEARTBEAT_URL).")
+@click.option("--token", envvar="AGENTD_HEARTBEAT_TOKEN", help="Bearer token for HTTP (or $AGENTD_HEARTBEAT_TOKEN).")
+def heartbeat(agent_id: str | None, hb_status: str | None, agent_version: str | None, socket_path: str | None, url: str | None, token: str | None) -> None:
+    """Send one heartbeat for AGENT_ID (default $AGENTD_AGENT_ID); for scripts run by an agent."""
+    from .heartbeat_client import HeartbeatError, send_heartbeat
+
+    try:
+        message = send_heartbeat(agent_id, socket_path=socket_path, url=url, token=token, status=hb_status, version=agent_version)
+    except HeartbeatError as exc:
+        fail(str(exc), EXIT_FAILED)
+    click.echo(message)
+
+
 # ----------------------------------------------------------------------------- small verbs
 
 

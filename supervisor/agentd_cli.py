@@ -36,10 +36,11 @@ def run(config_path: str, log_level: str | None) -> None:
     for warning in config.warnings:
         log.warning("config: %s", warning)
     from .daemon import Daemon  # imported late so check-config stays light
+    from .listeners import ListenError
 
     try:
         code = asyncio.run(Daemon(config, config.source).run())
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ListenError) as exc:
         click.echo(f"agentd: {exc}", err=True)
         sys.exit(1)
     except PermissionError as exc:

@@ -8,11 +8,8 @@ rate-limited log line, and never stops the loop.
 from __future__ import annotations
 
 import asyncio
-import grp
 import json
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -20,43 +17,14 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
+from .ipc import bind_private
+from .rate_limited_log import RateLimitedLog
 from .protocol import MAX_MESSAGE_BYTES, ErrorCode, Reply, Request, error_reply
 from .validation_text import describe_validation_error
 
 log = logging.getLogger(__name__)
 
 Dispatcher = Callable[[Request], Awaitable[Reply]]
-
-
-def bind_private(sock: zmq.Socket, path: Path, group: str | None = None) -> None:
-    """Bind an ipc:// endpoint born 0600 (0660 for `group`): no window in which others could connect."""
-    if path.exists() or path.is_symlink():
-        path.unlink()  # a stale file from a killed daemon; we hold the pid lock, so it is not live
-    old = os.umask(0o077 if group is None else 0o007)
-    try:
-        sock.bind(f"ipc://{path}")
-    finally:
-        os.umask(old)
-    if group is not None:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
-
-
-class _RateLimitedWarning:
-    """At most one warning per `period` seconds, counting what it held back."""
-
-    def __init__(self, period: float = 10.0) -> None:
-        self.period = period
-        self.last = -1e9
-        self.suppressed = 0
-
-    def warn(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.last < self.period:
-            self.suppressed += 1
-            return
-        extra = f" ({self.suppressed} similar suppressed)" if self.suppressed else ""
-        log.warning(msg + extra, *args)
-        self.last, self.suppressed = now, 0
 
 
 class ControlServer:
@@ -73,7 +41,7 @@ class ControlServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         bind_private(self.sock, path, group)
         self._tasks: set[asyncio.Task] = set()
-        self._garbage = _RateLimitedWarning()
+        self._garbage = RateLimitedLog(log)
         self.requests = 0
         self.bad_requests = 0
 
@@ -109,7 +77,7 @@ class ControlServer:
 
     def _reject(self, identity: bytes | None, request_id: str | None, message: str) -> None:
         self.bad_requests += 1
-        self._garbage.warn("control: rejected a message: %s", message)
+        self._garbage("control: rejected a message: %s", message)
         if identity is not None:
             asyncio.ensure_future(self._send(identity, error_reply(request_id, ErrorCode.BAD_REQUEST, message)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 import os
 import signal
 import time
@@ -21,7 +22,11 @@ from pydantic import ValidationError
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .control_server import ControlServer
+from .event_intake import EventIntake
 from .event_log import EventLog
+from . import ipc
+from .listeners import bound_address, tcp_listener, unix_listener
+from .messages import HeartbeatBatch
 from .lifecycle import AgentProcess
 from .log_files import rotate_if_needed
 from .metadata_store import ExitRecord, MetadataStore, iso_utc
@@ -32,10 +37,12 @@ from .protocol import ControlError, ErrorCode, Reply, Request, error_reply
 from .registry import Registry
 from .reload_plan import ReloadPlan, plan_reload
 from .sd_notify import sd_notify
-from .states import DOWN_STATES, PROCESS_STATES, AgentState
+from .state_feed import StateFeed
+from .states import DOWN_STATES, PROCESS_STATES, UP_STATES, AgentState
 from .validation_text import describe_validation_error
 from .verbs import VERBS
 from .verbs.status import DaemonStatus
+from .worker_pool import WorkerPool, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +51,19 @@ LOG_ROTATE_CHECK_INTERVAL = 5.0
 SHUTDOWN_VERBS = frozenset({"ping", "version", "status", "events", "logs"})
 
 
-def heartbeat_env(config: Config) -> dict[str, str]:
-    """The AGENTD_HEARTBEAT_* variables every agent gets."""
+def heartbeat_env(http_address: str | None, unix_path: Path | None) -> dict[str, str]:
+    """The AGENTD_HEARTBEAT_* variables every agent gets, from the addresses actually bound."""
     env = {}
-    http = config.heartbeat.http
-    if http.enabled:
-        host, _, port = http.listen.rpartition(":")
+    if http_address:
+        host, _, port = http_address.rpartition(":")
         host = host.strip("[]")
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
         env["AGENTD_HEARTBEAT_URL"] = f"http://{host}:{port}/heartbeat"
-    if config.heartbeat.unix.enabled:
-        env["AGENTD_HEARTBEAT_SOCKET"] = str(config.heartbeat.unix.path)
+    if unix_path:
+        env["AGENTD_HEARTBEAT_SOCKET"] = str(unix_path)
     return env
 
 
@@ -80,6 +86,9 @@ class Daemon:
         self._stop_agents_on_exit = config.shutdown.stop_agents
         self._shutting_down = False
         self._tasks: list[asyncio.Task] = []
+        self.heartbeat_counters: Counter[str] = Counter()
+        self.intake_restarted_wall: float | None = None  # health grace after an intake outage
+        self.state_feed: StateFeed | None = None
 
     # ----------------------------------------------------------------- clocks and small views
 
@@ -116,35 +125,82 @@ class Daemon:
         self.pidfile.acquire()  # AlreadyRunning propagates to the CLI with its message
         self.store = MetadataStore(self.data_dir / "metadata")
         self.writer = MetadataWriter(self.store)
-        self.ops = RealProcessOps(loop, self.log_dir, heartbeat_env(self.config), self._on_exit)
         self.zctx = zmq.asyncio.Context()
+        self.sync_zctx = zmq.Context()
+        self._closers: list = []
         try:
-            self.control = ControlServer(self.zctx, self.run_dir / "control.ipc", self._dispatch, self.config.control.group)
+            env = self._open_listeners()
+            self.ops = RealProcessOps(loop, self.log_dir, env, self._on_exit)
+            self.control = ControlServer(self.zctx, self.run_dir / ipc.CONTROL, self._dispatch, self.config.control.group)
+            self._closers.append(self.control.close)
+            self.state_feed = StateFeed(self.sync_zctx, self.run_dir / ipc.STATE)
+            self._closers.append(self.state_feed.close)
+            self.intake = EventIntake(self.zctx, self.run_dir / ipc.EVENTS, self.apply_heartbeats, self._on_worker_beat)
+            self._closers.append(self.intake.close)
             self._load_agents()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown, self.config.shutdown.stop_agents, signal.Signals(sig).name)
             loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
             self._tasks = [
                 asyncio.create_task(self.control.serve(), name="control"),
+                asyncio.create_task(self.intake.serve(), name="events"),
                 asyncio.create_task(self._rotate_logs_forever(), name="log-rotation"),
+                asyncio.create_task(self._heartbeat_housekeeping(), name="heartbeat-feed"),
             ]
-            log.info("agentd %s running (pid %d, %d agents, run_dir %s)", __version__, self.pid, len(self.registry), self.run_dir)
+            # Workers start once the endpoints they connect to are up.
+            self.pool = WorkerPool(loop, self.run_dir, self._worker_specs(), self.config.daemon.log_level, self.config.daemon.log_format, self._on_worker_respawn)
+            self.pool.start_all()
+            self._tasks.append(asyncio.create_task(self.pool.run_checks(), name="worker-checks"))
+            log.info("agentd %s running (pid %d, %d agents, %d workers, run_dir %s)", __version__, self.pid, len(self.registry), len(self.pool.workers), self.run_dir)
             sd_notify("READY=1\nSTATUS=supervising %d agents" % len(self.registry))
             await self._supervise()
             sd_notify("STOPPING=1")
+            await self.pool.stop_all()
             await self._shutdown_sequence()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             for task in self._tasks:
                 task.cancel()
-            if hasattr(self, "control"):
-                self.control.close()
+            if getattr(self, "pool", None) is not None and not self.pool.stopping:
+                await self.pool.stop_all()
+            for close in reversed(self._closers):
+                close()
             self.writer.close()
             self.zctx.term()
+            self.sync_zctx.term()
             self.pidfile.release()
         log.info("agentd stopped")
         return 0
+
+    def _open_listeners(self) -> dict[str, str]:
+        """Bind the intake sockets the workers will inherit; returns the agents' heartbeat env."""
+        hb = self.config.heartbeat
+        self.http_sock = self.unix_sock = None
+        self.http_address = None
+        if hb.http.enabled:
+            self.http_sock = tcp_listener(hb.http.listen)
+            self._closers.append(self.http_sock.close)
+            self.http_address = bound_address(self.http_sock)
+            log.info("heartbeat HTTP intake on %s", self.http_address)
+        if hb.unix.enabled:
+            self.unix_sock = unix_listener(hb.unix.path)
+            self._closers.append(self.unix_sock.close)
+            self._closers.append(lambda: Path(hb.unix.path).unlink(missing_ok=True))
+        return heartbeat_env(self.http_address, hb.unix.path if self.unix_sock else None)
+
+    def _worker_specs(self) -> list[WorkerSpec]:
+        hb = self.config.heartbeat
+        specs = []
+        if self.http_sock is not None:
+            fd = self.http_sock.fileno()
+            settings = hb.http.model_dump_json()
+            for i in range(hb.http.processes):
+                specs.append(WorkerSpec(f"heartbeat-http-{i}", "heartbeat_http", ["--settings", settings, "--listen-fd", str(fd)], (fd,)))
+        if self.unix_sock is not None:
+            fd = self.unix_sock.fileno()
+            specs.append(WorkerSpec("heartbeat-unix", "heartbeat_unix", ["--settings", hb.unix.model_dump_json(), "--listen-fd", str(fd)], (fd,)))
+        return specs
 
     def _prepare_dirs(self) -> None:
         # run_dir is 0755 so agents running as other users can reach the heartbeat socket; the
@@ -205,6 +261,8 @@ class Daemon:
             if agent.removed:
                 self.registry.discard(agent.spec.id)
                 self.writer.delete(agent.spec.id)
+                if self.state_feed is not None:
+                    self.state_feed.agent_removed(agent.spec.id)
                 agent.dirty = False
                 continue
             if when is not None:
@@ -212,10 +270,10 @@ class Daemon:
         self._persist_dirty()
         return due
 
-    def _persist_dirty(self) -> None:
+    def _persist_dirty(self, heartbeats_too: bool = False) -> None:
         for agent in self.registry:
-            if agent.dirty:
-                agent.dirty = False
+            if agent.dirty or (heartbeats_too and agent.hb_dirty):
+                agent.dirty = agent.hb_dirty = False
                 self.writer.save(agent.to_record())
 
     def wake(self) -> None:
@@ -230,6 +288,8 @@ class Daemon:
         self.events.append(iso_utc(), agent.spec.id, old.value, new.value, reason)
         level = logging.WARNING if new in (AgentState.FAILED, AgentState.RESTARTING) else logging.INFO
         log.log(level, "%s: %s -> %s: %s", agent.spec.id, old.value, new.value, reason)
+        if self.state_feed is not None:
+            self.state_feed.agent_changed(agent)
         self._changed.set()
         self._changed = asyncio.Event()
         self.wake()
@@ -276,6 +336,52 @@ class Daemon:
             return error_reply(request.id, ErrorCode.INTERNAL, f"internal error while running '{request.verb}'; see the agentd log")
         return Reply(id=request.id, ok=True, result=result.model_dump(mode="json"))
 
+    # ----------------------------------------------------------------- heartbeats and workers
+
+    def apply_heartbeats(self, batch: HeartbeatBatch) -> None:
+        """Apply a worker's batch: last heartbeat, reported fields, starting -> running."""
+        now = self.now()
+        counters = self.heartbeat_counters
+        for hb in batch.items:
+            agent = self.registry.find(hb.agent_id)
+            if agent is None:
+                counters["dropped_unknown_agent"] += 1
+                continue
+            if agent.state not in UP_STATES:
+                counters["dropped_not_running"] += 1
+                continue
+            if hb.generation is not None and hb.generation != agent.generation:
+                counters["dropped_stale_generation"] += 1  # validated against a process since replaced
+                continue
+            agent.on_heartbeat(now, hb.timestamp, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status})
+            counters["applied"] += 1
+        self._persist_dirty()  # only transitions (first heartbeat) are written at once
+
+    def heartbeat_times(self) -> dict[str, float]:
+        return {a.spec.id: a.last_heartbeat_wall for a in self.registry if a.last_heartbeat_wall is not None}
+
+    def intake_counters(self) -> dict[str, int]:
+        return {**self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}}
+
+    def _on_worker_beat(self, beat) -> None:
+        self.pool.on_beat(beat)
+
+    def _on_worker_respawn(self, name: str, cause: str) -> None:
+        if name.startswith("heartbeat-"):
+            # Heartbeats sent during the outage were lost through no fault of the agents.
+            self.intake_restarted_wall = self.wall()
+
+    async def _heartbeat_housekeeping(self) -> None:
+        """Once a second publish heartbeat times; every flush_interval write heartbeat-only changes."""
+        flush_every = max(0.1, self.config.metadata.flush_interval)
+        last_flush = self.now()
+        while True:
+            await asyncio.sleep(min(1.0, flush_every))
+            self.state_feed.heartbeat_times(self.heartbeat_times())
+            if self.now() - last_flush >= flush_every:
+                last_flush = self.now()
+                self._persist_dirty(heartbeats_too=True)
+
     # ----------------------------------------------------------------- reload
 
     def reload(self, dry_run: bool = False) -> ReloadPlan:
@@ -305,6 +411,10 @@ class Daemon:
             agent.start_if_wanted(now, "added by reload")
         for agent_id in plan.unchanged:
             self.registry.get(agent_id).spec = specs[agent_id]
+        for agent_id in [*plan.added, *(c.id for c in plan.changed)]:
+            agent = self.registry.find(agent_id)
+            if agent is not None and self.state_feed is not None:
+                self.state_feed.agent_changed(agent)  # new token or health settings, even without a transition
         if plan.restart_required:
             log.warning("reload: changes to %s take effect only after agentd restarts", ", ".join(plan.restart_required))
         self.config = new
@@ -350,7 +460,7 @@ class Daemon:
             if agent.handle is not None:
                 self.ops.forget(agent.handle)
             agent.dirty = True
-        self._persist_dirty()
+        self._persist_dirty(heartbeats_too=True)
         self.writer.flush()
 
     async def _supervise_until(self, fut: asyncio.Future) -> None:

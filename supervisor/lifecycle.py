@@ -125,7 +125,8 @@ class AgentProcess:
         self.pending_reason = ""
         self.pending_forced = False
         self.pending_clean = False
-        self.dirty = False  # a change worth persisting that is not a transition
+        self.dirty = False  # a change worth persisting at once
+        self.hb_dirty = False  # heartbeat-only changes, persisted coalesced
         if record is not None:
             self._restore(record)
 
@@ -277,7 +278,7 @@ class AgentProcess:
         self.last_heartbeat_wall = wall
         if fields:
             self.reported.update({k: v for k, v in fields.items() if v is not None})
-        self.dirty = True
+        self.hb_dirty = True  # persisted at most once per metadata.flush_interval
         if self.state == AgentState.STARTING:
             self._set(AgentState.RUNNING, "first heartbeat received")
 
@@ -413,6 +414,12 @@ class AgentProcess:
         self.last_restart_wall = self.wall()
 
     # ----------------------------------------------------------------- views
+
+    def heartbeat_age(self, now: float) -> float | None:
+        """Seconds since the last heartbeat was received (monotonic, so wall-clock jumps do not matter)."""
+        if self.last_heartbeat_mono is None:
+            return None
+        return max(0.0, now - self.last_heartbeat_mono)
 
     def uptime(self, now: float) -> float | None:
         """Seconds since the current process started, while one runs."""

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import events, logs, ping, reload, restart, shutdown, start, status, stop, version
+from . import events, logs, ping, reload, restart, shutdown, snapshot, start, status, stop, version, workers
 
-VERBS: dict[str, ModuleType] = {m.NAME: m for m in (ping, version, status, start, stop, restart, reload, logs, events, shutdown)}
+VERBS: dict[str, ModuleType] = {m.NAME: m for m in (ping, version, status, start, stop, restart, reload, logs, events, shutdown, snapshot, workers)}

@@ -55,13 +55,11 @@ class Result(BaseModel):
     agents: list[AgentStatus]
 
 
-def agent_status(agent: AgentProcess, now: float, wall: float) -> AgentStatus:
-    """Build the status view of one agent at monotonic time `now` and wall time `wall`."""
+def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
+    """Build the status view of one agent at monotonic time `now`."""
     h = agent.handle
     live = h is not None and agent.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING)
-    hb_age = None
-    if agent.last_heartbeat_wall is not None:
-        hb_age = round(max(0.0, wall - agent.last_heartbeat_wall), 3)
+    hb_age = agent.heartbeat_age(now)
     next_restart = None
     if agent.state == AgentState.RESTARTING and agent.backoff_until is not None:
         next_restart = round(max(0.0, agent.backoff_until - now), 3)
@@ -79,7 +77,7 @@ def agent_status(agent: AgentProcess, now: float, wall: float) -> AgentStatus:
         uptime_s=round(uptime, 3) if uptime is not None else None,
         started_at=iso_utc(h.started_wall) if live else None,
         last_heartbeat=iso_utc(agent.last_heartbeat_wall) if agent.last_heartbeat_wall else None,
-        heartbeat_age_s=hb_age,
+        heartbeat_age_s=round(hb_age, 3) if hb_age is not None else None,
         version=agent.reported.get("version"),
         last_exit=agent.last_exit,
         last_restart=iso_utc(agent.last_restart_wall) if agent.last_restart_wall else None,
@@ -92,5 +90,5 @@ def agent_status(agent: AgentProcess, now: float, wall: float) -> AgentStatus:
 
 async def handle(daemon, args: Args) -> Result:
     agents = daemon.registry.select(args.ids, all_agents=not args.ids)
-    now, wall = daemon.now(), daemon.wall()
-    return Result(daemon=daemon.status_info(), agents=[agent_status(a, now, wall) for a in agents])
+    now = daemon.now()
+    return Result(daemon=daemon.status_info(), agents=[agent_status(a, now) for a in agents])

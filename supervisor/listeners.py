@@ -1,0 +1,64 @@
+"""Listening sockets the parent creates and hands to intake workers.
+
+The parent owns them so that port 0 resolves before agents get their AGENTD_HEARTBEAT_URL, a bad or
+busy address is a clear start-up error, and a respawned worker inherits the same socket: connections
+queue in the backlog instead of being refused while the worker restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from .config import split_listen
+
+BACKLOG = 4096
+
+
+class ListenError(Exception):
+    """A listening socket could not be created; the message names the setting."""
+
+
+def tcp_listener(listen: str) -> socket.socket:
+    """Bind heartbeat.http.listen (host:port, port 0 = any free port)."""
+    host, port = split_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"heartbeat.http.listen {listen}: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"heartbeat.http.listen {listen}: {exc.strerror}") from None
+    return sock
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """Bind the heartbeat socket 0666: identity comes from peer credentials, not file permissions."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        path.unlink()  # stale from a killed daemon; we hold the pid lock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o666)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"heartbeat.unix.path {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    return sock
+
+
+def bound_address(sock: socket.socket) -> str:
+    """host:port as bound (port 0 resolved)."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,23 @@
+"""`snapshot`: the full agent view and its sequence number, for workers joining the state feed."""
+
+from pydantic import BaseModel, ConfigDict
+
+from ..messages import AgentView
+from ..state_feed import agent_view
+
+NAME = "snapshot"
+HELP = "The state feed's snapshot (used by workers)."
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Result(BaseModel):
+    seq: int
+    agents: list[AgentView]
+    last_heartbeat: dict[str, float]
+
+
+async def handle(daemon, args: Args) -> Result:
+    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeat_times())

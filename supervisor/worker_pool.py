@@ -1,0 +1,224 @@
+"""The parent's worker processes: spawn, watch (pidfd + liveness beats), respawn with backoff, report.
+
+Workers are plain subprocesses running `python -m workers.<kind>`; see docs/decisions.md for why not
+multiprocessing. Listening sockets (HTTP port, heartbeat.sock) are created by the parent and passed
+down, so a respawned worker inherits the backlog and clients never see a refused connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .exit_watch import ExitWatch, watch_exit
+from .lifecycle import describe_exit
+from .messages import WorkerBeat
+
+log = logging.getLogger(__name__)
+
+RESPAWN_STEPS = [0.1, 0.5, 1.0, 2.0, 5.0]  # the last repeats
+RESPAWN_RESET_AFTER = 30.0  # a worker that ran this long starts again from the first step
+SILENCE_TIMEOUT = 10.0  # no liveness beat for this long: the worker is stuck and gets SIGKILL
+START_GRACE = 15.0  # a fresh worker may take this long before its first beat (imports on a busy box)
+STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class WorkerSpec:
+    """How to run one worker process."""
+
+    name: str
+    kind: str  # module under workers/
+    args: list[str] = field(default_factory=list)
+    pass_fds: tuple[int, ...] = ()
+
+
+class WorkerInfo(BaseModel):
+    """One worker as `agentctl workers` shows it."""
+
+    name: str
+    kind: str
+    state: str  # running | restarting | stopped
+    pid: int | None
+    uptime_s: float | None
+    restarts: int
+    restart_causes: dict[str, int]
+    last_exit: str | None
+    last_exit_time: float | None
+    last_beat_age_s: float | None
+    counters: dict[str, int]
+    queue_depth: int
+    info: dict[str, str]
+
+
+@dataclass
+class _Worker:
+    spec: WorkerSpec
+    popen: subprocess.Popen | None = None
+    watch: ExitWatch | None = None
+    started_mono: float = 0.0
+    last_beat_mono: float | None = None
+    restarts: int = 0
+    consecutive: int = 0
+    causes: Counter = field(default_factory=Counter)
+    last_exit: str | None = None
+    last_exit_time: float | None = None
+    respawn_at: float | None = None
+    killing_cause: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    queue_depth: int = 0
+    info: dict[str, str] = field(default_factory=dict)
+
+
+class WorkerPool:
+    """Keeps every configured worker running; the parent's event loop drives it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, run_dir: Path, specs: list[WorkerSpec], log_level: str, log_format: str, on_respawn=None) -> None:
+        self.loop = loop
+        self.run_dir = run_dir
+        self.log_level = log_level
+        self.log_format = log_format
+        self.workers = {s.name: _Worker(s) for s in specs}
+        self.on_respawn = on_respawn or (lambda name, cause: None)
+        self.stopping = False
+
+    # ----------------------------------------------------------------- spawn / exit
+
+    def start_all(self) -> None:
+        for worker in self.workers.values():
+            self._spawn(worker)
+
+    def _spawn(self, worker: _Worker) -> None:
+        spec = worker.spec
+        argv = [
+            sys.executable, "-m", f"workers.{spec.kind}",
+            "--run-dir", str(self.run_dir), "--name", spec.name,
+            "--log-level", self.log_level, "--log-format", self.log_format, *spec.args,
+        ]
+        env = dict(os.environ, AGENTD_PARENT_PID=str(os.getpid()))
+        try:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=spec.pass_fds, env=env, close_fds=True)
+        except OSError as exc:
+            log.error("worker %s: cannot start: %s", spec.name, exc)
+            self._schedule_respawn(worker, f"cannot start: {exc}")
+            return
+        worker.popen = popen
+        worker.started_mono = time.monotonic()
+        worker.last_beat_mono = None
+        worker.respawn_at = None
+        worker.killing_cause = None
+        worker.watch = watch_exit(self.loop, popen.pid, popen, lambda code, sig, w=worker, p=popen: self._exited(w, p, code, sig))
+        log.info("worker %s: started pid %d", spec.name, popen.pid)
+
+    def _exited(self, worker: _Worker, popen: subprocess.Popen, code: int | None, signum: int | None) -> None:
+        if worker.popen is not popen:
+            return
+        worker.popen = None
+        worker.watch = None
+        what = describe_exit(code, signum)
+        cause = worker.killing_cause or what
+        worker.last_exit = cause if cause == what else f"{cause} ({what})"
+        worker.last_exit_time = time.time()
+        if self.stopping:
+            return
+        log.warning("worker %s (pid %d) exited: %s; respawning", worker.spec.name, popen.pid, worker.last_exit)
+        self._schedule_respawn(worker, cause)
+
+    def _schedule_respawn(self, worker: _Worker, cause: str) -> None:
+        now = time.monotonic()
+        if worker.started_mono and now - worker.started_mono >= RESPAWN_RESET_AFTER:
+            worker.consecutive = 0
+        delay = RESPAWN_STEPS[min(worker.consecutive, len(RESPAWN_STEPS) - 1)]
+        worker.consecutive += 1
+        worker.restarts += 1
+        worker.causes[cause.split(" (")[0]] += 1
+        worker.respawn_at = now + delay
+        self.on_respawn(worker.spec.name, cause)
+
+    # ----------------------------------------------------------------- liveness
+
+    def on_beat(self, beat: WorkerBeat) -> None:
+        worker = self.workers.get(beat.worker)
+        if worker is None or worker.popen is None or worker.popen.pid != beat.pid:
+            return  # a beat from a previous incarnation still in the queue
+        worker.last_beat_mono = time.monotonic()
+        worker.counters = beat.counters
+        worker.queue_depth = beat.queue_depth
+        worker.info = beat.info
+
+    def check(self, now: float) -> None:
+        """Respawn what is due; SIGKILL workers that went silent (the exit path respawns them)."""
+        for worker in self.workers.values():
+            if worker.popen is None:
+                if worker.respawn_at is not None and now >= worker.respawn_at and not self.stopping:
+                    self._spawn(worker)
+                continue
+            last = worker.last_beat_mono
+            silent_for = now - (last if last is not None else worker.started_mono)
+            limit = SILENCE_TIMEOUT if last is not None else START_GRACE
+            if silent_for > limit and worker.killing_cause is None:
+                worker.killing_cause = f"silent for {silent_for:.0f}s (no liveness beat)"
+                log.error("worker %s (pid %d) is %s; killing it", worker.spec.name, worker.popen.pid, worker.killing_cause)
+                try:
+                    worker.popen.send_signal(signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    async def run_checks(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            self.check(time.monotonic())
+
+    # ----------------------------------------------------------------- stop
+
+    async def stop_all(self) -> None:
+        """SIGTERM every worker, SIGKILL what is left after a few seconds."""
+        self.stopping = True
+        live = [w for w in self.workers.values() if w.popen is not None]
+        for worker in live:
+            worker.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(w.popen is not None for w in live) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for worker in live:
+            if worker.popen is not None:
+                log.warning("worker %s did not exit on SIGTERM; killing it", worker.spec.name)
+                worker.popen.kill()
+                worker.popen.wait()
+                if worker.watch is not None:
+                    worker.watch.cancel()
+                worker.popen = None
+
+    # ----------------------------------------------------------------- views
+
+    def describe(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        out = []
+        for w in self.workers.values():
+            running = w.popen is not None
+            out.append(WorkerInfo(
+                name=w.spec.name,
+                kind=w.spec.kind,
+                state="running" if running else ("restarting" if w.respawn_at is not None else "stopped"),
+                pid=w.popen.pid if running else None,
+                uptime_s=round(now - w.started_mono, 3) if running else None,
+                restarts=w.restarts,
+                restart_causes=dict(w.causes),
+                last_exit=w.last_exit,
+                last_exit_time=w.last_exit_time,
+                last_beat_age_s=round(now - w.last_beat_mono, 3) if running and w.last_beat_mono is not None else None,
+                counters=w.counters,
+                queue_depth=w.queue_depth,
+                info=w.info,
+            ))
+        return out

@@ -1,0 +1,237 @@
+"""A worker's link to the parent: PUSH events, SUB state with snapshot + sequence numbers, DEALER control.
+
+The ZeroMQ Guide's "clone" pattern: subscribe first, then ask `control` for a snapshot (which
+carries its sequence number), apply only newer updates, and take a fresh snapshot whenever a
+sequence number is skipped. Heartbeats are buffered and sent in batches; when the parent cannot
+keep up, the bounded buffer fills and `submit` says no, so intake answers 503 instead of growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+
+from supervisor.messages import (
+    STATE_ADAPTER,
+    STATE_TOPIC,
+    AgentRemoved,
+    AgentUpdate,
+    AgentView,
+    Heartbeat,
+    HeartbeatBatch,
+    HeartbeatTimes,
+    WorkerBeat,
+)
+from supervisor.protocol import Reply, Request
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+BEAT_INTERVAL = 1.0
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """Ask the kernel to SIGTERM us when the parent dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: fall back on the parent-pid check in the beat loop
+        pass
+    if expected_parent is not None and os.getppid() != expected_parent:
+        sys.exit(0)
+
+
+class WorkerLink:
+    """Everything a worker process says to and hears from the parent."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        name: str,
+        *,
+        want_state: bool = True,
+        batch_max: int = 512,
+        flush_interval: float = 0.005,
+        max_pending: int = 20_000,
+        push_hwm: int = 200,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.name = name
+        self.want_state = want_state
+        self.batch_max = batch_max
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self.ctx = zmq.asyncio.Context()
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 2000)  # give in-flight batches a moment on shutdown
+        self.push.setsockopt(zmq.SNDHWM, push_hwm)
+        self.sub: zmq.asyncio.Socket | None = None
+        self.agents: dict[str, AgentView] = {}
+        self.last_heartbeat: dict[str, float] = {}
+        self.seq = 0
+        self.counters: Counter[str] = Counter()
+        self.info: dict[str, str] = {}
+        self.on_change: list[Callable[[], None]] = []
+        self._pending: list[Heartbeat] = []
+        self._flush_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._parent = os.getppid()
+        self.snapshots = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect, take the first snapshot, and start the flush, beat and state tasks."""
+        self.push.connect(f"ipc://{self.run_dir / 'events.ipc'}")
+        if self.want_state:
+            self.sub = self.ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.LINGER, 0)
+            self.sub.setsockopt(zmq.RCVHWM, 100_000)
+            self.sub.setsockopt(zmq.SUBSCRIBE, STATE_TOPIC)
+            self.sub.connect(f"ipc://{self.run_dir / 'state.ipc'}")
+            await self.resnapshot()
+            self._tasks.append(asyncio.create_task(self._state_loop(), name="state"))
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
+        self._tasks.append(asyncio.create_task(self._beat_loop(), name="beat"))
+
+    async def close(self) -> None:
+        await self.flush()
+        for task in self._tasks:
+            task.cancel()
+        self.push.close(linger=1000)
+        if self.sub is not None:
+            self.sub.close(linger=0)
+        self.ctx.term()
+
+    # ----------------------------------------------------------------- control requests
+
+    async def request(self, verb: str, args: dict | None = None, timeout: float = 10.0) -> dict:
+        """One control request to the parent; raises RuntimeError with the parent's message on failure."""
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(f"ipc://{self.run_dir / 'control.ipc'}")
+            req = Request(id=uuid.uuid4().hex[:16], verb=verb, args=args or {})
+            await sock.send(req.model_dump_json().encode())
+            if not await sock.poll(int(timeout * 1000)):
+                raise TimeoutError(f"parent did not answer '{verb}' within {timeout:g}s")
+            reply = Reply.model_validate(json.loads(await sock.recv()))
+        finally:
+            sock.close(linger=0)
+        if not reply.ok:
+            raise RuntimeError(reply.error.message if reply.error else "request failed")
+        return reply.result or {}
+
+    # ----------------------------------------------------------------- state feed
+
+    async def resnapshot(self) -> None:
+        """Replace our view of the world with the parent's snapshot."""
+        while True:
+            try:
+                snap = await self.request("snapshot", {})
+                break
+            except (TimeoutError, RuntimeError) as exc:
+                log.warning("%s: snapshot failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(0.5)
+        self.agents = {a["id"]: AgentView.model_validate(a) for a in snap["agents"]}
+        self.last_heartbeat = dict(snap.get("last_heartbeat", {}))
+        self.seq = snap["seq"]
+        self.snapshots += 1
+        self._changed()
+
+    async def _state_loop(self) -> None:
+        assert self.sub is not None
+        while True:
+            _topic, payload = await self.sub.recv_multipart()
+            try:
+                msg = STATE_ADAPTER.validate_json(payload)
+            except ValidationError as exc:
+                log.error("%s: unreadable state message: %s", self.name, exc)
+                continue
+            if msg.seq <= self.seq:
+                continue  # already part of our snapshot
+            if msg.seq != self.seq + 1:
+                self.counters["state_gaps"] += 1
+                log.info("%s: state gap (have %d, got %d); taking a new snapshot", self.name, self.seq, msg.seq)
+                await self.resnapshot()
+                continue
+            self.seq = msg.seq
+            if isinstance(msg, AgentUpdate):
+                self.agents[msg.agent.id] = msg.agent
+            elif isinstance(msg, AgentRemoved):
+                self.agents.pop(msg.agent_id, None)
+                self.last_heartbeat.pop(msg.agent_id, None)
+            elif isinstance(msg, HeartbeatTimes):
+                self.last_heartbeat.update(msg.last_heartbeat)
+            self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    # ----------------------------------------------------------------- heartbeats out
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def submit(self, heartbeat: Heartbeat) -> bool:
+        """Queue a heartbeat for the parent; False means back-pressure (the caller answers 503)."""
+        if len(self._pending) >= self.max_pending:
+            self.counters["dropped_backpressure"] += 1
+            return False
+        self._pending.append(heartbeat)
+        if len(self._pending) >= self.batch_max:
+            self._flush_wanted.set()
+        return True
+
+    def has_room(self, n: int = 1) -> bool:
+        return len(self._pending) + n <= self.max_pending
+
+    async def flush(self) -> None:
+        """Send everything queued, in batches, as far as the parent's queue lets us."""
+        while self._pending:
+            batch = self._pending[: self.batch_max]
+            msg = HeartbeatBatch(worker=self.name, items=batch)
+            try:
+                await self.push.send(msg.model_dump_json().encode(), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return  # parent's queue is full: keep the items, try again next round
+            del self._pending[: len(batch)]
+            self.counters["forwarded"] += len(batch)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_wanted.wait(), self.flush_interval)
+            except TimeoutError:
+                pass
+            self._flush_wanted.clear()
+            await self.flush()
+
+    # ----------------------------------------------------------------- liveness
+
+    async def _beat_loop(self) -> None:
+        while True:
+            if os.getppid() != self._parent:
+                log.warning("%s: parent %d is gone; exiting", self.name, self._parent)
+                os._exit(0)
+            beat = WorkerBeat(worker=self.name, pid=os.getpid(), counters=dict(self.counters), queue_depth=self.queue_depth, info=self.info)
+            try:
+                await self.push.send(beat.model_dump_json().encode(), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["beats_dropped"] += 1
+            await asyncio.sleep(BEAT_INTERVAL)
