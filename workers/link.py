@@ -44,7 +44,13 @@ BEAT_INTERVAL = 1.0
 
 
 def die_with_parent(expected_parent: int | None = None) -> None:
-    """Ask the kernel to SIGTERM us when the parent dies; exit now if it already has."""
+    """Ask the kernel to SIGTERM us when the parent dies; exit now if it already has.
+
+    The parent passes its pid in AGENTD_PARENT_PID: a parent that died before the prctl call
+    would otherwise leave us running forever under init.
+    """
+    if expected_parent is None and os.environ.get("AGENTD_PARENT_PID", "").isdigit():
+        expected_parent = int(os.environ["AGENTD_PARENT_PID"])
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -144,6 +150,7 @@ class WorkerLink:
                 snap = await self.request("snapshot", {})
                 break
             except (TimeoutError, RuntimeError) as exc:
+                self._exit_if_orphaned()
                 log.warning("%s: snapshot failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(0.5)
         self.agents = {a["id"]: AgentView.model_validate(a) for a in snap["agents"]}
@@ -224,11 +231,14 @@ class WorkerLink:
 
     # ----------------------------------------------------------------- liveness
 
+    def _exit_if_orphaned(self) -> None:
+        if os.getppid() != self._parent:
+            log.warning("%s: parent %d is gone; exiting", self.name, self._parent)
+            os._exit(0)
+
     async def _beat_loop(self) -> None:
         while True:
-            if os.getppid() != self._parent:
-                log.warning("%s: parent %d is gone; exiting", self.name, self._parent)
-                os._exit(0)
+            self._exit_if_orphaned()
             beat = WorkerBeat(worker=self.name, pid=os.getpid(), counters=dict(self.counters), queue_depth=self.queue_depth, info=self.info)
             try:
                 await self.push.send(beat.model_dump_json().encode(), flags=zmq.NOBLOCK)

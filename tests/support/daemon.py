@@ -1,7 +1,7 @@
 """Run a real agentd for a test: config in a short temp dir, the real process, real control socket.
 
-Every agent started under a test daemon carries AGENTD_TEST_TAG=<unique tag> in its environment,
-which its children inherit (even ones that setsid away), so cleanup finds and kills all of them.
+The daemon, its workers and every agent carry AGENTD_TEST_TAG=<unique tag> in their environment,
+which children inherit (even ones that setsid away), so cleanup finds and kills all of them.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class TestDaemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(self.config_path)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, **{TAG_VAR: self.tag}),  # workers and agents inherit it: cleanup finds them all
         )
         log.close()
         if wait:

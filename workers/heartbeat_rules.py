@@ -1,0 +1,343 @@
+"""Heartbeat validation shared by the HTTP and Unix-socket intake workers (DESIGN.md section 4).
+
+`parse_heartbeat` checks the fields; `AgentDirectory` ties a heartbeat to an agent and its process tree.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Callable
+
+from supervisor.config import AGENT_ID_PATTERN
+from supervisor.messages import AgentView, Heartbeat
+from supervisor.units import describe_value
+
+__all__ = ["AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "parse_heartbeat"]
+
+NCPU = os.cpu_count() or 1
+MAX_TEXT = 256
+MAX_PID = 2**31 - 1  # the Manager's wire types are int32
+MAX_MEMORY = 2**63 - 1  # SQLite and protobuf integers are 64-bit
+LIVE_STATES = frozenset({"starting", "running"})
+MAX_TREE_DEPTH = 256  # a ppid chain longer than this is treated as "not in tree" rather than walked on
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))?"
+)
+
+
+class HeartbeatRejected(Exception):
+    """A heartbeat that is not accepted: the HTTP status to answer, a counter key, and a sentence for people."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"HeartbeatRejected({self.status}, {self.reason!r}, {self.message!r})"
+
+
+def _invalid(message: str) -> HeartbeatRejected:
+    return HeartbeatRejected(400, "invalid", message)
+
+
+# ----------------------------------------------------------------------------------------------- fields
+
+
+@lru_cache(maxsize=512)
+def _day_start(year: int, month: int, day: int) -> float | None:
+    """Epoch seconds of a UTC midnight, or None for a date that does not exist; cached, heartbeats share days."""
+    try:
+        return datetime(year, month, day, tzinfo=timezone.utc).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def _parse_time(text: str) -> float | None:
+    """Epoch seconds of an RFC 3339 time (naive means UTC), or None if it is not one."""
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, frac, _zulu, sign, off_h, off_m = m.groups()
+    hour, minute, second = int(hour), int(minute), int(second)
+    # :60 is a leap second, which RFC 3339 allows; it simply counts as the next second.
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    midnight = _day_start(int(year), int(month), int(day))
+    if midnight is None:
+        return None
+    epoch = midnight + hour * 3600 + minute * 60 + second
+    if frac:
+        epoch += float("0" + frac)
+    if sign:
+        off_h, off_m = int(off_h), int(off_m)
+        if off_h > 23 or off_m > 59:
+            return None
+        offset = off_h * 3600 + off_m * 60
+        epoch -= offset if sign == "+" else -offset
+    return epoch
+
+
+def _text(obj: dict, key: str, problems: list[str], out: dict) -> None:
+    value = obj.get(key)
+    if value is None:
+        return
+    if not isinstance(value, str):
+        problems.append(f"{key}: expected a string, got {describe_value(value)}")
+    elif len(value) > MAX_TEXT:
+        problems.append(f"{key}: longer than {MAX_TEXT} characters ({len(value)})")
+    else:
+        out[key] = value
+
+
+def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float) -> dict:
+    """Check the known fields of one heartbeat and return them cleaned (keys of `Heartbeat`; null = absent).
+
+    `agent_id_required` (HTTP) makes `pid` required too; `timestamp` defaults to `received_at`."""
+    if not isinstance(obj, dict):
+        raise _invalid("expected a JSON object")
+    problems: list[str] = []
+    out: dict = {}
+
+    agent_id = obj.get("agent_id")
+    if agent_id is None:
+        if agent_id_required:
+            problems.append("agent_id: required")
+    elif not isinstance(agent_id, str):
+        problems.append(f"agent_id: expected a string, got {describe_value(agent_id)}")
+    elif _AGENT_ID.fullmatch(agent_id) is None:
+        problems.append(f"agent_id: not a valid agent id (letters, digits, '_', '.', '-'; at most 64), got {describe_value(agent_id)}")
+    else:
+        out["agent_id"] = agent_id
+
+    pid = obj.get("pid")
+    if pid is None:
+        if agent_id_required:
+            problems.append("pid: required")
+    elif isinstance(pid, bool) or not isinstance(pid, int):
+        problems.append(f"pid: expected an integer, got {describe_value(pid)}")
+    elif not 0 < pid <= MAX_PID:
+        problems.append(f"pid: must be a positive process id, got {pid}")
+    else:
+        out["pid"] = pid
+
+    stamp = obj.get("timestamp")
+    if stamp is None:
+        out["timestamp"] = float(received_at)
+    elif not isinstance(stamp, str):
+        problems.append(f"timestamp: expected an RFC 3339 string, got {describe_value(stamp)}")
+    else:
+        epoch = _parse_time(stamp)
+        if epoch is None:
+            problems.append(f"timestamp: not an RFC 3339 time: {describe_value(stamp)}")
+        else:
+            out["timestamp"] = epoch
+
+    _text(obj, "status", problems, out)
+    _text(obj, "version", problems, out)
+
+    cpu = obj.get("cpu")
+    if cpu is not None:
+        limit = 100 * NCPU
+        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)):
+            problems.append(f"cpu: expected a number, got {describe_value(cpu)}")
+        elif not 0 <= cpu <= limit:  # also refuses NaN, which Python's json accepts
+            problems.append(f"cpu: must be between 0 and {limit} (100 × {NCPU} CPUs), got {describe_value(cpu)}")
+        else:
+            out["cpu"] = float(cpu)
+
+    memory = obj.get("memory")
+    if memory is not None:
+        if isinstance(memory, bool) or not isinstance(memory, int):
+            problems.append(f"memory: expected an integer number of bytes, got {describe_value(memory)}")
+        elif not 0 <= memory <= MAX_MEMORY:
+            problems.append(f"memory: must be between 0 and {MAX_MEMORY} bytes, got {memory}")
+        else:
+            out["memory"] = memory
+
+    if problems:
+        raise _invalid("; ".join(problems))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- process tree
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, pgid) of a live pid from /proc/<pid>/stat, or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and ')'; the fields start after the last ')'.
+    fields = raw[raw.rindex(b")") + 2 :].split(b" ", 3)
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[1]), int(fields[2])
+
+
+def _group_of(agent: AgentView) -> int | None:
+    """The process group whose members count as the agent's, or None when that would be too broad."""
+    pgid = agent.pgid if agent.pgid is not None else agent.pid
+    # Our own group is the daemon's: matching it would let every daemon process speak for the agent.
+    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return None
+    return pgid
+
+
+class AgentDirectory:
+    """Ties heartbeats to agents: by id and token (HTTP) or by the sender's process tree (Unix socket)."""
+
+    def __init__(self, agents: Callable[[], dict[str, AgentView]], *, cache_size: int = 4096) -> None:
+        self._agents = agents
+        self._cache_size = cache_size
+        # pid -> (agent id, agent pid, generation): verified against the live map on every hit, so a stale
+        # entry can only miss, never answer for a restarted or removed agent.
+        self._cache: dict[int, tuple[str, int, int]] = {}
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def invalidate(self) -> None:
+        """Forget cached pid lookups; call it whenever the agent map changes (`link.on_change`)."""
+        self._cache.clear()
+
+    def _remember(self, pid: int, agent: AgentView) -> None:
+        if len(self._cache) >= self._cache_size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[pid] = (agent.id, agent.pid, agent.generation)  # type: ignore[assignment]
+
+    def _cached(self, pid: int) -> AgentView | None:
+        entry = self._cache.get(pid)
+        if entry is None:
+            return None
+        agent = self._agents().get(entry[0])
+        if agent is None or agent.pid != entry[1] or agent.generation != entry[2]:
+            del self._cache[pid]
+            return None
+        return agent
+
+    def get(self, agent_id: str) -> AgentView:
+        """The agent with this id; 404 `unknown_agent` if there is none."""
+        agent = self._agents().get(agent_id)
+        if agent is None:
+            raise HeartbeatRejected(404, "unknown_agent", f"no agent {agent_id!r}")
+        return agent
+
+    def authorize(self, agent_id: str, token: str | None) -> AgentView:
+        """The agent, if it exists (404) and `token` matches its heartbeat token when it has one (401)."""
+        agent = self.get(agent_id)
+        if agent.token:
+            if token is None:
+                raise HeartbeatRejected(401, "unauthorized", f"agent {agent_id!r} requires a bearer token")
+            if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), agent.token.encode("utf-8")):
+                raise HeartbeatRejected(401, "unauthorized", f"wrong token for agent {agent_id!r}")
+        return agent
+
+    def check_pid(self, agent: AgentView, pid: int) -> None:
+        """Accept pid if it is the agent's live pid, a descendant of it, or in its process group."""
+        if agent.state not in LIVE_STATES or agent.pid is None:
+            raise HeartbeatRejected(400, "agent_not_running", f"agent {agent.id!r} is not running (state {agent.state})")
+        if pid == agent.pid:
+            return
+        hit = self._cached(pid)
+        if hit is not None and hit.id == agent.id:
+            return
+        group = _group_of(agent)
+        current = pid
+        for _ in range(MAX_TREE_DEPTH):
+            stat = _stat(current)
+            if stat is None:
+                break
+            ppid, pgid = stat
+            if ppid == agent.pid or (group is not None and pgid == group):
+                self._remember(pid, agent)
+                return
+            if ppid <= 1:
+                break
+            current = ppid
+        raise HeartbeatRejected(
+            400, "pid_not_in_tree", f"pid {pid} is not agent {agent.id!r} (pid {agent.pid}) or one of its descendants"
+        )
+
+    def agent_for_pid(self, pid: int) -> AgentView | None:
+        """The agent whose process tree (or process group) holds pid: the Unix socket's sender lookup."""
+        hit = self._cached(pid)
+        if hit is not None:
+            return hit
+        by_pid: dict[int, AgentView] = {}
+        by_group: dict[int, AgentView] = {}
+        for agent in self._agents().values():
+            if agent.pid is not None:
+                by_pid[agent.pid] = agent
+                group = _group_of(agent)
+                if group is not None:
+                    by_group[group] = agent
+        current = pid
+        for _ in range(MAX_TREE_DEPTH):
+            agent = by_pid.get(current)
+            stat = _stat(current)
+            if agent is None and stat is not None:
+                agent = by_group.get(stat[1])
+            if agent is not None:
+                self._remember(pid, agent)
+                return agent
+            if stat is None or stat[0] <= 1:
+                return None
+            current = stat[0]
+        return None
+
+    def validate(
+        self,
+        obj: object,
+        *,
+        agent_id_required: bool,
+        token: str | None,
+        peer_pid: int | None = None,
+        received_at: float,
+    ) -> Heartbeat:
+        """One heartbeat through every rule: fields, agent, token (HTTP only), process tree.
+
+        With `peer_pid` (socket) the peer's tree names the agent and its pid counts, whatever the message claims."""
+        fields = parse_heartbeat(obj, agent_id_required=agent_id_required, received_at=received_at)
+        named = fields.get("agent_id")
+        if peer_pid is not None:
+            agent = self.agent_for_pid(peer_pid)
+            if agent is None:
+                raise HeartbeatRejected(404, "unknown_agent", f"pid {peer_pid} is not in any agent's process tree")
+            if named is not None and named != agent.id:
+                raise HeartbeatRejected(
+                    400, "pid_not_in_tree", f"agent_id: the sender (pid {peer_pid}) belongs to agent {agent.id!r}, not {named!r}"
+                )
+            if token is not None:
+                agent = self.authorize(agent.id, token)
+            pid = peer_pid
+        else:
+            if named is None:
+                raise _invalid("agent_id: required")
+            agent = self.authorize(named, token)
+            pid = fields.get("pid")
+            if pid is None:
+                raise _invalid("pid: required")
+        self.check_pid(agent, pid)
+        return Heartbeat(
+            agent_id=agent.id,
+            pid=pid,
+            timestamp=fields["timestamp"],
+            status=fields.get("status"),
+            version=fields.get("version"),
+            cpu=fields.get("cpu"),
+            memory=fields.get("memory"),
+            generation=agent.generation,
+        )

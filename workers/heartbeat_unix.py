@@ -1,0 +1,347 @@
+"""The Unix-socket heartbeat intake worker, `python -m workers.heartbeat_unix`: JSON lines, sender known by SO_PEERCRED.
+
+There is no reply channel: anything refused or dropped (back-pressure included) is counted and logged, never answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from supervisor.config import ConfigError, UnixIntake, load_config
+from supervisor.logging_setup import setup_logging
+from supervisor.messages import Heartbeat
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected
+from workers.link import WorkerLink, die_with_parent
+
+log = logging.getLogger("workers.heartbeat_unix")
+
+LOG_EVERY = 10.0  # at most one log line per reason per this many seconds
+UNKNOWN_SENDER_GRACE = 1.0  # an agent may connect before its state update reaches us
+_CRED = struct.Struct("3i")
+
+
+class RateLimitedLog:
+    """One warning per reason per `interval` seconds; the next one says how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float = LOG_EVERY) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        suppressed = self._suppressed.pop(reason, 0)
+        if suppressed:
+            message += f" ({suppressed} more like this in the last {self.interval:g} s)"
+        self.logger.warning("%s", message)
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid that connected this Unix socket (0 when unknown, e.g. from another pid namespace)."""
+    pid, _uid, _gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return pid
+
+
+class UnixIntakeServer:
+    """Serves heartbeat connections on an already listening socket and hands heartbeats to the link."""
+
+    def __init__(self, link: WorkerLink, settings: UnixIntake, directory: AgentDirectory | None = None) -> None:
+        self.link = link
+        self.settings = settings
+        self.directory = directory or AgentDirectory(lambda: link.agents)
+        self.counters = link.counters
+        self.limited = RateLimitedLog(log)
+        self._server: asyncio.AbstractServer | None = None
+        self._open: dict[asyncio.StreamWriter, asyncio.Task] = {}
+        self._changed = asyncio.Event()
+        link.on_change.append(self._on_change)
+        for key in ("received", "accepted", "dropped", "connections", "connections_open"):
+            self.counters[key] += 0  # reported from the first beat, so a zero is visible as a zero
+
+    def _on_change(self) -> None:
+        self.directory.invalidate()
+        self._changed.set()
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_unix_server(self._connected, sock=sock, limit=self.settings.max_line + 1)
+
+    async def close(self) -> None:
+        """Stop accepting, close every open connection and wait for their handlers."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._open.values())
+        for writer in list(self._open):
+            writer.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.counters["connections"] += 1
+        if len(self._open) >= self.settings.max_connections:
+            self.counters["rejected_too_many_connections"] += 1
+            self.limited.warning("too_many_connections", f"refused a connection: {len(self._open)} already open (max_connections)")
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[writer] = task
+        self.counters["connections_open"] = len(self._open)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # one bad connection must not take the worker down
+            log.exception("heartbeat connection failed")
+        finally:
+            del self._open[writer]
+            self.counters["connections_open"] = len(self._open)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            pid = peer_pid(writer.get_extra_info("socket"))
+        except (OSError, AttributeError, struct.error) as exc:
+            self.counters["rejected_unknown_agent"] += 1
+            self.limited.warning("peer_credentials", f"closed a connection: cannot read its peer credentials ({exc})")
+            return
+        if pid <= 0:
+            self.counters["rejected_unknown_agent"] += 1
+            self.limited.warning("unknown_agent", "closed a connection from a process outside our pid namespace")
+            return
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(settings.idle_timeout) as idle:
+                while True:
+                    try:
+                        line = await reader.readuntil(b"\n")
+                    except asyncio.IncompleteReadError as exc:
+                        line = exc.partial  # end of stream: a last heartbeat without its newline still counts
+                        if not line.strip():
+                            return
+                    except (asyncio.LimitOverrunError, ValueError):
+                        self._too_long(pid)
+                        return
+                    idle.reschedule(loop.time() + settings.idle_timeout)
+                    final = not line.endswith(b"\n")
+                    if len(line) - (0 if final else 1) > settings.max_line:
+                        self._too_long(pid)
+                        return
+                    if line.strip() and not await self._line(line, pid):
+                        return
+                    if final:
+                        return
+        except TimeoutError:
+            self.counters["closed_idle"] += 1
+
+    async def _line(self, line: bytes, pid: int) -> bool:
+        """Handle one heartbeat line; False when the connection should be closed."""
+        received_at = time.time()
+        self.counters["received"] += 1
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            self.counters["rejected_invalid"] += 1
+            self.limited.warning("garbage", f"closed the connection of pid {pid}: not a JSON line ({exc})")
+            return False
+        try:
+            heartbeat = self._validate(obj, pid, received_at)
+        except HeartbeatRejected as exc:
+            if exc.reason != "unknown_agent":
+                return self._rejected(exc, pid)
+            # The agent may have connected before its state update reached us: wait for one change.
+            log.debug("pid %d is in no agent's tree yet; waiting up to %g s for a state update", pid, UNKNOWN_SENDER_GRACE)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), UNKNOWN_SENDER_GRACE)
+            except TimeoutError:
+                pass
+            try:
+                heartbeat = self._validate(obj, pid, received_at)
+            except HeartbeatRejected as exc:
+                return self._rejected(exc, pid)
+        if self.link.submit(heartbeat):
+            self.counters["accepted"] += 1
+        else:
+            self.counters["dropped"] += 1
+            self.limited.warning("dropped", "dropped a heartbeat: the parent is not keeping up (back-pressure)")
+        return True
+
+    def _validate(self, obj: object, pid: int, received_at: float) -> Heartbeat:
+        return self.directory.validate(obj, agent_id_required=False, token=None, peer_pid=pid, received_at=received_at)
+
+    def _rejected(self, exc: HeartbeatRejected, pid: int) -> bool:
+        """Count and log a refused heartbeat; False (close) when the sender belongs to no agent."""
+        self.counters[f"rejected_{exc.reason}"] += 1
+        if exc.reason == "unknown_agent":
+            self.limited.warning(exc.reason, f"closed the connection of pid {pid}: {exc.message}")
+            return False
+        self.limited.warning(exc.reason, f"rejected a heartbeat from pid {pid}: {exc.message}")
+        return True
+
+    def _too_long(self, pid: int) -> None:
+        self.counters["received"] += 1
+        self.counters["rejected_too_long"] += 1
+        self.limited.warning("too_long", f"closed the connection of pid {pid}: a line is longer than {self.settings.max_line} bytes")
+
+
+# ----------------------------------------------------------------------------------------------- process
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message says why, for the log."""
+
+
+def _listening_socket(fd: int) -> socket.socket:
+    """The listening socket the parent passed us; it keeps its own copy, so agents never see it missing."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartupError(f"--listen-fd {fd}: {exc.strerror or exc}") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise StartupError(f"--listen-fd {fd}: not a Unix stream socket")
+    return sock
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind and listen on path with mode 0666, replacing a stale socket file but never a live one."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        if not stat.S_ISSOCK(mode):
+            raise StartupError(f"{path}: exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # nobody listens: left over from a crash
+        else:
+            raise StartupError(f"{path}: another process is already serving heartbeats there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        # Identity comes from peer credentials, so any local user may connect (agents run as other users).
+        os.chmod(path, 0o666)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"{path}: cannot listen: {exc.strerror or exc}") from None
+    return sock
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.heartbeat_unix", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
+    parser.add_argument("--name", default="heartbeat-unix", help="worker name in logs and beats")
+    parser.add_argument("--settings", help="the heartbeat.unix settings as JSON")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--listen-fd", type=int, help="an inherited listening AF_UNIX stream socket")
+    source.add_argument("--config", type=Path, help="standalone: read the config and bind heartbeat.unix.path")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    return parser.parse_args(argv)
+
+
+async def _run(run_dir: Path, name: str, settings: UnixIntake, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    link = WorkerLink(run_dir, name, want_state=True)
+    link.info["listen"] = str(sock.getsockname() or f"fd {sock.fileno()}")
+    server = UnixIntakeServer(link, settings)
+    # The first snapshot waits for the parent; a stop must still get through meanwhile.
+    starting = asyncio.create_task(link.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await link.close()
+        return
+    starting.result()
+    await server.start(sock)
+    log.info("%s: serving heartbeats on %s (%d agents known)", name, link.info["listen"], len(link.agents))
+    await stopping
+    log.info("%s: stopping", name)
+    await server.close()
+    await link.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGTERM or SIGINT; 0 on a clean stop."""
+    args = _parse_args(argv)
+    setup_logging(args.log_level, args.log_format, process_name=args.name)
+    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
+    parent = os.environ.get("AGENTD_PARENT_PID", "")
+    die_with_parent(int(parent) if parent.isdigit() else None)
+    run_dir = args.run_dir
+    settings = UnixIntake()
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+            settings = config.heartbeat.unix
+            run_dir = run_dir or config.daemon.run_dir
+        if args.settings is not None:
+            # Validated from Python objects: the path type refuses its own JSON dump in JSON mode.
+            settings = UnixIntake.model_validate(json.loads(args.settings))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, ValidationError) as exc:
+        log.error("--settings: %s", exc)
+        return 2
+    if run_dir is None:
+        log.error("--run-dir is required without --config")
+        return 2
+    try:
+        if args.listen_fd is not None:
+            sock = _listening_socket(args.listen_fd)
+        elif settings.path is None:
+            raise StartupError("--settings: path is required with --config")
+        else:
+            sock = bind_socket(settings.path)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        asyncio.run(_run(run_dir, args.name, settings, sock))
+    finally:
+        sock.close()
+        if args.listen_fd is None and settings.path is not None:
+            try:
+                os.unlink(settings.path)
+            except FileNotFoundError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
