@@ -59,15 +59,36 @@ def fail(message: str, code: int, as_json: bool = False, error_code: str | None 
     sys.exit(code)
 
 
-def resolve_run_dir(config: str | None, run_dir: str | None) -> Path:
-    """-c FILE, then --run-dir, then AGENTD_CONFIG / AGENTD_RUN_DIR, else /run/agentd."""
+def resolve_target(config: str | None, run_dir: str | None) -> tuple[Path, float | None]:
+    """Where agentd is and its control.request_timeout: -c FILE, --run-dir, AGENTD_CONFIG / AGENTD_RUN_DIR, /run/agentd."""
     config = config or (None if run_dir else os.environ.get("AGENTD_CONFIG"))
     if config:
         try:
-            return Path(load_config(config).daemon.run_dir)
+            cfg = load_config(config)
+            return Path(cfg.daemon.run_dir), cfg.control.request_timeout
         except ConfigError as exc:
-            fail(f"cannot read the config to find agentd:\n{exc}", 2)
-    return Path(run_dir or os.environ.get("AGENTD_RUN_DIR") or DEFAULT_RUN_DIR)
+            # A broken file must not lock the operator out: `reload` is how they see the daemon's
+            # verdict on it. Take run_dir from the raw YAML when it can be read at all.
+            found = _raw_run_dir(Path(config))
+            if found is None:
+                fail(f"cannot read the config to find agentd (use --run-dir):\n{exc}", 2)
+            click.echo(f"agentctl: warning: {config} has errors; using its daemon.run_dir {found}", err=True)
+            return found, None
+    return Path(run_dir or os.environ.get("AGENTD_RUN_DIR") or DEFAULT_RUN_DIR), None
+
+
+def _raw_run_dir(path: Path) -> Path | None:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    daemon = doc.get("daemon") if isinstance(doc, dict) else None
+    raw = daemon.get("run_dir") if isinstance(daemon, dict) else None
+    if raw is None:
+        return Path(DEFAULT_RUN_DIR) if isinstance(doc, dict) else None
+    return (path.resolve().parent / str(raw)).resolve()
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -81,13 +102,16 @@ def _ctx(click_ctx: click.Context, as_json: bool) -> Ctx:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="agentd config file (to find its run_dir).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="agentd's run_dir (default /run/agentd).")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for agentd.")
+@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=10.0, show_default=True, help="Seconds to wait for agentd (default: control.request_timeout from -c FILE, else 10).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.version_option(__version__, prog_name="agentctl")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: float, as_json: bool) -> None:
     """See and steer agentd: status, start, stop, restart, reload, logs, events."""
-    ctx.obj = {"run_dir": resolve_run_dir(config, run_dir), "timeout": timeout, "json": as_json}
+    target, config_timeout = resolve_target(config, run_dir)
+    if config_timeout is not None and ctx.get_parameter_source("timeout").name == "DEFAULT":
+        timeout = config_timeout
+    ctx.obj = {"run_dir": target, "timeout": timeout, "json": as_json}
 
 
 # ----------------------------------------------------------------------------- status
@@ -144,7 +168,7 @@ def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: boo
     if ids and all_:
         fail(f"{verb}: give agent ids or --all, not both", 2, c.as_json)
     # The daemon answers a little before our own deadline, so "still working" arrives as an answer.
-    server_wait = max(1.0, c.timeout - 2.0)
+    server_wait = min(3600.0, max(1.0, c.timeout - 2.0))
     args = ActionArgs(ids=list(ids), all=all_, wait=not no_wait, timeout=server_wait)
     result = ActionResultList.model_validate(c.call(verb, args, timeout=c.timeout))
     rows = [[r.id, r.state, r.pid, ("ok" if r.ok else "FAILED") + ": " + r.message] for r in result.results]
@@ -353,13 +377,16 @@ def ping(click_ctx: click.Context, as_json: bool) -> None:
 def version(click_ctx: click.Context, as_json: bool) -> None:
     """Show agentctl's and agentd's versions."""
     c = _ctx(click_ctx, as_json)
+    error = None
     try:
         result = c.client.call("version")
     except ClientError as exc:
-        result = {"version": None, "protocol": None, "error": str(exc)}
+        result, error = {"version": None, "protocol": None, "error": str(exc)}, exc
     result["agentctl"] = __version__
     daemon = result["version"] or f"unknown ({result.get('error')})"
     c.emit(result, f"agentctl {__version__}\nagentd   {daemon}")
+    if error is not None:
+        sys.exit(error.exit_code)
 
 
 @cli.command()

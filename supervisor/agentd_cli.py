@@ -40,7 +40,7 @@ def run(config_path: str, log_level: str | None) -> None:
 
     try:
         code = asyncio.run(Daemon(config, config.source).run())
-    except (AlreadyRunning, ListenError) as exc:
+    except (AlreadyRunning, ListenError, ValueError) as exc:
         click.echo(f"agentd: {exc}", err=True)
         sys.exit(1)
     except PermissionError as exc:

@@ -33,7 +33,7 @@ from .metadata_store import ExitRecord, MetadataStore, iso_utc
 from .metadata_writer import MetadataWriter
 from .pidfile import PidFile
 from .process_ops import RealProcessOps, agent_log_path
-from .protocol import ControlError, ErrorCode, Reply, Request, error_reply
+from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
 from .registry import Registry
 from .reload_plan import ReloadPlan, plan_reload
 from .sd_notify import sd_notify
@@ -139,7 +139,8 @@ class Daemon:
             self._closers.append(self.intake.close)
             self._load_agents()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_shutdown, self.config.shutdown.stop_agents, signal.Signals(sig).name)
+                # Read the setting when the signal comes: a reload may have changed it.
+                loop.add_signal_handler(sig, lambda name=signal.Signals(sig).name: self.request_shutdown(self.config.shutdown.stop_agents, name))
             loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
             self._tasks = [
                 asyncio.create_task(self.control.serve(), name="control"),
@@ -167,8 +168,9 @@ class Daemon:
             for close in reversed(self._closers):
                 close()
             self.writer.close()
-            self.zctx.term()
-            self.sync_zctx.term()
+            # destroy, not term: a socket left open by a failed start-up must not hang the exit.
+            self.zctx.destroy(linger=0)
+            self.sync_zctx.destroy(linger=0)
             self.pidfile.release()
         log.info("agentd stopped")
         return 0
@@ -318,6 +320,8 @@ class Daemon:
     # ----------------------------------------------------------------- control
 
     async def _dispatch(self, request: Request) -> Reply:
+        if request.v != PROTOCOL_VERSION:
+            return error_reply(request.id, ErrorCode.UNSUPPORTED_VERSION, f"protocol version {request.v} is not supported (agentd speaks {PROTOCOL_VERSION}); use the agentctl that came with this agentd")
         verb = VERBS.get(request.verb)
         if verb is None:
             return error_reply(request.id, ErrorCode.UNKNOWN_VERB, f"unknown command '{request.verb}'; known: {', '.join(sorted(VERBS))}")
@@ -377,7 +381,7 @@ class Daemon:
         last_flush = self.now()
         while True:
             await asyncio.sleep(min(1.0, flush_every))
-            self.state_feed.heartbeat_times(self.heartbeat_times())
+            self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall)
             if self.now() - last_flush >= flush_every:
                 last_flush = self.now()
                 self._persist_dirty(heartbeats_too=True)
@@ -404,7 +408,7 @@ class Daemon:
         for agent_id in plan.added:
             existing = self.registry.find(agent_id)
             if existing is not None:  # re-added while a previous removal is still stopping it
-                existing.update_spec(specs[agent_id], now)
+                existing.cancel_remove(specs[agent_id])
                 continue
             agent = self._new_agent(specs[agent_id], self.store.load(agent_id))
             self.registry.add(agent)

@@ -20,6 +20,12 @@ def endpoint(run_dir: Path, name: str) -> str:
 
 def bind_private(sock: zmq.Socket, path: Path, group: str | None = None) -> None:
     """Bind an ipc:// endpoint born 0600 (0660 for `group`): no window in which others could connect."""
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"control.group '{group}' does not exist") from None
     if path.exists() or path.is_symlink():
         path.unlink()  # a stale file from a killed daemon; we hold the pid lock, so it is not live
     old = os.umask(0o077 if group is None else 0o007)
@@ -27,5 +33,5 @@ def bind_private(sock: zmq.Socket, path: Path, group: str | None = None) -> None
         sock.bind(f"ipc://{path}")
     finally:
         os.umask(old)
-    if group is not None:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    if gid is not None:
+        os.chown(path, -1, gid)

@@ -219,6 +219,15 @@ class AgentProcess:
         self._begin_stop(now, "removed from configuration", after="remove")
         return ActionResult(True, "stopping to remove")
 
+    def cancel_remove(self, spec: AgentSpec) -> ActionResult:
+        """A reload put back an agent whose removal is still stopping it: keep it, start it once stopped."""
+        self.spec = spec
+        self.removed = False
+        if self.after_stop == "remove":
+            self.after_stop = "start" if spec.enabled and not self.operator_stopped else None
+            self.pending_reason = "re-added by reload"
+        return ActionResult(True, "re-added")
+
     def update_spec(self, spec: AgentSpec, now: float) -> ActionResult:
         """Take a changed spec from reload; restarts a running agent, never starts an operator-stopped one."""
         self.spec = spec

@@ -50,7 +50,66 @@ class WorkerBeat(BaseModel):
     info: dict[str, str] = Field(default_factory=dict)  # e.g. {"listen": "127.0.0.1:8084"}
 
 
-EventMessage = Annotated[Union[HeartbeatBatch, WorkerBeat], Field(discriminator="kind")]
+VerdictKind = Literal["dead", "no_heartbeat", "over_threshold", "endpoint_failed"]
+HealthState = Literal["healthy", "dead", "no_heartbeat", "over_threshold", "endpoint_failed", "stopped", "operator_stopped", "starting", "unknown"]
+
+
+class Verdict(BaseModel):
+    """The health worker asks the parent to act on an unhealthy agent; the parent applies policy."""
+
+    v: int = PROTOCOL_VERSION
+    kind: Literal["verdict"] = "verdict"
+    worker: str
+    agent_id: str
+    generation: int  # the process generation judged; a verdict about a replaced process is ignored
+    verdict: VerdictKind
+    detail: str  # for people: "no heartbeat for 95 s (timeout 90 s)", "rss 612 MiB > 500 MiB for 60 s"
+    time: float  # wall clock
+
+
+class AgentHealth(BaseModel):
+    """One agent's health as last judged."""
+
+    health: HealthState
+    generation: int
+    detail: str = ""
+
+
+class HealthReport(BaseModel):
+    """Every agent's current health after a judging round (so status shows 'healthy' too)."""
+
+    v: int = PROTOCOL_VERSION
+    kind: Literal["health"] = "health"
+    worker: str
+    agents: dict[str, AgentHealth]
+
+
+class ResourceSample(BaseModel):
+    """Resource use of one agent's whole process tree (or of one agentd process), at one time."""
+
+    agent_id: str  # agent id, or "agentd/<process>" for agentd's own processes ("agentd/parent", "agentd/health")
+    ts: float  # wall clock
+    cpu: float | None = None  # percent of one core, summed over the tree; None on the first sample
+    rss: int = 0
+    vms: int = 0
+    read_bytes: int | None = None
+    write_bytes: int | None = None
+    fds: int | None = None
+    threads: int = 0
+    procs: int = 0
+    generation: int | None = None
+
+
+class ResourceSamples(BaseModel):
+    """A round of samples, one per agent tree and agentd process."""
+
+    v: int = PROTOCOL_VERSION
+    kind: Literal["resources"] = "resources"
+    worker: str
+    samples: list[ResourceSample]
+
+
+EventMessage = Annotated[Union[HeartbeatBatch, WorkerBeat, Verdict, HealthReport, ResourceSamples], Field(discriminator="kind")]
 EVENT_ADAPTER: TypeAdapter[EventMessage] = TypeAdapter(EventMessage)
 
 
@@ -99,6 +158,9 @@ class HeartbeatTimes(BaseModel):
     kind: Literal["heartbeat_times"] = "heartbeat_times"
     seq: int
     last_heartbeat: dict[str, float]
+    # Wall time an intake worker last came back after dying: heartbeats missed during the outage
+    # are the daemon's fault, so heartbeat deadlines count from here at the earliest.
+    intake_restarted_at: float | None = None
 
 
 StateMessage = Annotated[Union[AgentUpdate, AgentRemoved, HeartbeatTimes], Field(discriminator="kind")]

@@ -83,6 +83,7 @@ class RealProcessOps:
         self.log_dir = log_dir
         self.agent_env = agent_env
         self.on_exit = on_exit
+        self._warned_not_root: set[str] = set()
 
     # ----------------------------------------------------------------- spawn / adopt
 
@@ -158,7 +159,12 @@ class RealProcessOps:
         return handle
 
     def _credentials(self, spec: AgentSpec) -> dict:
-        if os.geteuid() != 0 or not (spec.user or spec.group):
+        if not (spec.user or spec.group):
+            return {}
+        if os.geteuid() != 0:
+            if spec.id not in self._warned_not_root:
+                self._warned_not_root.add(spec.id)
+                log.warning("%s: user/group ignored: agentd is not running as root, so the agent runs as uid %d", spec.id, os.geteuid())
             return {}
         kwargs: dict = {}
         try:
@@ -166,7 +172,7 @@ class RealProcessOps:
                 pw = pwd.getpwuid(int(spec.user)) if spec.user.isdigit() else pwd.getpwnam(spec.user)
                 kwargs["user"] = pw.pw_uid
                 kwargs["group"] = pw.pw_gid
-                kwargs["extra_groups"] = [g.gr_gid for g in grp.getgrall() if spec.user in g.gr_mem]
+                kwargs["extra_groups"] = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem]
             if spec.group:
                 kwargs["group"] = int(spec.group) if spec.group.isdigit() else grp.getgrnam(spec.group).gr_gid
         except KeyError as exc:

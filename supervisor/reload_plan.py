@@ -7,7 +7,8 @@ from pydantic import BaseModel, Field
 from .config import AgentSpec, Config
 
 # Sections the running daemon cannot switch live; a change there needs `agentd` restarted.
-RESTART_ONLY_SECTIONS = ("daemon", "control")
+# heartbeat: the sockets, worker settings and agents' AGENTD_HEARTBEAT_* are fixed at start.
+RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat")
 
 
 class AgentChange(BaseModel):

@@ -60,10 +60,10 @@ class StateFeed:
         self.seq += 1
         self._send(AgentRemoved(seq=self.seq, agent_id=agent_id))
 
-    def heartbeat_times(self, times: dict[str, float]) -> None:
+    def heartbeat_times(self, times: dict[str, float], intake_restarted_at: float | None = None) -> None:
         """Also the feed's keep-alive: a subscriber that missed something sees the gap within a second."""
         self.seq += 1
-        self._send(HeartbeatTimes(seq=self.seq, last_heartbeat=times))
+        self._send(HeartbeatTimes(seq=self.seq, last_heartbeat=times, intake_restarted_at=intake_restarted_at))
 
     def close(self) -> None:
         self.sock.close(linger=0)

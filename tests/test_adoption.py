@@ -99,3 +99,14 @@ def test_second_agentd_on_same_run_dir_refuses_to_start(agentd):
     assert second.returncode == 1
     assert "already running" in second.stderr and str(agentd.proc.pid) in second.stderr
     assert agentd.call("ping")["pid"] == agentd.proc.pid
+
+
+def test_sigterm_honours_shutdown_stop_agents_changed_by_reload(agentd):
+    """Regression: the signal handler used the value read at start-up."""
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("a", "running")["pid"]
+    agentd.write_config(shutdown={"stop_agents": True})
+    agentd.call("reload")
+    assert agentd.terminate() == 0
+    assert not pid_alive(pid)

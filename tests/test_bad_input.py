@@ -129,3 +129,59 @@ def test_metadata_truncated_to_half_is_moved_aside_and_the_daemon_runs(agentd):
     # a's record is lost, so it starts fresh; b's operator stop survives.
     agentd.wait_state("a", "running")
     assert agentd.status("b")["state"] == "stopped"
+
+
+def test_unknown_control_group_is_a_clear_start_up_error(agentd):
+    """Regression: this used to hang agentd at start-up with no message."""
+    agentd.write_config([], control={"group": "no-such-group-xyz"})
+    result = agentd_cli("run", "-c", str(agentd.config_path))
+    assert result.returncode == 1
+    assert "control.group 'no-such-group-xyz' does not exist" in result.stderr
+
+
+def test_huge_timeout_is_accepted_without_a_traceback(agentd):
+    """Regression: --timeout above the server's cap printed a pydantic traceback."""
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("a", "running")
+    result = agentd.agentctl("--timeout", "5000", "stop", "a")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_agentctl_with_a_broken_config_still_reaches_the_daemon(agentd):
+    """Regression: -c with an invalid file exited 2, so `reload` could not even show the error."""
+    agentd.write_config([])
+    agentd.start()
+    agentd.config_path.write_text(agentd.config_path.read_text() + "\nbogus: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor.agentctl", "-c", str(agentd.config_path), "reload"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "has errors; using its daemon.run_dir" in result.stderr
+    assert "unknown top-level key 'bogus'" in result.stderr
+
+
+def test_version_against_a_stopped_daemon_exits_3(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(tmp_path), "version"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 3 and "agentctl 0.1.0" in result.stdout
+
+
+def test_unsupported_protocol_version_gets_a_typed_error(agentd):
+    agentd.write_config([])
+    agentd.start()
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{agentd.run_dir / 'control.ipc'}")
+    try:
+        sock.send_json({"v": 99, "id": "q", "verb": "ping", "args": {}})
+        assert sock.poll(10_000)
+        reply = sock.recv_json()
+    finally:
+        sock.close()
+    assert reply["error"]["code"] == "unsupported_version" and reply["id"] == "q"

@@ -54,3 +54,32 @@ def test_sighup_reloads_and_a_broken_config_changes_nothing(agentd):
     agentd.proc.send_signal(signal.SIGHUP)
     agentd.wait_state("b", "running")
     assert agentd.status("a")["pid"] == pid
+
+
+def test_agent_re_added_while_its_removal_is_still_stopping_is_kept(agentd):
+    """Regression: the pending removal used to win, dropping an agent that was back in the config."""
+    slow = agentd.helper_agent("slow", "ignore-term", stop_timeout=3)
+    other = agentd.helper_agent("other", "well-behaved")
+    agentd.write_config([slow, other])
+    agentd.start()
+    agentd.wait_state("slow", "running")
+    agentd.write_config([other])
+    agentd.call("reload")
+    assert agentd.status("slow")["state"] == "stopping"  # ignores TERM: takes stop_timeout
+    agentd.write_config([slow, other])
+    agentd.call("reload")
+    st = agentd.wait_state("slow", "running", timeout=30)
+    assert st["pid"] is not None
+    agentd.call("reload")  # and reload keeps working afterwards
+    assert (agentd.data_dir / "metadata" / "slow.json").exists()
+
+
+def test_heartbeat_section_change_is_reported_as_needing_a_restart():
+    from pathlib import Path
+
+    from supervisor.config import parse_config
+    from supervisor.reload_plan import plan_reload
+
+    old = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
+    new = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:9999"}}}, source="a.yaml", base_dir=Path("/"))
+    assert plan_reload(old, new).restart_required == ["heartbeat"]

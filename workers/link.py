@@ -87,6 +87,7 @@ class WorkerLink:
         self.sub: zmq.asyncio.Socket | None = None
         self.agents: dict[str, AgentView] = {}
         self.last_heartbeat: dict[str, float] = {}
+        self.intake_restarted_at: float | None = None
         self.seq = 0
         self.counters: Counter[str] = Counter()
         self.info: dict[str, str] = {}
@@ -155,6 +156,7 @@ class WorkerLink:
                 await asyncio.sleep(0.5)
         self.agents = {a["id"]: AgentView.model_validate(a) for a in snap["agents"]}
         self.last_heartbeat = dict(snap.get("last_heartbeat", {}))
+        self.intake_restarted_at = snap.get("intake_restarted_at")
         self.seq = snap["seq"]
         self.snapshots += 1
         self._changed()
@@ -183,6 +185,7 @@ class WorkerLink:
                 self.last_heartbeat.pop(msg.agent_id, None)
             elif isinstance(msg, HeartbeatTimes):
                 self.last_heartbeat.update(msg.last_heartbeat)
+                self.intake_restarted_at = msg.intake_restarted_at
             self._changed()
 
     def _changed(self) -> None:
@@ -228,6 +231,15 @@ class WorkerLink:
                 pass
             self._flush_wanted.clear()
             await self.flush()
+
+    async def send(self, msg) -> bool:
+        """Send one non-heartbeat message (verdict, samples); False if the parent's queue is full."""
+        try:
+            await self.push.send(msg.model_dump_json().encode(), flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.counters[f"dropped_{msg.kind}"] += 1
+            return False
 
     # ----------------------------------------------------------------- liveness
 

@@ -17,7 +17,8 @@ class Result(BaseModel):
     seq: int
     agents: list[AgentView]
     last_heartbeat: dict[str, float]
+    intake_restarted_at: float | None = None
 
 
 async def handle(daemon, args: Args) -> Result:
-    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeat_times())
+    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeat_times(), intake_restarted_at=daemon.intake_restarted_wall)

@@ -173,7 +173,17 @@ class TestDaemon:
         return self.proc.wait(timeout=timeout)
 
     def agent_pids(self) -> list[int]:
-        return processes_tagged(self.tag)
+        """Tagged processes that are agents (or their children): not agentd, not its workers."""
+        pids = []
+        for pid in processes_tagged(self.tag):
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"supervisor.agentd_cli" in cmdline or any(arg.startswith(b"workers.") for arg in cmdline):
+                continue
+            pids.append(pid)
+        return pids
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
