@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean proto proto-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .agentd .pytest_cache
+
+# Regenerate supervisor/proto/*_pb2*.py from the .proto files (committed; CI checks they match).
+proto: $(STAMP)
+	$(BIN)/python -m supervisor.proto.generate
+
+proto-check: $(STAMP)
+	$(BIN)/python -m supervisor.proto.generate --check

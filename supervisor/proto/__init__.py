@@ -1,0 +1,1 @@
+"""gRPC wire definitions shared with the Manager (.proto sources and their generated Python modules)."""
