@@ -19,7 +19,7 @@ from . import __version__
 from .config import ConfigError, load_config
 from .control_client import ClientError, ControlClient, DaemonTimeout
 from .tables import render_table
-from .units import format_duration
+from .units import format_bytes, format_duration
 from .verbs import events as events_verb
 from .verbs import logs as logs_verb
 from .verbs import reload as reload_verb
@@ -126,7 +126,9 @@ def _info(agent: dict[str, Any]) -> str:
     if state == "restarting" and agent.get("next_restart_in_s") is not None:
         return f"next try in {format_duration(agent['next_restart_in_s'])}: {agent.get('last_restart_reason') or ''}"
     if state in ("running", "starting") and agent.get("last_restart_reason") and agent["restarts"]:
-        return f"last restart: {agent['last_restart_reason']}"
+        age = agent.get("last_restart_age_s")
+        when = f"restarted {format_duration(age)} ago" if age is not None else "restarted"
+        return f"{when}: {agent['last_restart_reason']}"
     if state == "starting" and agent.get("expects_heartbeat"):
         return "waiting for first heartbeat"
     if state in ("stopped", "failed", "stopping"):
@@ -335,6 +337,108 @@ def workers(click_ctx: click.Context, as_json: bool) -> None:
     c = _ctx(click_ctx, as_json)
     result = c.call("workers")
     c.emit(result, render_workers(result))
+
+
+# ----------------------------------------------------------------------------- top / history
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 30) -> str:
+    """A tiny inline chart of the last `width` values; gaps show as spaces."""
+    values = values[-width:]
+    known = [v for v in values if v is not None]
+    if not known:
+        return ""
+    lo, hi = min(known), max(known)
+    span = (hi - lo) or 1.0
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}%"
+
+
+def render_top(result: dict[str, Any]) -> str:
+    rows = []
+    for item in result["agents"]:
+        a, smp = item["status"], item["sample"] or {}
+        hb = format_duration(a["heartbeat_age_s"]) if a["heartbeat_age_s"] is not None else None
+        rows.append([
+            a["id"], a["state"], a["health"], a["pid"], _pct(smp.get("cpu")), format_bytes(smp.get("rss")) if smp else None,
+            smp.get("fds"), smp.get("procs"), hb, a["restarts"],
+        ])
+    agents = render_table(["ID", "STATE", "HEALTH", "PID", "CPU", "RSS", "FDS", "PROCS", "HB AGE", "RESTARTS"], rows) if rows else "no agents configured"
+    own = [[s["agent_id"][7:], _pct(s.get("cpu")), format_bytes(s.get("rss")), s.get("fds"), s.get("threads")] for s in result["agentd"]]
+    own_table = render_table(["AGENTD", "CPU", "RSS", "FDS", "THREADS"], own) if own else "agentd: no samples yet (the health worker samples every resources.interval)"
+    return f"{agents}\n\n{own_table}"
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("-d", "--interval", default=2.0, show_default=True, type=click.FloatRange(0.2, 3600), help="Seconds between refreshes.")
+@json_option
+@click.pass_context
+def top(click_ctx: click.Context, once: bool, interval: float, as_json: bool) -> None:
+    """Live view of agents (state, health, cpu, rss, fds, heartbeat age) and agentd itself."""
+    c = _ctx(click_ctx, as_json)
+    if c.as_json or once or not sys.stdout.isatty():
+        result = c.call("top")
+        c.emit(result, render_top(result))
+        return
+    try:
+        while True:
+            result = c.call("top")
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write("\x1b[H\x1b[2J" + f"agentd top — {stamp} — every {interval:g}s, Ctrl-C to quit\n\n" + render_top(result) + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def _since_seconds(text: str) -> float:
+    from .units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.argument("agent_id")
+@click.option("--since", default="1h", show_default=True, help="How far back (30m, 1h, 2d).")
+@click.option("--limit", default=2000, show_default=True, type=click.IntRange(1, 100_000))
+@json_option
+@click.pass_context
+def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, as_json: bool) -> None:
+    """An agent's resource samples (or agentd/<process>), with sparklines."""
+    c = _ctx(click_ctx, as_json)
+    result = c.call("history", {"id": agent_id, "since": _since_seconds(since), "limit": limit})
+    samples = result["samples"]
+    if c.as_json:
+        c.emit(result, "")
+        return
+    if not samples:
+        click.echo(f"no samples for {agent_id} in the last {since}")
+        return
+    cpu = [s["cpu"] for s in samples]
+    rss = [s["rss"] for s in samples]
+    fds = [s["fds"] for s in samples]
+    lines = [
+        f"{agent_id}: {len(samples)} samples since {samples[0]['ts']:.0f} (last {since})",
+        f"  cpu  {sparkline(cpu)}  last {_pct(cpu[-1]) or '-'}  max {_pct(max((v for v in cpu if v is not None), default=None)) or '-'}",
+        f"  rss  {sparkline(rss)}  last {format_bytes(rss[-1])}  max {format_bytes(max(rss))}",
+        f"  fds  {sparkline(fds)}  last {fds[-1] if fds[-1] is not None else '-'}",
+        "",
+    ]
+    rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["ts"])), _pct(s["cpu"]), format_bytes(s["rss"]), format_bytes(s["vms"]),
+             s["fds"], s["threads"], s["procs"], s["read_bytes"], s["write_bytes"]] for s in samples[-50:]]
+    lines.append(render_table(["TIME", "CPU", "RSS", "VMS", "FDS", "THREADS", "PROCS", "READ_B", "WRITE_B"], rows))
+    if len(samples) > 50:
+        lines.append(f"(last 50 of {len(samples)} rows; --json for all)")
+    click.echo("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- heartbeat (for scripts)

@@ -8,6 +8,7 @@ timer any agent asked for; it never sleeps on process work.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 import os
@@ -26,11 +27,13 @@ from .event_intake import EventIntake
 from .event_log import EventLog
 from . import ipc
 from .listeners import bound_address, tcp_listener, unix_listener
-from .messages import HeartbeatBatch
+from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from .lifecycle import AgentProcess
 from .log_files import rotate_if_needed
 from .metadata_store import ExitRecord, MetadataStore, iso_utc
 from .metadata_writer import MetadataWriter
+from .history_store import HistoryStore
+from .node_identity import node_id
 from .pidfile import PidFile
 from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
@@ -123,6 +126,7 @@ class Daemon:
         self._prepare_dirs()
         self.pidfile = PidFile(self.run_dir / "agentd.pid")
         self.pidfile.acquire()  # AlreadyRunning propagates to the CLI with its message
+        self.node_id = node_id(self.config.daemon.id, self.data_dir)
         self.store = MetadataStore(self.data_dir / "metadata")
         self.writer = MetadataWriter(self.store)
         self.zctx = zmq.asyncio.Context()
@@ -135,7 +139,9 @@ class Daemon:
             self._closers.append(self.control.close)
             self.state_feed = StateFeed(self.sync_zctx, self.run_dir / ipc.STATE)
             self._closers.append(self.state_feed.close)
-            self.intake = EventIntake(self.zctx, self.run_dir / ipc.EVENTS, self.apply_heartbeats, self._on_worker_beat)
+            self.history = HistoryStore(self.data_dir / "history.db", self.config.history.retention)
+            self._closers.append(self.history.close)
+            self.intake = EventIntake(self.zctx, self.run_dir / ipc.EVENTS, self._on_worker_message)
             self._closers.append(self.intake.close)
             self._load_agents()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -202,6 +208,14 @@ class Daemon:
         if self.unix_sock is not None:
             fd = self.unix_sock.fileno()
             specs.append(WorkerSpec("heartbeat-unix", "heartbeat_unix", ["--settings", hb.unix.model_dump_json(), "--listen-fd", str(fd)], (fd,)))
+        health_settings = json.dumps({"resources": self.config.resources.model_dump(mode="json")})
+        specs.append(WorkerSpec("health", "health", ["--settings", health_settings]))
+        if self.config.manager.address:
+            sync_settings = json.dumps({"manager": self.config.manager.model_dump(mode="json"), "node_id": self.node_id})
+            specs.append(WorkerSpec("sync", "sync", ["--settings", sync_settings]))
+        if self.config.manager_api.listen:
+            api_settings = json.dumps({"manager_api": self.config.manager_api.model_dump(mode="json"), "node_id": self.node_id})
+            specs.append(WorkerSpec("manager-api", "manager_api", ["--settings", api_settings]))
         return specs
 
     def _prepare_dirs(self) -> None:
@@ -357,8 +371,11 @@ class Daemon:
             if hb.generation is not None and hb.generation != agent.generation:
                 counters["dropped_stale_generation"] += 1  # validated against a process since replaced
                 continue
+            version = agent.reported.get("version")
             agent.on_heartbeat(now, hb.timestamp, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status})
             counters["applied"] += 1
+            if hb.version is not None and hb.version != version and self.state_feed is not None:
+                self.state_feed.agent_changed(agent)  # the Manager sync reports versions
         self._persist_dirty()  # only transitions (first heartbeat) are written at once
 
     def heartbeat_times(self) -> dict[str, float]:
@@ -367,8 +384,37 @@ class Daemon:
     def intake_counters(self) -> dict[str, int]:
         return {**self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}}
 
-    def _on_worker_beat(self, beat) -> None:
-        self.pool.on_beat(beat)
+    def _on_worker_message(self, msg) -> None:
+        if isinstance(msg, HeartbeatBatch):
+            self.apply_heartbeats(msg)
+        elif isinstance(msg, WorkerBeat):
+            self.pool.on_beat(msg)
+        elif isinstance(msg, Verdict):
+            self.apply_verdict(msg)
+        elif isinstance(msg, HealthReport):
+            for agent_id, health in msg.agents.items():
+                agent = self.registry.find(agent_id)
+                if agent is not None:
+                    agent.set_health(health.generation, health.health, health.detail)
+        elif isinstance(msg, ResourceSamples):
+            self.history.add(msg.samples)
+
+    def apply_verdict(self, verdict: Verdict) -> None:
+        """Act on a health verdict under the agent's restart policy; operator intent and staleness win."""
+        agent = self.registry.find(verdict.agent_id)
+        if agent is None:
+            return
+        if verdict.verdict == "no_heartbeat" and self._in_intake_grace(agent):
+            log.info("%s: ignoring no_heartbeat verdict: heartbeat intake restarted recently", verdict.agent_id)
+            return
+        reason = f"{verdict.verdict}: {verdict.detail}"
+        result = agent.verdict(self.now(), verdict.generation, reason)
+        log.log(logging.WARNING if result.ok else logging.INFO, "%s: health verdict %s -> %s", verdict.agent_id, reason, result.message)
+        self.after_action()
+
+    def _in_intake_grace(self, agent: AgentProcess) -> bool:
+        timeout = agent.spec.health_check.heartbeat_timeout
+        return bool(timeout and self.intake_restarted_wall and self.wall() < self.intake_restarted_wall + timeout)
 
     def _on_worker_respawn(self, name: str, cause: str) -> None:
         if name.startswith("heartbeat-"):

@@ -16,7 +16,7 @@ import zmq.asyncio
 from pydantic import ValidationError
 
 from .ipc import bind_private
-from .messages import EVENT_ADAPTER, HeartbeatBatch, WorkerBeat
+from .messages import EVENT_ADAPTER
 from .rate_limited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -25,17 +25,16 @@ RCVHWM = 200  # messages, each up to a batch of ~512 heartbeats
 
 
 class EventIntake:
-    """Receives worker messages and hands each to its handler."""
+    """Receives worker messages and hands each to the parent's handler."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, path: Path, on_heartbeats: Callable[[HeartbeatBatch], None], on_beat: Callable[[WorkerBeat], None]) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, path: Path, handle: Callable[[object], None]) -> None:
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
         bind_private(self.sock, path)
         self.path = path
-        self.on_heartbeats = on_heartbeats
-        self.on_beat = on_beat
+        self.handle = handle
         self.counters: Counter[str] = Counter()
         self._bad = RateLimitedLog(log)
 
@@ -49,11 +48,9 @@ class EventIntake:
                 self.counters["bad_messages"] += 1
                 self._bad("events: dropped an unreadable worker message: %s", str(exc).splitlines()[0])
                 continue
+            self.counters[msg.kind] += 1
             try:
-                if isinstance(msg, HeartbeatBatch):
-                    self.on_heartbeats(msg)
-                else:
-                    self.on_beat(msg)
+                self.handle(msg)
             except Exception:  # one bad message must not stop the intake of everything else
                 self.counters["handler_errors"] += 1
                 log.exception("events: handling a %s message failed", msg.kind)

@@ -116,6 +116,9 @@ class AgentProcess:
         self.last_heartbeat_mono: float | None = None
         self.reported: dict[str, object] = {}  # version/cpu/memory/status from heartbeats
         self.health: str | None = None
+        self.health_detail: str = ""
+        self.restarts_by_kind: dict[str, int] = {}  # exit, operator, config, no_heartbeat, over_threshold, ...
+        self.pending_kind = "exit"
         self.backoff_until: float | None = None
         self.stop_deadline: float | None = None
         self.kill_sent_at: float | None = None
@@ -201,7 +204,7 @@ class AgentProcess:
         self.operator_stopped = False
         self.dirty = True
         if self.state in UP_STATES:
-            self._count_restart(reason)
+            self._count_restart(reason, "operator")
             self._begin_stop(now, reason, after="start")
             return ActionResult(True, "restarting")
         return self.start(now, reason)
@@ -237,7 +240,7 @@ class AgentProcess:
                 return ActionResult(True, "updated (disabled)")
             return self.stop(now, reason="disabled by reload", operator=False)
         if self.state in UP_STATES:
-            self._count_restart("configuration changed")
+            self._count_restart("configuration changed", "config")
             self._begin_stop(now, "configuration changed", after="start")
             return ActionResult(True, "restarting with the new configuration")
         if self.state == AgentState.STOPPING:
@@ -277,8 +280,9 @@ class AgentProcess:
         if self.ops.tree_alive(handle):
             # The main process died but its children linger: clean them up before any restart
             # so the next generation never runs beside the old one.
-            self._begin_stop(now, reason + "; stopping leftover processes", after="policy", forced=False, clean=code == 0)
+            self._begin_stop(now, reason + "; stopping leftover processes", after="policy", clean=code == 0, kind="exit")
             return
+        self.pending_kind = "exit"
         self._after_failure(now, reason, forced=False, clean_exit=(code == 0 and signum is None))
 
     def on_heartbeat(self, now: float, wall: float, fields: dict[str, object] | None = None) -> None:
@@ -292,15 +296,27 @@ class AgentProcess:
             self._set(AgentState.RUNNING, "first heartbeat received")
 
     def verdict(self, now: float, generation: int, reason: str) -> ActionResult:
-        """A health verdict asks for a restart; ignored for stale generations and operator stops."""
+        """A health verdict ("no_heartbeat: ...") asks for a restart; stale generations and operator stops win."""
         handle = self.handle
         if handle is None or generation != handle.generation:
             return ActionResult(False, "stale verdict (process has since been replaced)")
         if self.operator_stopped or self.state not in UP_STATES:
             return ActionResult(False, f"ignored: agent is {self.state.value}")
-        self.health = reason
-        self._begin_stop(now, f"health: {reason}", after="policy", forced=True)
+        kind = reason.split(":", 1)[0]
+        self.health, self.health_detail = kind, reason
+        self.dirty = True
+        if self.spec.restart.policy == "never":
+            return ActionResult(False, "not restarted: restart policy is 'never'")
+        self._begin_stop(now, reason, after="policy", forced=True, kind=kind)
         return ActionResult(True, "restarting")
+
+    def set_health(self, generation: int, health: str, detail: str) -> None:
+        """The health worker's latest judgement of this generation (no action; verdicts act)."""
+        if self.handle is None or generation != self.handle.generation or self.state not in UP_STATES:
+            return
+        if (health, detail) != (self.health, self.health_detail):
+            self.health, self.health_detail = health, detail
+            self.hb_dirty = True
 
     # ----------------------------------------------------------------- timers
 
@@ -371,14 +387,16 @@ class AgentProcess:
         self.kill_warned = False
         self.after_stop = None
         self.health = None
+        self.health_detail = ""
         self.last_heartbeat_mono = None
         self._set(AgentState.STARTING, f"{reason} (pid {handle.pid})")
         return ActionResult(True, f"started (pid {handle.pid})")
 
-    def _begin_stop(self, now: float, reason: str, after: str | None, forced: bool = False, clean: bool = False) -> None:
+    def _begin_stop(self, now: float, reason: str, after: str | None, forced: bool = False, clean: bool = False, kind: str = "exit") -> None:
         handle = self.handle
         assert handle is not None
         self.after_stop = after
+        self.pending_kind = kind
         self.pending_reason = reason
         self.pending_forced = forced
         self.pending_clean = clean
@@ -413,12 +431,13 @@ class AgentProcess:
             self._set(AgentState.FAILED, f"{reason}; {decision.why}")
             return
         self.restart_count += 1
-        self._count_restart(reason)
+        self._count_restart(reason, self.pending_kind)
         self.backoff_until = now + decision.delay
         self._set(AgentState.RESTARTING, f"{reason}; restart {self.restart_count} in {decision.delay:g}s")
 
-    def _count_restart(self, reason: str) -> None:
+    def _count_restart(self, reason: str, kind: str) -> None:
         self.total_restarts += 1
+        self.restarts_by_kind[kind] = self.restarts_by_kind.get(kind, 0) + 1
         self.last_restart_reason = reason
         self.last_restart_wall = self.wall()
 

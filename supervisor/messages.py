@@ -130,6 +130,8 @@ class AgentView(BaseModel):
     expects_heartbeat: bool = False
     operator_stopped: bool = False
     started_at: float | None = None  # wall clock start of the current process
+    version: str | None = None  # as last reported by the agent's heartbeats
+    restarts: int = 0
     health_check: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -7,8 +7,9 @@ from pydantic import BaseModel, Field
 from .config import AgentSpec, Config
 
 # Sections the running daemon cannot switch live; a change there needs `agentd` restarted.
-# heartbeat: the sockets, worker settings and agents' AGENTD_HEARTBEAT_* are fixed at start.
-RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat")
+# These are read once at start: sockets, worker settings, agents' AGENTD_HEARTBEAT_*, the history
+# store, the Manager link. Changing them needs an agentd restart (agents keep running across it).
+RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat", "resources", "history", "metadata", "manager", "manager_api")
 
 
 class AgentChange(BaseModel):

@@ -32,6 +32,8 @@ def agent_view(agent: AgentProcess) -> AgentView:
         expects_heartbeat=agent.spec.expects_heartbeat,
         operator_stopped=agent.operator_stopped,
         started_at=h.started_wall if h else None,
+        version=agent.reported.get("version"),
+        restarts=agent.total_restarts,
         health_check=agent.spec.health_check.model_dump(mode="json"),
     )
 

@@ -24,7 +24,11 @@ def test_agent_killed_with_9_is_restarted_under_backoff(agentd):
     assert waiting["next_restart_in_s"] is not None and waiting["next_restart_in_s"] > 0.3
     third = agentd.wait_state("w1", "running")
     assert third["restarts"] == 2 and third["pid"] not in (first["pid"], second["pid"])
-    starts = wait_for_marker(agentd.marker("w1"), "START", count=3)
+    try:
+        starts = wait_for_marker(agentd.marker("w1"), "START", count=3)
+    except AssertionError:
+        log = (agentd.log_dir / "w1" / "agent.log").read_text()
+        raise AssertionError(f"third={third}\nagent log:\n{log}\nagentd log:\n{agentd.log_text()[-3000:]}") from None
     assert len(starts) == 3
     events = agentd.call("events", {"ids": ["w1"]})["events"]
     assert [e["new"] for e in events].count("restarting") == 2

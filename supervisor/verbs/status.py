@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..lifecycle import AgentProcess
@@ -27,7 +29,9 @@ class AgentStatus(BaseModel):
     reason: str
     pid: int | None
     health: str | None
+    health_detail: str
     restarts: int
+    restarts_by_reason: dict[str, int]
     restart_count: int
     uptime_s: float | None
     started_at: str | None
@@ -36,6 +40,7 @@ class AgentStatus(BaseModel):
     version: str | None
     last_exit: ExitRecord | None
     last_restart: str | None
+    last_restart_age_s: float | None
     last_restart_reason: str | None
     next_restart_in_s: float | None
     operator_stopped: bool
@@ -72,7 +77,9 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         reason=agent.reason,
         pid=h.pid if live else None,
         health=agent.health,
+        health_detail=agent.health_detail,
         restarts=agent.total_restarts,
+        restarts_by_reason=dict(agent.restarts_by_kind),
         restart_count=agent.restart_count,
         uptime_s=round(uptime, 3) if uptime is not None else None,
         started_at=iso_utc(h.started_wall) if live else None,
@@ -81,6 +88,7 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         version=agent.reported.get("version"),
         last_exit=agent.last_exit,
         last_restart=iso_utc(agent.last_restart_wall) if agent.last_restart_wall else None,
+        last_restart_age_s=round(max(0.0, time.time() - agent.last_restart_wall), 3) if agent.last_restart_wall else None,
         last_restart_reason=agent.last_restart_reason,
         next_restart_in_s=next_restart,
         operator_stopped=agent.operator_stopped,

@@ -144,7 +144,7 @@ class TestDaemon:
     def status(self, agent_id: str) -> dict[str, Any]:
         return self.call("status", {"ids": [agent_id]})["agents"][0]
 
-    def wait_state(self, agent_id: str, *states: str, timeout: float = 20.0) -> dict[str, Any]:
+    def wait_state(self, agent_id: str, *states: str, timeout: float = 40.0) -> dict[str, Any]:
         seen: dict[str, Any] = {}
 
         def reached() -> dict[str, Any] | None:

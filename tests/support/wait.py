@@ -13,7 +13,7 @@ _UNSPLIT_KINDS = {"ENV", "CWD"}
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, message: str | None = None
+    predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, message: str | None = None
 ) -> T:
     """Polls predicate() until it is truthy and returns that value; raises AssertionError at the deadline."""
     deadline = time.monotonic() + timeout
