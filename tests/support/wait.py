@@ -46,7 +46,7 @@ def read_markers(path: str | Path) -> list[tuple[str, ...]]:
 
 
 def wait_for_marker(
-    path: str | Path, kind: str, count: int = 1, timeout: float = 15.0
+    path: str | Path, kind: str, count: int = 1, timeout: float = 30.0
 ) -> list[tuple[str, ...]]:
     """Waits until path holds at least count markers of kind and returns all of them."""
     seen: list[tuple[str, ...]] = []
