@@ -357,8 +357,12 @@ class Daemon:
     # ----------------------------------------------------------------- heartbeats and workers
 
     def apply_heartbeats(self, batch: HeartbeatBatch) -> None:
-        """Apply a worker's batch: last heartbeat, reported fields, starting -> running."""
-        now = self.now()
+        """Apply a worker's batch: last heartbeat, reported fields, starting -> running.
+
+        Liveness uses our receipt time, never the agent's own clock (which may be off); the agent's
+        timestamp is kept as a reported field.
+        """
+        now, wall = self.now(), self.wall()
         counters = self.heartbeat_counters
         for hb in batch.items:
             agent = self.registry.find(hb.agent_id)
@@ -372,7 +376,7 @@ class Daemon:
                 counters["dropped_stale_generation"] += 1  # validated against a process since replaced
                 continue
             version = agent.reported.get("version")
-            agent.on_heartbeat(now, hb.timestamp, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status})
+            agent.on_heartbeat(now, wall, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status, "timestamp": hb.timestamp})
             counters["applied"] += 1
             if hb.version is not None and hb.version != version and self.state_feed is not None:
                 self.state_feed.agent_changed(agent)  # the Manager sync reports versions
@@ -400,21 +404,18 @@ class Daemon:
             self.history.add(msg.samples)
 
     def apply_verdict(self, verdict: Verdict) -> None:
-        """Act on a health verdict under the agent's restart policy; operator intent and staleness win."""
+        """Act on a health verdict under the agent's restart policy; operator intent and staleness win.
+
+        The intake-restart grace is applied by the health worker alone (it gets intake_restarted_at on
+        the state feed): a second check here could drop a verdict the worker will never repeat.
+        """
         agent = self.registry.find(verdict.agent_id)
         if agent is None:
-            return
-        if verdict.verdict == "no_heartbeat" and self._in_intake_grace(agent):
-            log.info("%s: ignoring no_heartbeat verdict: heartbeat intake restarted recently", verdict.agent_id)
             return
         reason = f"{verdict.verdict}: {verdict.detail}"
         result = agent.verdict(self.now(), verdict.generation, reason)
         log.log(logging.WARNING if result.ok else logging.INFO, "%s: health verdict %s -> %s", verdict.agent_id, reason, result.message)
         self.after_action()
-
-    def _in_intake_grace(self, agent: AgentProcess) -> bool:
-        timeout = agent.spec.health_check.heartbeat_timeout
-        return bool(timeout and self.intake_restarted_wall and self.wall() < self.intake_restarted_wall + timeout)
 
     def _on_worker_respawn(self, name: str, cause: str) -> None:
         if name.startswith("heartbeat-"):

@@ -368,6 +368,9 @@ class AgentProcess:
     def _set(self, new: AgentState, reason: str) -> None:
         old = self.state
         self.state = new
+        if new in DOWN_STATES:
+            # Nothing runs, so nothing is judged: say why instead of keeping a stale "healthy".
+            self.health, self.health_detail = ("operator_stopped" if self.operator_stopped else new.value), ""
         self.reason = reason
         self.dirty = True
         self.on_transition(self, old, new, reason)

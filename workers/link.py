@@ -93,7 +93,8 @@ class WorkerLink:
         self.info: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
         self._pending: list[Heartbeat] = []
-        self._flush_wanted = asyncio.Event()
+        self._flush_wanted = asyncio.Event()  # a full batch is waiting: flush now
+        self._has_items = asyncio.Event()  # something is queued: flush within flush_interval
         self._tasks: list[asyncio.Task] = []
         self._parent = os.getppid()
         self.snapshots = 0
@@ -204,6 +205,8 @@ class WorkerLink:
             self.counters["dropped_backpressure"] += 1
             return False
         self._pending.append(heartbeat)
+        if len(self._pending) == 1:
+            self._has_items.set()
         if len(self._pending) >= self.batch_max:
             self._flush_wanted.set()
         return True
@@ -224,13 +227,19 @@ class WorkerLink:
             self.counters["forwarded"] += len(batch)
 
     async def _flush_loop(self) -> None:
+        # Sleeps while nothing is queued: an idle worker costs no CPU on timers.
         while True:
+            await self._has_items.wait()
             try:
                 await asyncio.wait_for(self._flush_wanted.wait(), self.flush_interval)
             except TimeoutError:
                 pass
             self._flush_wanted.clear()
             await self.flush()
+            if self._pending:
+                await asyncio.sleep(self.flush_interval)  # parent's queue full: retry without spinning
+            else:
+                self._has_items.clear()
 
     async def send(self, msg) -> bool:
         """Send one non-heartbeat message (verdict, samples); False if the parent's queue is full."""

@@ -1,0 +1,392 @@
+"""The health worker, `python -m workers.health`: judges agents (DESIGN section 5) and samples resources.
+
+It reports only: verdicts, a health report per judging round and resource samples go to the parent, which acts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from supervisor.config import ConfigError, ResourcesSettings, load_config
+from supervisor.logging_setup import setup_logging
+from supervisor.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
+from workers.health_judge import UP_STATES, HealthJudge, rules_of
+from workers.link import WorkerLink, die_with_parent
+from workers.tree_sampler import TreeSampler
+
+log = logging.getLogger("workers.health")
+
+MAX_TICK = 1.0  # judging wakes at least this often
+MIN_TICK = 0.05
+WORKERS_TIMEOUT = 2.0  # the `workers` request must not hold up a sampling round for long
+COUNTERS = ("judged", "samples", "sample_errors", "endpoint_checks", "endpoint_failures")
+
+
+async def http_probe(url: str, timeout: float) -> tuple[bool, str]:
+    """GET url over HTTP/1.0; (True, "HTTP 200") on 2xx, else (False, why). Never takes longer than timeout."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    context = None
+    if secure:
+        # A liveness probe that sends nothing secret: a local self-signed certificate must not read as "down".
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, parts.port or (443 if secure else 80), ssl=context)
+            request = f"GET {path} HTTP/1.0\r\nHost: {parts.netloc.rpartition('@')[2]}\r\nUser-Agent: agentd-health\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode("latin-1"))
+            await writer.drain()
+            status_line = await reader.readline()
+    except TimeoutError:
+        return False, f"no answer within {timeout:g} s"
+    except ssl.SSLError as exc:
+        return False, f"TLS: {exc.reason or exc}"
+    except ConnectionError as exc:  # asyncio's message names the address, which the log line already has
+        return False, os.strerror(exc.errno) if exc.errno else str(exc)
+    except OSError as exc:  # gaierror and friends carry their own text
+        return False, exc.strerror or str(exc) or type(exc).__name__
+    except (ValueError, UnicodeError) as exc:  # a bad URL, or a status line over the stream limit
+        return False, str(exc) or type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+    fields = status_line.decode("latin-1").split()
+    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+        return False, f"not an HTTP answer: {status_line[:80]!r}"
+    code = int(fields[1])
+    return 200 <= code < 300, f"HTTP {code}"
+
+
+class HealthWorker:
+    """Judging and sampling loops on top of a started WorkerLink."""
+
+    def __init__(self, link: WorkerLink, resources: ResourcesSettings, *, sampler: TreeSampler | None = None) -> None:
+        self.link = link
+        self.name = link.name
+        self.resources = resources
+        self.sampler = sampler or TreeSampler()
+        self.judge = HealthJudge(worker=link.name)
+        self.counters = link.counters
+        for key in COUNTERS:
+            self.counters[key] += 0  # reported from the first beat, so a zero is visible as a zero
+        # psutil reads block; one thread keeps them off the loop and keeps the sampler single-threaded.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
+        self._samples: dict[str, ResourceSample] = {}
+        self._sampled_at: dict[str, float] = {}  # monotonic
+        self._judged_at: dict[str, tuple[int, float]] = {}  # id -> (generation, monotonic)
+        self._endpoint_done: dict[str, tuple[int, bool]] = {}  # id -> (generation, ok), not yet judged
+        self._endpoint_tasks: dict[str, asyncio.Task] = {}
+        self._endpoint_ok: dict[str, bool] = {}  # last result, so a failing endpoint is logged when it starts failing
+        self._verdict_gen: dict[str, int] = {}  # generation that got a verdict: nothing more to check until it is replaced
+        self._unsent: list[Verdict] = []
+        self._last_report: dict[str, AgentHealth] | None = None
+        self._processes: list[tuple[str, int]] = []  # agentd's workers from the last `workers` reply
+        self._wake = asyncio.Event()
+        self._views: dict[str, AgentView] = {}
+        link.on_change.append(self._on_change)
+
+    def _on_change(self) -> None:
+        # Heartbeat times change every second; only a new or changed agent view needs a judgement now.
+        agents = self.link.agents
+        if len(agents) != len(self._views) or any(self._views.get(k) is not v for k, v in agents.items()):
+            self._views = dict(agents)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Run both loops until cancelled."""
+        try:
+            await asyncio.gather(self._judge_loop(), self._sample_loop())
+        finally:
+            for task in self._endpoint_tasks.values():
+                task.cancel()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ----------------------------------------------------------------- judging
+
+    async def _judge_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                delay = await self.judge_round()
+            except Exception:  # one bad round must not end judging for good
+                log.exception("judging round failed")
+                delay = MAX_TICK
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _due(self, now: float, agents: dict[str, AgentView]) -> tuple[list[AgentView], float]:
+        """The agents whose interval has elapsed, and how long until the next one is due."""
+        due: list[AgentView] = []
+        wait = MAX_TICK
+        for agent in agents.values():
+            if agent.operator_stopped or agent.state not in UP_STATES:
+                continue
+            if self._verdict_gen.get(agent.id) == agent.generation:
+                continue  # the judge stays quiet about it; no samples or endpoint checks to spend either
+            interval = rules_of(agent).interval
+            last = self._judged_at.get(agent.id)
+            if last is None or last[0] != agent.generation or now - last[1] >= interval:
+                due.append(agent)
+                wait = min(wait, interval)
+            else:
+                wait = min(wait, last[1] + interval - now)
+        return due, max(MIN_TICK, wait)
+
+    async def judge_round(self) -> float:
+        """Judge the agents that are due; returns the seconds until the next round."""
+        agents = dict(self.link.agents)
+        self._forget(agents)
+        now = time.monotonic()
+        due, wait = self._due(now, agents)
+        if due:
+            await self._fresh_samples(due, now)
+            # The link may have changed while we sampled; judge against what we sampled for.
+            agents = dict(self.link.agents)
+        results: dict[str, bool | None] = {}
+        for agent in due:
+            done = self._endpoint_done.pop(agent.id, None)
+            if done is not None and done[0] == agent.generation:
+                results[agent.id] = done[1]
+            self._judged_at[agent.id] = (agent.generation, now)
+        verdicts, report = self.judge.judge(
+            time.time(), agents, dict(self.link.last_heartbeat), self._samples, results, self.link.intake_restarted_at,
+            due={a.id for a in due},
+        )
+        self.counters["judged"] += sum(1 for a in due if a.id in agents)
+        for verdict in verdicts:
+            self._verdict_gen[verdict.agent_id] = verdict.generation
+            self.counters[f"verdicts_{verdict.verdict}"] += 1
+            log.warning("%s (generation %d): %s: %s", verdict.agent_id, verdict.generation, verdict.verdict, verdict.detail)
+        await self._send_verdicts(verdicts, agents)
+        if due or report != self._last_report:
+            if await self.link.send(HealthReport(worker=self.name, agents=report)):
+                self._last_report = report
+        for agent in due:
+            current = agents.get(agent.id)
+            if current is not None and self._verdict_gen.get(agent.id) != current.generation:
+                self._start_endpoint_check(current)
+        return wait
+
+    async def _send_verdicts(self, verdicts: list[Verdict], agents: dict[str, AgentView]) -> None:
+        """Send new verdicts and retry unsent ones: the judge will not repeat a verdict, so none may be lost."""
+        pending = [v for v in self._unsent if (a := agents.get(v.agent_id)) is not None and a.generation == v.generation]
+        self._unsent = []
+        for verdict in pending + verdicts:
+            if not await self.link.send(verdict):
+                self._unsent.append(verdict)
+
+    async def _fresh_samples(self, due: list[AgentView], now: float) -> None:
+        """Sample the due agents whose latest sample is older than their interval or of another generation."""
+        stale = []
+        for agent in due:
+            sample = self._samples.get(agent.id)
+            if agent.pid is None:
+                continue
+            if sample is None or sample.generation != agent.generation or now - self._sampled_at.get(agent.id, float("-inf")) >= rules_of(agent).interval:
+                stale.append(agent)
+        if stale:
+            loop = asyncio.get_running_loop()
+            samples, errors = await loop.run_in_executor(self._pool, self._sample_agents, stale)
+            self._count(samples, errors)
+            self._keep(samples, time.monotonic())
+
+    def _forget(self, agents: dict[str, AgentView]) -> None:
+        """Drop everything about agents that left the configuration: every map here stays bounded."""
+        for table in (self._samples, self._sampled_at, self._judged_at, self._endpoint_done, self._endpoint_ok, self._verdict_gen):
+            for agent_id in table.keys() - agents.keys():
+                del table[agent_id]
+        for agent_id in self._endpoint_tasks.keys() - agents.keys():
+            self._endpoint_tasks.pop(agent_id).cancel()
+
+    # ----------------------------------------------------------------- endpoint checks
+
+    def _start_endpoint_check(self, agent: AgentView) -> None:
+        rules = rules_of(agent)
+        if rules.http_endpoint is None:
+            return
+        running = self._endpoint_tasks.get(agent.id)
+        if running is not None and not running.done():
+            return  # a slow endpoint still has its own timeout to run out
+        self._endpoint_tasks[agent.id] = asyncio.create_task(
+            self._check_endpoint(agent.id, agent.generation, rules.http_endpoint, rules.http_timeout), name=f"endpoint-{agent.id}"
+        )
+
+    async def _check_endpoint(self, agent_id: str, generation: int, url: str, timeout: float) -> None:
+        ok, why = await http_probe(url, timeout)
+        self.counters["endpoint_checks"] += 1
+        if not ok:
+            self.counters["endpoint_failures"] += 1
+            # Logged when it starts failing; the verdict says the rest.
+            log.log(logging.INFO if self._endpoint_ok.get(agent_id, True) else logging.DEBUG, "%s: GET %s failed: %s", agent_id, url, why)
+        elif not self._endpoint_ok.get(agent_id, True):
+            log.info("%s: GET %s answers again (%s)", agent_id, url, why)
+        self._endpoint_ok[agent_id] = ok
+        self._endpoint_done[agent_id] = (generation, ok)
+        self._endpoint_tasks.pop(agent_id, None)
+
+    # ----------------------------------------------------------------- sampling
+
+    async def _sample_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.sample_round()
+            except Exception:  # one bad round must not end sampling for good
+                log.exception("sampling round failed")
+            next_at = max(next_at + self.resources.interval, loop.time() + MIN_TICK)
+            await asyncio.sleep(next_at - loop.time())
+
+    async def sample_round(self) -> None:
+        """Sample every agent tree and agentd's own processes; send them as one ResourceSamples message."""
+        processes = await self._agentd_processes()
+        agents = [a for a in self.link.agents.values() if a.pid]
+        loop = asyncio.get_running_loop()
+        samples, errors = await loop.run_in_executor(self._pool, self._sample_everything, agents, processes)
+        self._count(samples, errors)
+        self._keep(samples, time.monotonic())
+        self.judge.observe(time.time(), dict(self.link.agents), {s.agent_id: s for s in samples if s.generation is not None})
+        await self.link.send(ResourceSamples(worker=self.name, samples=samples))
+
+    async def _agentd_processes(self) -> list[tuple[str, int]]:
+        """agentd's own processes by name: the parent, each worker from the `workers` verb, and us."""
+        try:
+            reply = await self.link.request("workers", {}, timeout=WORKERS_TIMEOUT)
+            self._processes = [
+                (f"agentd/{w['name']}", int(w["pid"])) for w in reply.get("workers", []) if w.get("pid") and w.get("name") != self.name
+            ]
+        except (TimeoutError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+            log.debug("workers request failed (%s); sampling the last known worker list", exc)
+        return [("agentd/parent", os.getppid()), *self._processes, (f"agentd/{self.name}", os.getpid())]
+
+    def _keep(self, samples: list[ResourceSample], now: float) -> None:
+        known = self.link.agents
+        for sample in samples:
+            if sample.agent_id in known:
+                self._samples[sample.agent_id] = sample
+                self._sampled_at[sample.agent_id] = now
+
+    def _sample_agents(self, agents: list[AgentView]) -> tuple[list[ResourceSample], int]:
+        """In the sampler thread: one sample per agent tree, and the count of failures (each costs one agent)."""
+        self.sampler.scan()
+        out, errors = [], 0
+        for agent in agents:
+            try:
+                out.append(self.sampler.sample(agent, time.time()))
+            except Exception:
+                errors += 1
+                log.exception("%s: sampling failed", agent.id)
+        return out, errors
+
+    def _sample_everything(self, agents: list[AgentView], processes: list[tuple[str, int]]) -> tuple[list[ResourceSample], int]:
+        """In the sampler thread: every agent tree, then agentd's own processes one by one."""
+        out, errors = self._sample_agents(agents)
+        for name, pid in processes:
+            try:
+                out.append(self.sampler.sample_pid(name, pid, time.time()))
+            except Exception:
+                errors += 1
+                log.exception("%s: sampling failed", name)
+        return out, errors
+
+    def _count(self, samples: list[ResourceSample], errors: int) -> None:
+        # Counted here on the loop thread: the beat loop copies the counters, never mid-update.
+        self.counters["samples"] += len(samples)
+        self.counters["sample_errors"] += errors
+
+
+# ----------------------------------------------------------------------------------------------- process
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.health", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
+    parser.add_argument("--name", default="health", help="worker name in logs, beats and agentd/<name> samples")
+    parser.add_argument("--settings", help='JSON with a "resources" object (other keys are ignored)')
+    parser.add_argument("--config", type=Path, help="standalone: read resources and run_dir from this config")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    return parser.parse_args(argv)
+
+
+async def _run(run_dir: Path, name: str, resources: ResourcesSettings) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # We queue no heartbeats: the link's 5 ms flush timer would cost more CPU than all our judging.
+    link = WorkerLink(run_dir, name, want_state=True, flush_interval=1.0)
+    # The first snapshot waits for the parent; a stop must still get through meanwhile.
+    starting = asyncio.create_task(link.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await link.close()
+        return
+    starting.result()
+    worker = HealthWorker(link, resources)
+    log.info("%s: judging %d agents; sampling every %g s", name, len(link.agents), resources.interval)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("%s: stopping", name)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await link.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGTERM or SIGINT; 0 on a clean stop."""
+    args = _parse_args(argv)
+    setup_logging(args.log_level, args.log_format, process_name=args.name)
+    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
+    parent = os.environ.get("AGENTD_PARENT_PID", "")
+    die_with_parent(int(parent) if parent.isdigit() else None)
+    run_dir = args.run_dir
+    resources = ResourcesSettings()
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+            resources = config.resources
+            run_dir = run_dir or config.daemon.run_dir
+        if args.settings is not None:
+            doc = json.loads(args.settings)
+            if not isinstance(doc, dict):
+                raise ValueError("must be a JSON object")
+            resources = ResourcesSettings.model_validate(doc.get("resources") or {})
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, ValidationError) as exc:
+        log.error("--settings: %s", exc)
+        return 2
+    if run_dir is None:
+        log.error("--run-dir is required without --config")
+        return 2
+    asyncio.run(_run(run_dir, args.name, resources))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

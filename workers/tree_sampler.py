@@ -1,0 +1,223 @@
+"""Resource use of whole agent process trees (pid, descendants, process-group members) with psutil.
+
+One /proc scan per round builds the ppid/pgid table that every agent's tree is walked from; psutil
+`Process` objects are kept between rounds (keyed by pid + start time) so `cpu_percent()` is a real rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from supervisor.messages import AgentView, ResourceSample
+
+log = logging.getLogger(__name__)
+
+CREATE_TIME_TOLERANCE = 0.01  # as in supervisor.process_ops: a pid reused by another program differs by more
+MAX_NOTED = 10_000  # bound on the names whose AccessDenied was already logged
+
+
+@dataclass
+class _Entry:
+    ticks: int  # start time in clock ticks since boot: with the pid, the process's identity
+    proc: psutil.Process
+    primed: bool = False  # cpu_percent() was called once, so the next call returns a real rate
+    used: float = 0.0  # monotonic time of the last sample that included it
+
+
+@dataclass
+class _Row:
+    ppid: int
+    pgid: int
+    ticks: int
+
+
+def _read_stat(pid: int) -> tuple[str, _Row] | None:
+    """(state, row) from /proc/<pid>/stat, or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
+            raw = f.read()
+    except OSError:  # gone (ENOENT/ESRCH) or unreadable
+        return None
+    # The command name may hold spaces and parentheses; it ends at the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode(), _Row(int(fields[1]), int(fields[2]), int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+class TreeSampler:
+    """Samples agent trees and single processes; cheap enough to run for hundreds of agents."""
+
+    def __init__(self, *, max_table_age: float = 1.0, forget_after: float = 300.0) -> None:
+        self.max_table_age = max_table_age
+        self.forget_after = forget_after
+        self._table: dict[int, _Row] = {}
+        self._children: dict[int, list[int]] = {}
+        self._groups: dict[int, list[int]] = {}
+        self._scanned = float("-inf")
+        self._cache: dict[int, _Entry] = {}
+        self._noted_denied: set[str] = set()
+        self._own_pgid = os.getpgrp()
+        self.scans = 0
+        self.access_denied = 0
+
+    @property
+    def cached(self) -> int:
+        """How many psutil.Process objects are kept (bounded by the live processes sampled lately)."""
+        return len(self._cache)
+
+    # ----------------------------------------------------------------- the /proc table
+
+    def scan(self) -> None:
+        """Read every process's ppid, pgid and start time once; forget cached processes that are gone."""
+        table: dict[int, _Row] = {}
+        children: dict[int, list[int]] = {}
+        groups: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            got = _read_stat(pid)
+            if got is None or got[0] in ("Z", "X"):
+                continue  # zombies count as gone: they use nothing and will never run again
+            row = got[1]
+            table[pid] = row
+            children.setdefault(row.ppid, []).append(pid)
+            groups.setdefault(row.pgid, []).append(pid)
+        self._table, self._children, self._groups = table, children, groups
+        self._scanned = time.monotonic()
+        self.scans += 1
+        stale_before = self._scanned - self.forget_after
+        for pid in [p for p, e in self._cache.items() if (r := table.get(p)) is None or r.ticks != e.ticks or e.used < stale_before]:
+            del self._cache[pid]
+
+    def _fresh_table(self) -> None:
+        if time.monotonic() - self._scanned > self.max_table_age:
+            self.scan()
+
+    def tree_pids(self, pid: int | None, pgid: int | None, create_time: float | None = None) -> list[int]:
+        """pid (unless gone or not the process created at create_time), its group's members, and all descendants."""
+        roots: list[int] = []
+        reused = False
+        if pid and pid in self._table:
+            reused = create_time is not None and not self._same_process(pid, create_time)
+            if not reused:
+                roots.append(pid)
+        group = pgid or pid
+        # Never our own group (or init's): that would be agentd itself, not the agent. Nor the group a
+        # reused pid leads: that is another program's.
+        if group and group > 1 and group != self._own_pgid and not (reused and group == pid):
+            roots.extend(self._groups.get(group, ()))
+        found: set[int] = set()
+        todo = roots
+        while todo:
+            p = todo.pop()
+            if p in found:
+                continue
+            found.add(p)
+            todo.extend(self._children.get(p, ()))
+        return sorted(found)
+
+    def _same_process(self, pid: int, create_time: float) -> bool:
+        entry = self._entry(pid)
+        if entry is None:
+            return False
+        try:
+            return abs(entry.proc.create_time() - create_time) < CREATE_TIME_TOLERANCE
+        except psutil.Error:
+            return False
+
+    # ----------------------------------------------------------------- sampling
+
+    def sample(self, agent: AgentView, now_wall: float) -> ResourceSample:
+        """The agent's whole tree; procs == 0 means nothing of this generation's process is left."""
+        self._fresh_table()
+        pids = self.tree_pids(agent.pid, agent.pgid, agent.create_time)
+        return self._measure(agent.id, pids, now_wall, agent.generation)
+
+    def sample_pid(self, name: str, pid: int, now_wall: float) -> ResourceSample:
+        """One process alone (agentd's own: the parent, a worker, this worker)."""
+        self._fresh_table()
+        return self._measure(name, [pid], now_wall, None)
+
+    def _entry(self, pid: int) -> _Entry | None:
+        row = self._table.get(pid)
+        if row is None:  # not in the last scan (started since): read its identity directly
+            got = _read_stat(pid)
+            if got is None or got[0] in ("Z", "X"):
+                return None
+            row = got[1]
+        entry = self._cache.get(pid)
+        if entry is not None and entry.ticks == row.ticks:
+            return entry
+        try:
+            proc = psutil.Process(pid)
+        except psutil.Error:  # NoSuchProcess, or AccessDenied on a process we cannot even open
+            return None
+        entry = self._cache[pid] = _Entry(row.ticks, proc)
+        return entry
+
+    def _measure(self, name: str, pids: list[int], now_wall: float, generation: int | None) -> ResourceSample:
+        now = time.monotonic()
+        cpu: float | None = None
+        rss = vms = threads = procs = 0
+        read_bytes: int | None = None
+        write_bytes: int | None = None
+        fds: int | None = None
+        denied = False
+        for pid in pids:
+            entry = self._entry(pid)
+            if entry is None:
+                continue
+            proc = entry.proc
+            got: dict[str, object] = {}
+            try:
+                with proc.oneshot():
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        raise psutil.ZombieProcess(pid)
+                    # Each read on its own: AccessDenied on one (io, fds of another user's process)
+                    # must not hide the others, nor the fact that the process exists.
+                    for key, read in (("mem", proc.memory_info), ("threads", proc.num_threads), ("cpu", lambda: proc.cpu_percent(None)),
+                                      ("io", proc.io_counters), ("fds", proc.num_fds)):
+                        try:
+                            got[key] = read()
+                        except (psutil.AccessDenied, NotImplementedError):
+                            denied = True
+            except psutil.NoSuchProcess:  # also ZombieProcess: it vanished between the scan and now
+                self._cache.pop(pid, None)
+                continue
+            except psutil.AccessDenied:
+                denied = True
+            entry.used = now
+            procs += 1
+            if (mem := got.get("mem")) is not None:
+                rss += mem.rss
+                vms += mem.vms
+            threads += got.get("threads", 0)
+            if "cpu" in got:
+                if entry.primed:
+                    cpu = (cpu or 0.0) + got["cpu"]
+                else:
+                    entry.primed = True  # the first call only sets psutil's baseline; its 0.0 means nothing
+            if (io := got.get("io")) is not None:
+                read_bytes = (read_bytes or 0) + io.read_bytes
+                write_bytes = (write_bytes or 0) + io.write_bytes
+            if (n_fds := got.get("fds")) is not None:
+                fds = (fds or 0) + n_fds
+        if denied:
+            self.access_denied += 1
+            if name not in self._noted_denied:
+                if len(self._noted_denied) >= MAX_NOTED:
+                    self._noted_denied.clear()
+                self._noted_denied.add(name)
+                log.info("%s: some of its processes belong to another user; io and fds count only what can be read", name)
+        return ResourceSample(
+            agent_id=name, ts=now_wall, cpu=cpu, rss=rss, vms=vms, read_bytes=read_bytes, write_bytes=write_bytes,
+            fds=fds, threads=threads, procs=procs, generation=generation,
+        )
