@@ -144,9 +144,17 @@ def render_status(result: dict[str, Any]) -> str:
             a["id"], a["type"], a["state"], a["pid"], format_duration(a["uptime_s"]) if a["uptime_s"] is not None else None,
             a["restarts"], a["health"], hb, a["version"], _info(a),
         ])
-    if not rows:
-        return "no agents configured"
-    return render_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "HEARTBEAT", "VERSION", "INFO"], rows, max_last=90)
+    table = render_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "HEARTBEAT", "VERSION", "INFO"], rows, max_last=90) if rows else "no agents configured"
+    link = result.get("manager")
+    if link:
+        state = "connected" if link["connected"] else "not connected"
+        parts = [f"manager {link['address']}: {state}", f"last sync {link['last_sync'] or 'never'}"]
+        if link["pending"]:
+            parts.append(f"{link['pending']} states pending")
+        if link["last_error"]:
+            parts.append(f"last error: {link['last_error']}")
+        table += "\n\n" + ", ".join(parts)
+    return table
 
 
 @cli.command()

@@ -55,9 +55,39 @@ class DaemonStatus(BaseModel):
     run_dir: str
 
 
+class ManagerLink(BaseModel):
+    """The Manager link as the sync worker last reported it."""
+
+    address: str
+    worker_state: str  # running | restarting | stopped
+    connected: bool
+    last_sync: str | None
+    pending: int | None
+    last_error: str | None
+
+
 class Result(BaseModel):
     daemon: DaemonStatus
     agents: list[AgentStatus]
+    manager: ManagerLink | None = None  # None when manager.address is not set
+
+
+def manager_link(daemon) -> ManagerLink | None:
+    """Read the sync worker's reported link info; None when no Manager is configured."""
+    address = daemon.config.manager.address
+    if not address:
+        return None
+    worker = next((w for w in daemon.pool.describe() if w.name == "sync"), None)
+    info = worker.info if worker else {}
+    pending = info.get("pending")
+    return ManagerLink(
+        address=address,
+        worker_state=worker.state if worker else "stopped",
+        connected=info.get("connected") == "yes",
+        last_sync=info.get("last_sync") or None,
+        pending=int(pending) if pending and pending.isdigit() else None,
+        last_error=info.get("last_error") or (worker.last_exit if worker and worker.state != "running" else None),
+    )
 
 
 def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
@@ -99,4 +129,4 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
 async def handle(daemon, args: Args) -> Result:
     agents = daemon.registry.select(args.ids, all_agents=not args.ids)
     now = daemon.now()
-    return Result(daemon=daemon.status_info(), agents=[agent_status(a, now) for a in agents])
+    return Result(daemon=daemon.status_info(), agents=[agent_status(a, now) for a in agents], manager=manager_link(daemon))

@@ -1,0 +1,635 @@
+"""The HTTP heartbeat intake worker: `python -m workers.heartbeat_http` (DESIGN.md sections 4 and 9).
+
+A small asyncio.Protocol around httptools' HTTP/1.1 parser (see docs/decisions.md for why not a framework).
+The parent owns the listening socket and passes it down (`--listen-fd`), so several workers can share it
+and a respawned worker inherits the backlog. Every request is bounded: header bytes, body bytes
+(`max_body`, checked before the body is read), time (`request_timeout`) and open connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import signal
+import socket
+import sys
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Callable
+
+import httptools
+import psutil
+from pydantic import ValidationError
+
+from supervisor.config import ConfigError, HttpIntake, load_config, split_listen
+from supervisor.logging_setup import setup_logging
+from supervisor.states import AgentState
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected
+from workers.link import WorkerLink, die_with_parent
+
+log = logging.getLogger("workers.heartbeat_http")
+
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; httptools itself sets no limit
+MAX_CONNECTIONS = 1024
+LINGER = 2.0  # after refusing a request we read and discard for this long, so the client sees our reply
+SWEEP_INTERVAL = 0.25
+MAX_REPORTED = 100  # rejected items listed in a batch reply; the count is always complete
+PARENT_METRICS_REFRESH = 5.0  # seconds between fetches of the parent's metrics text
+REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large")
+JSON_TYPE = b"application/json"
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+ROUTES: dict[bytes, tuple[bytes, ...]] = {
+    b"/heartbeat": (b"POST",),
+    b"/heartbeats": (b"POST",),
+    b"/heartbeat/stats": (b"GET", b"HEAD"),
+    b"/metrics": (b"GET", b"HEAD"),
+}
+_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_KEYS = {s.value: f"http_{s.value}" for s in HTTPStatus}
+
+
+_second_cache: list = [-1, ""]  # [whole second, its "YYYY-MM-DDTHH:MM:SS"]: strftime once a second, not per reply
+
+
+def rfc3339(t: float | None = None) -> str:
+    """UTC wall-clock time as RFC 3339 with milliseconds, e.g. 2024-05-01T12:00:00.123Z."""
+    t = time.time() if t is None else t
+    ms = int(t * 1000)
+    second = ms // 1000
+    if second != _second_cache[0]:
+        _second_cache[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second_cache[1]}.{ms % 1000:03d}Z"
+
+
+def json_reply(success: bool, message: str, **extra: object) -> bytes:
+    """The reply body every JSON endpoint uses: success, message, timestamp, then endpoint fields."""
+    return json.dumps({"success": success, "message": message, "timestamp": rfc3339(), **extra}).encode()
+
+
+def fixed_reply(success: bool, message: str) -> Callable[[], bytes]:
+    """json_reply for a constant message, pre-encoded: the hot path skips json.dumps."""
+    head = json.dumps({"success": success, "message": message, "timestamp": ""})[:-3].encode()  # cut the empty "" and the closing brace
+    return lambda: b'%s"%s"}' % (head, rfc3339().encode())
+
+
+def render(status: int, body: bytes, *, content_type: bytes = JSON_TYPE, close: bool = False,
+           headers: tuple[tuple[bytes, bytes], ...] = (), head_only: bool = False) -> bytes:
+    """One complete HTTP/1.1 response."""
+    extra = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    if close:
+        extra += b"Connection: close\r\n"
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status, _PHRASES.get(status, b"Unknown"), content_type, len(body), extra, b"" if head_only else body)
+
+
+ACCEPTED = fixed_reply(True, "heartbeat accepted")
+BUSY = fixed_reply(False, "the daemon is not keeping up; retry shortly")
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(pairs: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in pairs.items()) + "}"
+
+
+class _Exposition:
+    """Builds Prometheus text: each family's HELP and TYPE once, then its samples."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            number = repr(float(value)) if isinstance(value, float) else str(int(value))
+            self.lines.append(f"{name}{_labels(labels)} {number}")
+
+    def text(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode()
+
+
+# ----------------------------------------------------------------------------------------------- the server
+
+
+class HeartbeatHttpServer:
+    """Routes requests, validates heartbeats and hands them to the link; owns the open connections."""
+
+    def __init__(self, link: WorkerLink, settings: HttpIntake, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.link = link
+        self.settings = settings
+        self.max_connections = max_connections
+        self.directory = AgentDirectory(lambda: link.agents)
+        link.on_change.append(self.directory.invalidate)
+        self.counters = link.counters
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._parent_metrics_task: asyncio.Task | None = None
+        self.parent_metrics = b""  # the parent's Prometheus text (agents' health, cpu, rss, restarts; workers)
+        self._process = psutil.Process()
+        for key in ("received", "accepted", "dropped", "connections", "connections_open", "timeouts"):
+            self.counters[key] += 0  # present from the first beat, so a zero shows as a zero
+        for reason in REJECT_REASONS:
+            self.counters[f"rejected_{reason}"] += 0
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._sweeper = asyncio.create_task(self._sweep(), name="sweep")
+        self._parent_metrics_task = asyncio.create_task(self._refresh_parent_metrics(), name="parent-metrics")
+
+    async def _refresh_parent_metrics(self) -> None:
+        # Fetched in the background so a scrape never waits on the parent; at most a few seconds old.
+        while True:
+            try:
+                self.parent_metrics = (await self.link.request("metrics", {}, timeout=5.0))["text"].encode()
+            except Exception as exc:  # the parent busy or restarting: serve the last copy
+                log.debug("parent metrics not refreshed: %s", exc)
+            await asyncio.sleep(PARENT_METRICS_REFRESH)
+
+    async def close(self) -> None:
+        """Stop accepting (only our copy of the socket closes; the parent's keeps the backlog) and drop connections."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._parent_metrics_task is not None:
+            self._parent_metrics_task.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _sweep(self) -> None:
+        # One timer for all connections: cheaper than a call_later per request, precise enough for timeouts.
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = loop.time()
+            for conn in list(self.connections):
+                if conn.deadline <= now:
+                    conn.expired()
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def handle(self, method: bytes, path: bytes, token: str | None, body: bytes | bytearray) -> tuple[int, bytes, bytes, tuple]:
+        """Answer one complete request: (status, body, content type, extra headers)."""
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            return 404, json_reply(False, f"no such path: {path.decode('latin-1')}"), JSON_TYPE, ()
+        if method not in allowed:
+            allow = b", ".join(allowed)
+            message = f"method {method.decode('latin-1')} not allowed on {path.decode()}; use {allow.decode()}"
+            return 405, json_reply(False, message), JSON_TYPE, ((b"Allow", allow),)
+        if path == b"/metrics":
+            return 200, self.metrics(), METRICS_TYPE, ()
+        if path == b"/heartbeat/stats":
+            return 200, json_reply(True, "heartbeat intake counters", **self.stats()), JSON_TYPE, ()
+        return self._heartbeats(body, token, batch=path == b"/heartbeats")
+
+    def _heartbeats(self, body: bytes | bytearray, token: str | None, *, batch: bool) -> tuple[int, bytes, bytes, tuple]:
+        received_at = time.time()
+        try:
+            doc = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return self._invalid(f"body: not valid UTF-8 (byte {exc.start})")
+        except json.JSONDecodeError as exc:
+            return self._invalid(f"body: not valid JSON: {exc}")
+        except RecursionError:
+            return self._invalid("body: JSON nested too deeply")
+        if not batch:
+            return self._one(doc, token, received_at)
+        if not isinstance(doc, list):
+            return self._invalid("body: expected a JSON array of heartbeat objects")
+        if not doc:
+            return self._invalid("body: the batch is empty")
+        return self._batch(doc, token, received_at)
+
+    def _invalid(self, message: str) -> tuple[int, bytes, bytes, tuple]:
+        self.counters["received"] += 1
+        self.counters["rejected_invalid"] += 1
+        return 400, json_reply(False, message), JSON_TYPE, ()
+
+    def _busy(self, n: int) -> tuple[int, bytes, bytes, tuple]:
+        self.counters["dropped"] += n
+        return 503, BUSY(), JSON_TYPE, ((b"Retry-After", b"1"),)
+
+    def _one(self, doc: object, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
+        self.counters["received"] += 1
+        # Refuse before validating: under overload the cheapest answer is the right one.
+        if not self.link.has_room(1):
+            return self._busy(1)
+        try:
+            heartbeat = self.directory.validate(doc, agent_id_required=True, token=token, received_at=received_at)
+        except HeartbeatRejected as exc:
+            self.counters[f"rejected_{exc.reason}"] += 1
+            return exc.status, json_reply(False, exc.message), JSON_TYPE, ()
+        if not self.link.submit(heartbeat):
+            return self._busy(1)
+        self.counters["accepted"] += 1
+        return 200, ACCEPTED(), JSON_TYPE, ()
+
+    def _batch(self, items: list, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
+        n = len(items)
+        self.counters["received"] += n
+        if not self.link.has_room(n):
+            return self._busy(n)
+        accepted = 0
+        rejected: list[dict] = []
+        rejected_count = 0
+        for index, item in enumerate(items):
+            try:
+                heartbeat = self.directory.validate(item, agent_id_required=True, token=token, received_at=received_at)
+            except HeartbeatRejected as exc:
+                self.counters[f"rejected_{exc.reason}"] += 1
+                status, reason, message = exc.status, exc.reason, exc.message
+            else:
+                if self.link.submit(heartbeat):
+                    accepted += 1
+                    continue
+                self.counters["dropped"] += 1
+                status, reason, message = 503, "dropped", "the daemon is not keeping up; retry shortly"
+            rejected_count += 1
+            if len(rejected) < MAX_REPORTED:
+                rejected.append({"index": index, "status": status, "reason": reason, "message": message})
+        self.counters["accepted"] += accepted
+        message = f"{accepted} of {n} heartbeats accepted"
+        if rejected_count > len(rejected):
+            message += f"; the first {len(rejected)} of {rejected_count} rejections are listed"
+        body = json_reply(accepted > 0, message, accepted=accepted, rejected=rejected, rejected_count=rejected_count)
+        # 200 when anything got through (items say what did not); 400 when nothing did.
+        return (200 if accepted else 400), body, JSON_TYPE, ()
+
+    # ------------------------------------------------------------------------------------------ reports
+
+    def stats(self) -> dict:
+        """Counters for `GET /heartbeat/stats`."""
+        c = self.counters
+        rejected = {key.removeprefix("rejected_"): value for key, value in c.items() if key.startswith("rejected_")}
+        responses = {key.removeprefix("http_"): value for key, value in c.items() if key.startswith("http_")}
+        return {
+            "worker": self.link.name,
+            "received": c["received"],
+            "accepted": c["accepted"],
+            "rejected": rejected,
+            "dropped": c["dropped"],
+            "queue_depth": self.link.queue_depth,
+            "forwarded": c["forwarded"],
+            "connections_open": len(self.connections),
+            "responses": responses,
+        }
+
+    def metrics(self) -> bytes:
+        """Prometheus text for `GET /metrics`: this worker's counters and every agent's state."""
+        c, w = self.counters, {"worker": self.link.name}
+        out = _Exposition()
+        prefix = "agentd_heartbeat_http_"
+        out.family(prefix + "heartbeats_received_total", "counter", "Heartbeats received by this HTTP intake worker.",
+                   [(w, c["received"])])
+        out.family(prefix + "heartbeats_accepted_total", "counter", "Heartbeats accepted and queued for the daemon.",
+                   [(w, c["accepted"])])
+        reasons = sorted({*REJECT_REASONS, *(k.removeprefix("rejected_") for k in c if k.startswith("rejected_"))})
+        out.family(prefix + "heartbeats_rejected_total", "counter", "Heartbeats refused, by reason.",
+                   [({**w, "reason": r}, c[f"rejected_{r}"]) for r in reasons])
+        out.family(prefix + "heartbeats_dropped_total", "counter", "Heartbeats refused with 503 because the daemon was not keeping up.",
+                   [(w, c["dropped"])])
+        out.family(prefix + "heartbeats_forwarded_total", "counter", "Heartbeats sent on to the daemon.",
+                   [(w, c["forwarded"])])
+        codes = sorted(k.removeprefix("http_") for k in c if k.startswith("http_"))
+        out.family(prefix + "responses_total", "counter", "HTTP responses sent, by status code.",
+                   [({**w, "code": code}, c[f"http_{code}"]) for code in codes])
+        out.family(prefix + "timeouts_total", "counter", "Connections cut off by request_timeout.", [(w, c["timeouts"])])
+        out.family(prefix + "queue_depth", "gauge", "Heartbeats waiting to be sent to the daemon.", [(w, self.link.queue_depth)])
+        out.family(prefix + "connections_open", "gauge", "Open client connections.", [(w, len(self.connections))])
+        out.family(prefix + "resident_memory_bytes", "gauge", "Resident memory of this worker process.",
+                   [(w, self._process.memory_info().rss)])
+        agents = sorted(self.link.agents.values(), key=lambda a: a.id)
+        out.family("agentd_agent_up", "gauge", "1 if the agent is running, else 0; the state label says where it is.",
+                   [({"agent": a.id, "type": a.type, "state": a.state}, int(a.state == AgentState.RUNNING)) for a in agents])
+        beats = self.link.last_heartbeat
+        out.family("agentd_agent_last_heartbeat_timestamp_seconds", "gauge", "Wall-clock time of the agent's last accepted heartbeat.",
+                   [({"agent": a.id}, float(beats[a.id])) for a in agents if a.id in beats])
+        return out.text() + self.parent_metrics
+
+
+# ----------------------------------------------------------------------------------------------- one connection
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: feeds httptools, enforces the limits, writes replies in request order."""
+
+    def __init__(self, server: HeartbeatHttpServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.deadline = self.loop.time() + self.settings.request_timeout
+        self.discarding = False  # a refusal was sent: read and drop until the client or LINGER ends it
+        self.closed = False
+        self.in_request = False
+        self.headers_done = False
+        self.head_received = 0  # bytes fed while the current request's headers are incomplete
+        self.body = bytearray()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = bytearray()
+        self.token: str | None = None
+        self.expect_continue = False
+        self.body.clear()
+        self.length: int | None = None
+        self.keep_alive = True
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        server.counters["connections"] += 1
+        if len(server.connections) >= server.max_connections:
+            server.counters["connections_refused"] += 1
+            server.counters["http_503"] += 1
+            body = json_reply(False, "too many open connections; retry shortly")
+            self.transport.write(render(503, body, close=True, headers=((b"Retry-After", b"1"),)))
+            self.closed = True
+            self.transport.close()
+            return
+        server.connections.add(self)
+        server.counters["connections_open"] = len(server.connections)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self.server.counters["connections_open"] = len(self.server.connections)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.discarding:
+            return
+        try:
+            if self.headers_done or self.head_received + len(data) <= MAX_HEADER_BYTES:
+                if not self.headers_done:
+                    self.head_received += len(data)
+                self.parser.feed_data(data)
+            else:
+                self._feed_limited(memoryview(data))
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def _feed_limited(self, view: memoryview) -> None:
+        # httptools buffers an unfinished header line itself, so header bytes are metered before it sees them.
+        while view and not (self.closed or self.discarding):
+            if self.headers_done:
+                self.parser.feed_data(view)
+                return
+            room = MAX_HEADER_BYTES - self.head_received
+            if room <= 0:
+                self._refuse(431, f"request line and headers are over {MAX_HEADER_BYTES} bytes")
+                return
+            self.head_received += min(room, len(view))
+            self.parser.feed_data(view[:room])
+            view = view[room:]
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def pause_writing(self) -> None:
+        # A client that sends requests but does not read replies stops being read: memory stays bounded.
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        if not self.closed:
+            self.transport.resume_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.in_request = True
+        self.deadline = self.loop.time() + self.settings.request_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+            self.token = credentials.strip() if scheme.lower() == "bearer" else None
+        elif name == b"content-length":
+            # httptools does not expose it but has validated it (digits only, no conflicting duplicates).
+            self.length = int(value) if value.strip().isdigit() else None
+        elif name == b"expect":
+            self.expect_continue = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.head_received = 0
+        if self.discarding:
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        # Content-Length is known now: refuse an oversized body before a byte of it is read.
+        if self.length is not None and self.length > self.settings.max_body:
+            self._too_large()
+        elif self.expect_continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.discarding:
+            return
+        if len(self.body) + len(chunk) > self.settings.max_body:  # chunked bodies stop here
+            self._too_large()
+            return
+        self.body += chunk
+
+    def on_message_complete(self) -> None:
+        self.headers_done = False
+        if self.discarding or self.closed:
+            return
+        self.in_request = False
+        method = self.parser.get_method()
+        path = bytes(self.url).split(b"?", 1)[0]
+        try:
+            status, body, content_type, headers = self.server.handle(method, path, self.token, self.body)
+        except Exception:  # a bug must cost one request, not the worker; the traceback stays in our log
+            log.exception("request %s %s failed", method.decode("latin-1"), path.decode("latin-1"))
+            status, body, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()
+        self.body.clear()  # an idle keep-alive connection holds no request body
+        self.server.counters[_STATUS_KEYS.get(status) or f"http_{status}"] += 1
+        self.write(render(status, body, content_type=content_type, close=not self.keep_alive,
+                          headers=headers, head_only=method == b"HEAD"))
+        if not self.keep_alive:
+            self.close()
+        else:
+            self.deadline = self.loop.time() + self.settings.request_timeout
+
+    # limits
+
+    def _too_large(self) -> None:
+        self.server.counters["received"] += 1
+        self.server.counters["rejected_too_large"] += 1
+        self._refuse(413, f"body: over the {self.settings.max_body}-byte limit (heartbeat.http.max_body)")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer, then read and discard briefly before closing, so the client reads the reply, not a reset."""
+        if self.closed or self.discarding:
+            return
+        self.server.counters[f"http_{status}"] += 1
+        self.discarding = True
+        self.in_request = False
+        self.body.clear()
+        self.write(render(status, json_reply(False, message), close=True))
+        assert self.transport is not None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.deadline = self.loop.time() + LINGER
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def expired(self) -> None:
+        """The deadline passed: cut off a slow request (408), end a linger, or close an idle keep-alive."""
+        if self.in_request and not self.discarding:
+            self.server.counters["timeouts"] += 1
+            self.server.counters["http_408"] += 1
+            self.write(render(408, json_reply(False, f"request not completed within {self.settings.request_timeout:g} s"), close=True))
+            log.debug("cut off a request that took over %.1f s", self.settings.request_timeout)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+# ----------------------------------------------------------------------------------------------- process
+
+
+def format_address(sock: socket.socket) -> str:
+    """The bound address as host:port, IPv6 in brackets."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def listening_socket(fd: int) -> socket.socket:
+    """The TCP socket the parent bound and passed us; the parent keeps its copy, so the backlog outlives us."""
+    sock = socket.socket(fileno=fd)
+    ok = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+    if not ok or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise SystemExit(f"--listen-fd {fd}: not a listening TCP socket")
+    return sock
+
+
+def bind_socket(listen: str) -> socket.socket:
+    """Standalone mode: bind and listen on host:port ourselves (SO_REUSEADDR, as create_server sets it)."""
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    # Each connection is an fd; the usual soft limit of 1024 would refuse connections before our own cap does.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.heartbeat_http", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
+    parser.add_argument("--name", default="heartbeat-http-0", help="worker name in logs, beats and metrics")
+    parser.add_argument("--settings", help="the heartbeat.http settings as JSON (overrides --config's)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--listen-fd", type=int, help="an inherited bound and listening TCP socket")
+    source.add_argument("--config", type=Path, help="standalone: read the config and bind heartbeat.http.listen")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, help="open connections per worker")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    return parser.parse_args(argv)
+
+
+async def _run(run_dir: Path, name: str, settings: HttpIntake, sock: socket.socket, max_connections: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    link = WorkerLink(run_dir, name, want_state=True)
+    link.info["listen"] = format_address(sock)
+    server = HeartbeatHttpServer(link, settings, max_connections=max_connections)
+    # Serve only once we know the agents (else every heartbeat would be a 404); the parent's backlog holds
+    # connections meanwhile. A stop must still get through while the parent is not answering.
+    starting = asyncio.create_task(link.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await link.close()
+        return
+    starting.result()
+    await server.start(sock)
+    log.info("%s: serving heartbeats on http://%s (%d agents known)", name, link.info["listen"], len(link.agents))
+    await stopping
+    log.info("%s: stopping", name)
+    await server.close()
+    await link.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGTERM or SIGINT; 0 on a clean stop, 2 on bad arguments or config."""
+    args = _parse_args(argv)
+    setup_logging(args.log_level, args.log_format, process_name=args.name)
+    die_with_parent()
+    run_dir = args.run_dir
+    settings = HttpIntake()
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+            settings = config.heartbeat.http
+            run_dir = run_dir or config.daemon.run_dir
+        if args.settings is not None:
+            settings = HttpIntake.model_validate(json.loads(args.settings))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, ValidationError) as exc:
+        log.error("--settings: %s", exc)
+        return 2
+    if run_dir is None:
+        log.error("--run-dir is required without --config")
+        return 2
+    if args.max_connections < 1:
+        log.error("--max-connections must be at least 1")
+        return 2
+    _raise_fd_limit(args.max_connections + 64)
+    try:
+        sock = listening_socket(args.listen_fd) if args.listen_fd is not None else bind_socket(settings.listen)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.listen, exc)
+        return 2
+    try:
+        asyncio.run(_run(run_dir, args.name, settings, sock, args.max_connections))
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
