@@ -50,6 +50,7 @@ from .worker_pool import WorkerPool, WorkerSpec
 log = logging.getLogger(__name__)
 
 LOG_ROTATE_CHECK_INTERVAL = 5.0
+INTAKE_SILENCE = 3.0  # an intake worker silent this long counts as an outage for heartbeat deadlines
 # Verbs still answered while shutting down, so an operator can watch it happen.
 SHUTDOWN_VERBS = frozenset({"ping", "version", "status", "events", "logs"})
 
@@ -417,6 +418,15 @@ class Daemon:
         log.log(logging.WARNING if result.ok else logging.INFO, "%s: health verdict %s -> %s", verdict.agent_id, reason, result.message)
         self.after_action()
 
+    def _intake_outage(self) -> bool:
+        """An intake worker is not running, or has not beaten for a few seconds (hung or starved)."""
+        for w in self.pool.describe():
+            if not w.name.startswith("heartbeat-"):
+                continue
+            if w.state != "running" or (w.last_beat_age_s is not None and w.last_beat_age_s > INTAKE_SILENCE):
+                return True
+        return False
+
     def _on_worker_respawn(self, name: str, cause: str) -> None:
         if name.startswith("heartbeat-"):
             # Heartbeats sent during the outage were lost through no fault of the agents.
@@ -428,6 +438,10 @@ class Daemon:
         last_flush = self.now()
         while True:
             await asyncio.sleep(min(1.0, flush_every))
+            if self._intake_outage():
+                # Keep the grace rolling while an intake worker is down or hung: the health worker
+                # then counts heartbeat deadlines from the end of the outage, not from its start.
+                self.intake_restarted_wall = self.wall()
             self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall)
             if self.now() - last_flush >= flush_every:
                 last_flush = self.now()
