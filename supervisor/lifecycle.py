@@ -314,6 +314,8 @@ class AgentProcess:
         """The health worker's latest judgement of this generation (no action; verdicts act)."""
         if self.handle is None or generation != self.handle.generation or self.state not in UP_STATES:
             return
+        if health in ("starting", "unknown"):
+            health = None  # not judged yet: show nothing rather than echo the state
         if (health, detail) != (self.health, self.health_detail):
             self.health, self.health_detail = health, detail
             self.hb_dirty = True

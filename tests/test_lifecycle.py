@@ -409,3 +409,48 @@ def test_adopting_an_operator_stopped_agent_resumes_the_stop(ops):
     ops.alive.add(1)
     a.adopt(h, 0.0, "stopping")
     assert a.state == S.STOPPING and ops.signals == [(4242, signal.SIGTERM)]
+
+
+# ----------------------------------------------------------------------------- health
+
+
+def test_verdict_with_policy_never_records_health_but_does_not_stop(ops):
+    a = new_agent(ops, restart={"policy": "never"})
+    a.start(0.0)
+    a.tick(1.0)
+    res = a.verdict(2.0, a.handle.generation, "over_threshold: rss 600 MiB > 500 MiB for 60 s")
+    assert not res.ok and a.state == S.RUNNING
+    assert a.health == "over_threshold" and ops.signals == []
+
+
+def test_restarts_are_counted_by_reason(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    crash(a, ops, 2.0)
+    a.tick(2.0)
+    a.tick(3.1)
+    a.verdict(4.0, a.handle.generation, "no_heartbeat: no heartbeat for 95 s")
+    settle_stop(a, ops, 4.1)
+    a.tick(20.0)
+    a.tick(21.1)
+    a.restart(22.0)
+    settle_stop(a, ops, 22.1)
+    assert a.restarts_by_kind == {"exit": 1, "no_heartbeat": 1, "operator": 1}
+    assert a.total_restarts == 3
+
+
+def test_health_reports_for_old_generations_are_ignored_and_stop_says_why(ops):
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    gen = a.handle.generation
+    a.set_health(gen, "healthy", "")
+    assert a.health == "healthy"
+    a.set_health(gen - 1, "over_threshold", "old news")
+    assert a.health == "healthy"
+    a.set_health(gen, "starting", "")
+    assert a.health is None  # "not judged yet" is shown as nothing, not as a state echo
+    a.stop(2.0)
+    settle_stop(a, ops, 2.1)
+    assert a.health == "operator_stopped"
