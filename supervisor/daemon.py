@@ -212,7 +212,7 @@ class Daemon:
         health_settings = json.dumps({"resources": self.config.resources.model_dump(mode="json")})
         specs.append(WorkerSpec("health", "health", ["--settings", health_settings]))
         if self.config.manager.address:
-            sync_settings = json.dumps({"manager": self.config.manager.model_dump(mode="json"), "node_id": self.node_id})
+            sync_settings = json.dumps({"manager": self.config.manager.model_dump(mode="json"), "node_id": self.node_id, "data_dir": str(self.data_dir)})
             specs.append(WorkerSpec("sync", "sync", ["--settings", sync_settings]))
         if self.config.manager_api.listen:
             api_settings = json.dumps({"manager_api": self.config.manager_api.model_dump(mode="json"), "node_id": self.node_id})

@@ -27,6 +27,8 @@ from .messages import WorkerBeat
 log = logging.getLogger(__name__)
 
 RESPAWN_STEPS = [0.1, 0.5, 1.0, 2.0, 5.0]  # the last repeats
+STARTUP_ERROR_CODE = 2  # a worker's "cannot start" (bad settings, missing TLS file): retried slowly
+STARTUP_ERROR_RETRY = 30.0
 RESPAWN_RESET_AFTER = 30.0  # a worker that ran this long starts again from the first step
 SILENCE_TIMEOUT = 10.0  # no liveness beat for this long: the worker is stuck and gets SIGKILL
 START_GRACE = 15.0  # a fresh worker may take this long before its first beat (imports on a busy box)
@@ -131,14 +133,20 @@ class WorkerPool:
         worker.last_exit_time = time.time()
         if self.stopping:
             return
+        if code == STARTUP_ERROR_CODE and worker.killing_cause is None:
+            # Its own log line says what is wrong; retrying every few seconds would only repeat it.
+            log.error("worker %s cannot start (exit code 2, see its log line above); retrying in %.0fs", worker.spec.name, STARTUP_ERROR_RETRY)
+            self._schedule_respawn(worker, cause, delay=STARTUP_ERROR_RETRY)
+            return
         log.warning("worker %s (pid %d) exited: %s; respawning", worker.spec.name, popen.pid, worker.last_exit)
         self._schedule_respawn(worker, cause)
 
-    def _schedule_respawn(self, worker: _Worker, cause: str) -> None:
+    def _schedule_respawn(self, worker: _Worker, cause: str, delay: float | None = None) -> None:
         now = time.monotonic()
         if worker.started_mono and now - worker.started_mono >= RESPAWN_RESET_AFTER:
             worker.consecutive = 0
-        delay = RESPAWN_STEPS[min(worker.consecutive, len(RESPAWN_STEPS) - 1)]
+        if delay is None:
+            delay = RESPAWN_STEPS[min(worker.consecutive, len(RESPAWN_STEPS) - 1)]
         worker.consecutive += 1
         worker.restarts += 1
         worker.causes[cause.split(" (")[0]] += 1

@@ -61,6 +61,7 @@ class ManagerLink(BaseModel):
     address: str
     worker_state: str  # running | restarting | stopped
     connected: bool
+    registered: bool
     last_sync: str | None
     pending: int | None
     last_error: str | None
@@ -84,9 +85,11 @@ def manager_link(daemon) -> ManagerLink | None:
         address=address,
         worker_state=worker.state if worker else "stopped",
         connected=info.get("connected") == "yes",
+        registered=info.get("registered") == "yes",
         last_sync=info.get("last_sync") or None,
         pending=int(pending) if pending and pending.isdigit() else None,
-        last_error=info.get("last_error") or (worker.last_exit if worker and worker.state != "running" else None),
+        # last_error is sticky in the worker; it matters while the link is down.
+        last_error=(info.get("last_error") if info.get("connected") != "yes" else None) or (worker.last_exit if worker and worker.state != "running" else None),
     )
 
 

@@ -1,0 +1,519 @@
+"""The Manager link worker, `python -m workers.sync`: node registration, heartbeats, metrics and agent state sync over gRPC.
+
+States are kept per agent, newest only, until the Manager accepts them; failures back off and never block the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import grpc.aio
+from pydantic import ValidationError
+
+from supervisor import __version__
+from supervisor.config import ConfigError, ManagerSettings, TLSSettings, load_config
+from supervisor.logging_setup import setup_logging
+from supervisor.messages import AgentView
+from supervisor.metadata_store import iso_utc
+from supervisor.node_identity import node_id as stored_node_id
+from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
+from workers.link import WorkerLink, die_with_parent
+from workers.node_facts import NodeMetrics, node_facts
+
+log = logging.getLogger("workers.sync")
+# grpc logs a line per call at debug level; agentd's own debug log would drown in them.
+logging.getLogger("grpc._cython.cygrpc").setLevel(logging.INFO)
+
+DEBOUNCE = 1.0  # changes are collected for this long before one SyncAgentStates carries them all
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+JITTER = 0.2  # ±20 %, so a fleet that lost its Manager does not come back in lock-step
+MAX_BATCH = 500  # states per SyncAgentStates call
+FINAL_SYNC_TIMEOUT = 1.0  # the best-effort sync at SIGTERM; the parent kills us after 5 s
+ERROR_TEXT_MAX = 200
+REMOVED = "removed"
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+COUNTERS = (
+    "register_ok", "register_failed", "heartbeat_ok", "heartbeat_failed", "sync_ok", "sync_failed",
+    "states_sent", "metrics_ok", "metrics_failed",
+)
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message says why, for the log."""
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: base, 2·base, 4·base ... cap, each ±jitter."""
+
+    def __init__(self, base: float, cap: float, jitter: float = JITTER, rng: Callable[[], float] = random.random) -> None:
+        self.base = base
+        self.cap = cap
+        self.jitter = jitter
+        self.rng = rng
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * 2 ** min(self.failures, 30))
+        self.failures += 1
+        return delay * (1.0 + self.jitter * (2.0 * self.rng() - 1.0))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def backoff_for(settings: ManagerSettings) -> Backoff:
+    """Backoff capped at the node heartbeat interval (at most 60 s), so states follow within one beat of a recovery."""
+    cap = max(0.5, min(BACKOFF_CAP, settings.heartbeat_interval))
+    return Backoff(min(BACKOFF_BASE, cap / 4), cap)
+
+
+# ----------------------------------------------------------------------------------------------- TLS
+
+
+def _read_pem(section: str, name: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{section}.tls.{name}: cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise StartupError(f"{section}.tls.{name}: {path} is not a PEM file")
+    return data
+
+
+def tls_wanted(tls: TLSSettings) -> bool:
+    """TLS when enabled, and also whenever a certificate file is configured: never a quiet plaintext fallback."""
+    return tls.enabled or any(p is not None for p in (tls.ca_file, tls.cert_file, tls.key_file))
+
+
+def channel_credentials(tls: TLSSettings) -> grpc.ChannelCredentials | None:
+    """Credentials for the Manager channel (None = plaintext); raises StartupError for missing or unreadable files."""
+    if not tls_wanted(tls):
+        return None
+    if not tls.enabled:
+        log.warning("manager.tls files are configured but tls.enabled is false; using TLS anyway")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise StartupError("manager.tls: cert_file and key_file must be set together (client certificate for mTLS)")
+    ca = _read_pem("manager", "ca_file", tls.ca_file)
+    cert = _read_pem("manager", "cert_file", tls.cert_file)
+    key = _read_pem("manager", "key_file", tls.key_file)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def tls_mode(tls: TLSSettings) -> str:
+    if not tls_wanted(tls):
+        return "off"
+    return "mtls" if tls.cert_file is not None else "tls"
+
+
+def open_channel(settings: ManagerSettings, creds: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """An aio channel whose own reconnect backoff never outlasts ours, so a returning Manager is seen quickly."""
+    backoff = backoff_for(settings)
+    options: list[tuple[str, Any]] = [
+        ("grpc.initial_reconnect_backoff_ms", int(backoff.base * 1000)),
+        ("grpc.min_reconnect_backoff_ms", int(backoff.base * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(backoff.cap * 1000)),
+        ("grpc.enable_retries", 0),  # we retry ourselves, with the newest data rather than the old request
+    ]
+    if settings.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
+    assert settings.address is not None
+    if creds is None:
+        return grpc.aio.insecure_channel(settings.address, options=options)
+    return grpc.aio.secure_channel(settings.address, creds, options=options)
+
+
+# ----------------------------------------------------------------------------------------------- the link
+
+
+def _state_key(view: AgentView) -> tuple:
+    # last_heartbeat is left out on purpose: it moves every second and rides along with the full syncs.
+    return (view.state, view.pid or 0, view.type, view.version or "")
+
+
+class ManagerSync:
+    """Registers the node, beats, reports metrics and keeps the Manager's view of our agents current."""
+
+    def __init__(
+        self,
+        link: WorkerLink,
+        settings: ManagerSettings,
+        node_id: str,
+        channel: grpc.aio.Channel,
+        *,
+        data_dir: Path | None = None,
+        tls: str = "off",
+    ) -> None:
+        self.link = link
+        self.settings = settings
+        self.node_id = node_id
+        self.channel = channel
+        self.manager = manager_pb2_grpc.ManagerServiceStub(channel)
+        self.daemon = daemon_pb2_grpc.DaemonServiceStub(channel)
+        self.metrics = NodeMetrics(data_dir)
+        self.counters = link.counters
+        self.info = link.info
+        # agent id -> newest state not yet accepted by the Manager; a newer state replaces an older one.
+        self.pending: dict[str, daemon_pb2.AgentState] = {}
+        self._seen: dict[str, AgentView] = {}
+        self._last_hb: dict[str, int] = {}
+        self._debounce_at: float | None = None
+        self._retry_at: float | None = None
+        self._sync_unreachable = False
+        self._full_due = 0.0
+        self._wake = asyncio.Event()
+        self.sync_backoff = backoff_for(settings)
+        self.register_backoff = backoff_for(settings)
+        self.registered = False
+        self._tasks: list[asyncio.Task] = []
+        self._logged_errors: dict[str, str] = {}
+        for key in COUNTERS:
+            self.counters[key] += 0  # visible as a zero from the first beat
+        self.info.update(manager=settings.address or "", node_id=node_id, connected="no", registered="no",
+                         pending="0", last_sync="", last_error="", tls=tls)
+        link.on_change.append(self._on_change)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._full_due = time.monotonic()  # the whole snapshot goes out at once: nothing the parent knows is lost
+        for name, coro in (("node", self._node_loop()), ("metrics", self._metrics_loop()), ("states", self._sync_loop())):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def close(self) -> None:
+        """Stop the loops, try one last short sync of what is pending, and close the channel."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pending:
+            try:
+                await self._send_pending(timeout=min(FINAL_SYNC_TIMEOUT, self.settings.timeout))
+            except Exception:  # best effort: the next worker re-sends from the snapshot
+                log.debug("final sync failed", exc_info=True)
+        await self.channel.close(grace=None)
+
+    # ----------------------------------------------------------------- gRPC plumbing
+
+    async def _rpc(self, name: str, method, request, timeout: float | None = None):
+        """One call with a deadline; returns (response, None) or (None, status code or None for a local error)."""
+        try:
+            response = await method(request, timeout=timeout or self.settings.timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            self._error(name, f"{code.name}: {exc.details() or ''}".rstrip(": "))
+            self.info["connected"] = "no" if code in UNREACHABLE else "yes"
+            return None, code
+        except (ValueError, TypeError) as exc:  # a message protobuf refuses to encode: our bug, not the Manager's
+            log.exception("%s: cannot build the request", name)
+            self._error(name, str(exc))
+            return None, None
+        self.info["connected"] = "yes"
+        return response, None
+
+    def _error(self, call: str, text: str) -> None:
+        text = f"{call}: " + " ".join(text.split())
+        text = text[:ERROR_TEXT_MAX]
+        # One line per call kind and problem, not one per retry of a long outage.
+        if self._logged_errors.get(call) != text:
+            self._logged_errors[call] = text
+            log.warning("manager %s: %s", self.settings.address, text)
+        self.info["last_error"] = text
+        self.info["last_error_at"] = iso_utc()
+
+    def _ok(self, call: str) -> None:
+        if self._logged_errors.pop(call, None) is not None:
+            log.info("manager %s: %s works again", self.settings.address, call)
+
+    # ----------------------------------------------------------------- node: register + heartbeat
+
+    async def register(self) -> bool:
+        facts = await asyncio.to_thread(node_facts)
+        request = manager_pb2.RegisterNodeRequest(
+            node_id=self.node_id, hostname=facts.hostname, ip=facts.ip, os=facts.os, arch=facts.arch,
+            labels=dict(self.settings.labels), daemon_version=__version__, agent_version="",
+        )
+        response, _code = await self._rpc("RegisterNode", self.manager.RegisterNode, request)
+        if response is not None and not response.success:
+            self._error("RegisterNode", f"refused: {response.message}")
+        if response is None or not response.success:
+            self.counters["register_failed"] += 1
+            return False
+        self.counters["register_ok"] += 1
+        self._ok("RegisterNode")
+        self.registered = True
+        self.info["registered"] = "yes"
+        log.info("registered node %s with the Manager at %s (%s, %s, %s/%s)", self.node_id, self.settings.address,
+                 facts.hostname, facts.ip, facts.os, facts.arch)
+        return True
+
+    async def heartbeat(self) -> bool:
+        request = manager_pb2.HeartbeatRequest(node_id=self.node_id, timestamp=int(time.time()))
+        response, code = await self._rpc("Heartbeat", self.manager.Heartbeat, request)
+        if response is not None and response.success:
+            self.counters["heartbeat_ok"] += 1
+            self._ok("Heartbeat")
+            return True
+        self.counters["heartbeat_failed"] += 1
+        if response is not None or code == grpc.StatusCode.NOT_FOUND:
+            # The real Manager's wording varies; any refusal means "register again".
+            if response is not None:
+                self._error("Heartbeat", f"refused: {response.message}")
+            log.info("the Manager does not know node %s; registering again", self.node_id)
+            self.registered = False
+            self.info["registered"] = "no"
+        return False
+
+    async def _node_loop(self) -> None:
+        while True:
+            if not self.registered:
+                if not await self.register():
+                    await asyncio.sleep(self.register_backoff.next_delay())
+                    continue
+                self.register_backoff.reset()
+                self._manager_reachable(registered=True)
+                # A registration is a sign of life too; beating at once could spin against a Manager that refuses beats.
+                await asyncio.sleep(self.settings.heartbeat_interval)
+                continue
+            if await self.heartbeat():
+                self._manager_reachable()
+            if self.registered:
+                await asyncio.sleep(self.settings.heartbeat_interval)
+
+    def _manager_reachable(self, registered: bool = False) -> None:
+        # A sync that failed because the Manager was away (or did not know us) is retried at once, not after its backoff.
+        if (self._sync_unreachable or registered) and self._retry_at is not None:
+            self._retry_at = time.monotonic()
+        self._wake.set()
+
+    # ----------------------------------------------------------------- metrics
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                metrics = await asyncio.to_thread(self.metrics.collect)
+            except Exception:  # psutil trouble must not end the loop
+                log.exception("collecting node metrics failed")
+                self.counters["metrics_failed"] += 1
+                continue
+            request = manager_pb2.ReportMetricsRequest(node_id=self.node_id, metrics=metrics)
+            response, _code = await self._rpc("ReportMetrics", self.manager.ReportMetrics, request)
+            if response is not None and response.success:
+                self.counters["metrics_ok"] += 1
+                self._ok("ReportMetrics")
+            else:
+                # Old metrics are worth little: dropped, not retried.
+                self.counters["metrics_failed"] += 1
+                if response is not None:
+                    self._error("ReportMetrics", f"refused: {response.message}")
+
+    # ----------------------------------------------------------------- agent states
+
+    def state_of(self, agent_id: str) -> daemon_pb2.AgentState:
+        """The state of a known agent as the Manager wants it, from the link's current view."""
+        view = self.link.agents[agent_id]
+        heartbeat = self.link.last_heartbeat.get(agent_id)
+        last = int(heartbeat) if heartbeat else 0
+        self._last_hb[agent_id] = last
+        return daemon_pb2.AgentState(agent_id=agent_id, status=view.state, pid=view.pid or 0, last_heartbeat=last,
+                                     type=view.type, version=view.version or "")
+
+    def _removed_state(self, view: AgentView) -> daemon_pb2.AgentState:
+        return daemon_pb2.AgentState(agent_id=view.id, status=REMOVED, pid=0, last_heartbeat=self._last_hb.pop(view.id, 0),
+                                     type=view.type, version=view.version or "")
+
+    def _on_change(self) -> None:
+        """Queue every agent whose state, pid, type or version changed, and every agent that went away."""
+        agents = self.link.agents
+        changed = False
+        for agent_id, view in agents.items():
+            old = self._seen.get(agent_id)
+            if old is None or _state_key(old) != _state_key(view):
+                self.pending[agent_id] = self.state_of(agent_id)
+                changed = True
+            self._seen[agent_id] = view
+        # Compared with what we saw, not taken from AgentRemoved: a re-snapshot drops agents without one.
+        for agent_id in [a for a in self._seen if a not in agents]:
+            self.pending[agent_id] = self._removed_state(self._seen.pop(agent_id))
+            changed = True
+        if changed:
+            if self._debounce_at is None:
+                self._debounce_at = time.monotonic() + DEBOUNCE
+            self._wake.set()
+        self.info["pending"] = str(len(self.pending))
+
+    def _queue_all(self) -> None:
+        for agent_id, view in self.link.agents.items():
+            self.pending[agent_id] = self.state_of(agent_id)
+            self._seen[agent_id] = view
+        self.info["pending"] = str(len(self.pending))
+
+    async def _sync_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now >= self._full_due:
+                self._queue_all()
+                self._full_due = now + self.settings.sync_interval
+                self._debounce_at = now
+            due = math.inf
+            # States of a node the Manager does not know would only be refused: wait for the registration.
+            if self.pending and self.registered:
+                due = max(now if self._debounce_at is None else self._debounce_at, self._retry_at or now)
+            if due <= now:
+                await self._send_pending()
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(due, self._full_due) - now)
+            except TimeoutError:
+                pass
+
+    async def _send_pending(self, timeout: float | None = None) -> bool:
+        """Send up to MAX_BATCH pending states; only one call is ever in flight, so order is kept."""
+        self._debounce_at = None
+        batch: dict[str, daemon_pb2.AgentState] = {}
+        for agent_id in list(self.pending)[:MAX_BATCH]:
+            # Re-read at send time: the newest state goes out, with a fresh last_heartbeat.
+            state = self.state_of(agent_id) if agent_id in self.link.agents else self.pending[agent_id]
+            self.pending[agent_id] = state
+            batch[agent_id] = state
+        request = daemon_pb2.SyncAgentStatesRequest(node_id=self.node_id, states=list(batch.values()))
+        response, code = await self._rpc("SyncAgentStates", self.daemon.SyncAgentStates, request, timeout)
+        now = time.monotonic()
+        if response is None or not response.success:
+            if response is not None:
+                self._error("SyncAgentStates", f"refused: {response.message}")
+            self.counters["sync_failed"] += 1
+            self._sync_unreachable = code in UNREACHABLE
+            self._retry_at = now + self.sync_backoff.next_delay()
+            self.info["pending"] = str(len(self.pending))
+            return False
+        for agent_id, state in batch.items():
+            # A state that changed while the call was in flight is a newer object: it stays pending.
+            if self.pending.get(agent_id) is state:
+                del self.pending[agent_id]
+        self.counters["sync_ok"] += 1
+        self._ok("SyncAgentStates")
+        self.counters["states_sent"] += len(batch)
+        self.sync_backoff.reset()
+        self._retry_at = None
+        self._sync_unreachable = False
+        if any(agent_id not in batch for agent_id in self.pending):
+            self._debounce_at = now  # the next chunk of a large set goes out right away
+        self.info["pending"] = str(len(self.pending))
+        self.info["last_sync"] = iso_utc()
+        return True
+
+
+# ----------------------------------------------------------------------------------------------- process
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.sync", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
+    parser.add_argument("--name", default="sync", help="worker name in logs and beats")
+    parser.add_argument("--settings", help='JSON: {"manager": {...}, "node_id": "...", "data_dir": "..." (optional)}')
+    parser.add_argument("--config", type=Path, help="standalone: read manager settings, node id and run_dir from the config")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    return parser.parse_args(argv)
+
+
+async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str, creds, data_dir: Path | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    link = WorkerLink(run_dir, name, want_state=True)
+    channel = open_channel(settings, creds)
+    sync = ManagerSync(link, settings, node_id, channel, data_dir=data_dir, tls=tls_mode(settings.tls))
+    # The first snapshot waits for the parent; a stop must still get through meanwhile.
+    starting = asyncio.create_task(link.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await channel.close(grace=None)
+        await link.close()
+        return
+    starting.result()
+    sync.start()
+    log.info("%s: syncing node %s with the Manager at %s (tls %s, %d agents known)", name, node_id, settings.address,
+             sync.info["tls"], len(link.agents))
+    await stopping
+    log.info("%s: stopping (%d states pending)", name, len(sync.pending))
+    await sync.close()
+    await link.close()
+
+
+def _load(args: argparse.Namespace) -> tuple[Path | None, ManagerSettings, str | None, Path | None]:
+    run_dir = args.run_dir
+    settings = ManagerSettings()
+    node_id = data_dir = None
+    if args.config is not None:
+        config = load_config(args.config)
+        settings = config.manager
+        run_dir = run_dir or config.daemon.run_dir
+        data_dir = config.daemon.data_dir
+        if settings.address:  # no node_id file is created for a config that has no Manager
+            node_id = stored_node_id(config.daemon.id, data_dir)
+    if args.settings is not None:
+        doc = json.loads(args.settings)
+        if not isinstance(doc, dict):
+            raise ValueError("must be a JSON object")
+        unknown = set(doc) - {"manager", "node_id", "data_dir"}
+        if unknown:
+            log.warning("--settings: ignoring unknown keys %s", ", ".join(sorted(unknown)))
+        settings = ManagerSettings.model_validate(doc.get("manager") or {})
+        node_id = doc.get("node_id") or node_id
+        data_dir = Path(doc["data_dir"]) if doc.get("data_dir") else data_dir
+    return run_dir, settings, node_id, data_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGTERM or SIGINT; 0 on a clean stop, 2 when it cannot start."""
+    args = _parse_args(argv)
+    setup_logging(args.log_level, args.log_format, process_name=args.name)
+    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
+    parent = os.environ.get("AGENTD_PARENT_PID", "")
+    die_with_parent(int(parent) if parent.isdigit() else None)
+    try:
+        run_dir, settings, node_id, data_dir = _load(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, ValidationError) as exc:
+        log.error("--settings: %s", exc)
+        return 2
+    try:
+        if run_dir is None:
+            raise StartupError("--run-dir is required without --config")
+        if not settings.address:
+            raise StartupError("manager.address is not set: there is no Manager to sync with")
+        if not isinstance(node_id, str) or not node_id.strip():
+            raise StartupError("no node id: pass node_id in --settings, or use --config")
+        creds = channel_credentials(settings.tls)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    asyncio.run(_run(run_dir, args.name, settings, node_id, creds, data_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
