@@ -86,7 +86,7 @@ def test_operate_agent_stop_start_restart_end_to_end(api):
     pid = d.wait_state("ops", "running")["pid"]
     reply = operate("restart")
     assert reply.success and reply.error_message == ""
-    wait_until(lambda: (st := d.status("ops"))["state"] == "running" and st["pid"] not in (None, pid), timeout=15,
+    wait_until(lambda: (st := d.status("ops"))["state"] == "running" and st["pid"] not in (None, pid), timeout=30,
                message="ops running again with a new pid")
 
 
@@ -130,7 +130,7 @@ def test_get_agent_metrics_returns_the_resource_history(api):
         assert response.agent_id == "sampled"
         return [p for p in response.data_points if p.memory_rss > 0] if len(response.data_points) >= 2 else []
 
-    data = wait_until(points, timeout=15, message="resource samples of 'sampled'")
+    data = wait_until(points, timeout=30, message="resource samples of 'sampled'")
     newest = data[-1]
     assert abs(newest.timestamp - time.time()) < 60
     assert newest.memory_vms >= newest.memory_rss > 0 and newest.open_files > 0 and newest.cpu >= 0
@@ -183,7 +183,7 @@ def test_serves_tls_when_configured(tmp_path):
                 except grpc.RpcError as exc:
                     return exc.code() if exc.code() != grpc.StatusCode.UNAVAILABLE else None
 
-            assert wait_until(answered, timeout=15, message="a TLS answer") == grpc.StatusCode.UNIMPLEMENTED
+            assert wait_until(answered, timeout=30, message="a TLS answer") == grpc.StatusCode.UNIMPLEMENTED
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             plain = daemon_pb2_grpc.DaemonServiceStub(channel)
             assert code_of(plain.GetConfig, daemon_pb2.ConfigRequest()) == grpc.StatusCode.UNAVAILABLE

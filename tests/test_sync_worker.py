@@ -197,7 +197,7 @@ def test_registers_with_real_facts_and_syncs_changes_within_two_seconds(agentd, 
         agents = [agentd.helper_agent("web", "well-behaved"), agentd.helper_agent("db", "well-behaved"), stalled]
         start_agentd(agentd, agents, manager.address, labels={"env": "test", "rack": "r1"})
         agentd.wait_state("web", "running")
-        node = wait_until(lambda: [n for n in manager.nodes() if n["registrations"] >= 2], timeout=15,
+        node = wait_until(lambda: [n for n in manager.nodes() if n["registrations"] >= 2], timeout=30,
                           message="a registration and a re-registration after 'unknown node'")[0]
         assert node["node_id"] == NODE
         assert node["hostname"] == socket.gethostname()
@@ -205,7 +205,7 @@ def test_registers_with_real_facts_and_syncs_changes_within_two_seconds(agentd, 
         assert node["labels"] == {"env": "test", "rack": "r1"}
         assert node["daemon_version"] == supervisor.__version__
         assert node["ip"] and node["ip"] != "0.0.0.0"
-        wait_until(lambda: manager_matches(manager, agentd), timeout=10, message="initial states in the Manager")
+        wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="initial states in the Manager")
         assert manager.states()["web"]["type"] == "custom"
 
         asked = time.time()
@@ -215,17 +215,17 @@ def test_registers_with_real_facts_and_syncs_changes_within_two_seconds(agentd, 
         assert first["received_at"] - asked < 2.0, f"the state took {first['received_at'] - asked:.2f} s to arrive"
         assert manager.states()["web"]["pid"] == 0
 
-        metrics = wait_until(lambda: manager.metrics(NODE), timeout=10, message="node metrics")
+        metrics = wait_until(lambda: manager.metrics(NODE), timeout=30, message="node metrics")
         assert {"cpu", "memory", "disk", "network", "system"} <= {m["type"] for m in metrics}
         memory = next(m for m in metrics if m["type"] == "memory")["values"]
         assert memory["total"] > 0 and 0 <= memory["percent"] <= 100
-        wait_until(lambda: manager.heartbeats(NODE) >= 1, timeout=5, message="an accepted node heartbeat")
+        wait_until(lambda: manager.heartbeats(NODE) >= 1, timeout=30, message="an accepted node heartbeat")
         info = sync_worker(agentd)["info"]
         assert info["connected"] == "yes" and info["node_id"] == NODE and info["manager"] == manager.address
 
         # last_heartbeat is the agent's own last heartbeat, unchanged by later syncs, not the time of sending.
         beat = datetime.fromisoformat(agentd.wait_state("stalled", "running")["last_heartbeat"]).timestamp()
-        later = wait_until(lambda: (st := manager.states()["stalled"])["updated_at"] > beat + 2.5 and st, timeout=10,
+        later = wait_until(lambda: (st := manager.states()["stalled"])["updated_at"] > beat + 2.5 and st, timeout=30,
                            message="a full sync well after the stalled agent's only heartbeat")
         assert later["last_heartbeat"] == int(beat)
     finally:
@@ -242,13 +242,12 @@ def test_manager_outage_delivers_exactly_the_final_state_of_each_agent(agentd, m
     start_agentd(agentd, agents, manager.address)
     for agent_id in ("steady", "to-stop", "crashy"):
         agentd.wait_state(agent_id, "running")
-    wait_until(lambda: manager_matches(manager, agentd), timeout=10, message="initial states in the Manager")
+    wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="initial states in the Manager")
     old_crashy_pid = agentd.status("crashy")["pid"]
 
-    # The outage. The issue speaks of ~20 s; with heartbeat_interval 1 s the worker's backoff is capped at 1 s
-    # (the cap is min(60 s, heartbeat_interval); retries 0.25, 0.5, 1, 1 ... s), so four failed retries already
-    # reach the cap and keep failing there: the regime a 20 s outage reaches with the defaults, with states
-    # coalescing per agent meanwhile. Waiting longer would only repeat capped retries.
+    # The outage lasts 20 s (issue 5). With heartbeat_interval 1 s the worker's backoff is capped at 1 s
+    # (the cap is min(60 s, heartbeat_interval)), so the retries reach the cap early and keep failing there
+    # while states coalesce per agent.
     failed_before = wait_until(lambda: (w := sync_worker(agentd))["info"].get("last_sync") and w)["counters"]["sync_failed"]
     manager.stop()
     outage_began = time.monotonic()
@@ -256,19 +255,19 @@ def test_manager_outage_delivers_exactly_the_final_state_of_each_agent(agentd, m
     agentd.call("start", {"ids": ["to-start"]})
     os.kill(old_crashy_pid, signal.SIGKILL)
     wait_until(lambda: agentd.status("crashy")["state"] == "running" and agentd.status("crashy")["pid"] not in (None, old_crashy_pid),
-               timeout=15, message="crashy restarted with a new pid")
+               timeout=30, message="crashy restarted with a new pid")
     agentd.wait_state("to-start", "running")
     during = wait_until(lambda: (w := sync_worker(agentd))["counters"]["sync_failed"] >= failed_before + 4 and w,
-                        timeout=15, message="sync retries failing up to the backoff cap during the outage")
+                        timeout=30, message="sync retries failing up to the backoff cap during the outage")
     assert during["info"]["connected"] == "no" and int(during["info"]["pending"]) >= 3
     assert during["info"]["last_error"]
-    assert time.monotonic() - outage_began < 15
+    wait_until(lambda: time.monotonic() - outage_began >= 20, timeout=40, interval=0.5, message="20 s of Manager outage")
     final = agentd_states(agentd)
     assert final["to-stop"] == ("stopped", 0) and final["to-start"][0] == "running" and final["crashy"][0] == "running"
 
     reconnect_mark = time.time()
     manager.restart()
-    wait_until(lambda: manager_matches(manager, agentd), timeout=10, message="the Manager to catch up after the outage")
+    wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="the Manager to catch up after the outage")
     assert agentd_states(agentd) == final  # nothing moved meanwhile, so this is the state of the outage's end
     # Newest wins: what arrived after the outage is only the final state, never an intermediate one
     # (crashy went restarting -> starting -> running while the Manager was away).
@@ -276,7 +275,7 @@ def test_manager_outage_delivers_exactly_the_final_state_of_each_agent(agentd, m
         after = [(h["status"], h["pid"]) for h in manager.state_history(NODE, agent_id) if h["received_at"] >= reconnect_mark]
         assert after and set(after) == {(state, pid)}, f"{agent_id}: received after the outage {after}"
 
-    wait_until(lambda: sync_worker(agentd)["info"]["pending"] == "0", timeout=5, message="pending to drop to 0")
+    wait_until(lambda: sync_worker(agentd)["info"]["pending"] == "0", timeout=20, message="pending to drop to 0")
     result = agentd.agentctl("workers", "--json")
     assert result.returncode == 0, result.stderr
     sync = next(w for w in json.loads(result.stdout)["workers"] if w["name"] == "sync")
@@ -290,9 +289,9 @@ def test_refused_syncs_are_retried_until_accepted(agentd, tmp_path):
     try:
         start_agentd(agentd, [agentd.helper_agent("solo", "well-behaved")], manager.address)
         agentd.wait_state("solo", "running")
-        wait_until(lambda: manager_matches(manager, agentd), timeout=15, message="solo accepted after three refusals")
+        wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="solo accepted after three refusals")
         # Counters travel with the worker's liveness beat, once a second.
-        worker = wait_until(lambda: (w := sync_worker(agentd))["counters"].get("sync_ok", 0) >= 1 and w, timeout=5)
+        worker = wait_until(lambda: (w := sync_worker(agentd))["counters"].get("sync_ok", 0) >= 1 and w, timeout=30)
         assert worker["counters"]["sync_failed"] == 3
         assert "injected failure" in worker["info"]["last_error"]
     finally:
@@ -303,15 +302,15 @@ def test_sync_worker_killed_with_9_is_respawned_and_loses_nothing(agentd, manage
     start_agentd(agentd, [agentd.helper_agent("one", "well-behaved"), agentd.helper_agent("two", "well-behaved")], manager.address)
     agentd.wait_state("one", "running")
     agentd.wait_state("two", "running")
-    wait_until(lambda: manager_matches(manager, agentd), timeout=10, message="initial states in the Manager")
+    wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="initial states in the Manager")
     old = sync_worker(agentd)
     os.kill(old["pid"], signal.SIGKILL)
     # Changed while no sync worker listens to the state feed: only the new worker's snapshot can carry it.
     agentd.call("stop", {"ids": ["two"], "wait": False})
     agentd.wait_state("two", "stopped")
     wait_until(lambda: (w := sync_worker(agentd))["pid"] not in (None, old["pid"]) and w["state"] == "running",
-               timeout=10, message="the sync worker respawned")
-    wait_until(lambda: manager_matches(manager, agentd), timeout=10, message="the stop to reach the Manager")
+               timeout=30, message="the sync worker respawned")
+    wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="the stop to reach the Manager")
     assert manager.states()["two"]["status"] == "stopped"
     new = sync_worker(agentd)
     assert new["restarts"] == 1 and "SIGKILL" in (new["last_exit"] or "")
@@ -322,7 +321,7 @@ def test_missing_tls_file_is_a_startup_error_and_agentd_carries_on(agentd, manag
     start_agentd(agentd, [agentd.helper_agent("solo", "well-behaved")], manager.address,
                  tls={"enabled": True, "ca_file": str(missing)})
     agentd.wait_state("solo", "running")
-    worker = wait_until(lambda: (w := sync_worker(agentd))["last_exit"] and w, timeout=15, message="the sync worker to exit")
+    worker = wait_until(lambda: (w := sync_worker(agentd))["last_exit"] and w, timeout=30, message="the sync worker to exit")
     assert worker["last_exit"] == "exit code 2"
     table = agentd.agentctl("workers")
     assert table.returncode == 0 and "last exit: exit code 2" in table.stdout
@@ -342,7 +341,7 @@ def test_mtls_with_a_server_name_override(agentd, tmp_path):
                "server_name": "manager.test"}
         start_agentd(agentd, [agentd.helper_agent("solo", "well-behaved")], f"127.0.0.1:{port}", tls=tls)
         agentd.wait_state("solo", "running")
-        wait_until(lambda: mgr.latest_states(NODE).get("solo", {}).get("status") == "running", timeout=15,
+        wait_until(lambda: mgr.latest_states(NODE).get("solo", {}).get("status") == "running", timeout=30,
                    message="solo's state over mTLS")
         assert [n["node_id"] for n in mgr.nodes()] == [NODE]
         assert sync_worker(agentd)["info"]["tls"] == "mtls"
@@ -366,7 +365,7 @@ def test_a_manager_that_never_answers_costs_only_deadlines(agentd):
     try:
         start_agentd(agentd, [agentd.helper_agent("solo", "well-behaved")], f"127.0.0.1:{port}", timeout=0.5)
         agentd.wait_state("solo", "running")
-        worker = wait_until(lambda: (w := sync_worker(agentd))["counters"].get("register_failed", 0) >= 2 and w, timeout=15,
+        worker = wait_until(lambda: (w := sync_worker(agentd))["counters"].get("register_failed", 0) >= 2 and w, timeout=30,
                             message="registrations timing out")
         assert "RegisterNode: DEADLINE_EXCEEDED" in worker["info"]["last_error"] and worker["info"]["connected"] == "no"
         assert worker["restarts"] == 0 and worker["last_beat_age_s"] < 3  # still beating: nothing blocks
