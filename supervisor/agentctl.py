@@ -108,6 +108,10 @@ def _ctx(click_ctx: click.Context, as_json: bool) -> Ctx:
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: float, as_json: bool) -> None:
     """See and steer agentd: status, start, stop, restart, reload, logs, events."""
+    if ctx.invoked_subcommand == "heartbeat":
+        # Run by agents, which talk to the intake, not to control.ipc: no config needed.
+        ctx.obj = {"run_dir": Path(DEFAULT_RUN_DIR), "timeout": timeout, "json": as_json}
+        return
     target, config_timeout = resolve_target(config, run_dir)
     if config_timeout is not None and ctx.get_parameter_source("timeout").name == "DEFAULT":
         timeout = config_timeout
@@ -435,7 +439,7 @@ def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, as_
     rss = [s["rss"] for s in samples]
     fds = [s["fds"] for s in samples]
     lines = [
-        f"{agent_id}: {len(samples)} samples since {samples[0]['ts']:.0f} (last {since})",
+        f"{agent_id}: {len(samples)} samples since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(samples[0]['ts']))} (last {since})",
         f"  cpu  {sparkline(cpu)}  last {_pct(cpu[-1]) or '-'}  max {_pct(max((v for v in cpu if v is not None), default=None)) or '-'}",
         f"  rss  {sparkline(rss)}  last {format_bytes(rss[-1])}  max {format_bytes(max(rss))}",
         f"  fds  {sparkline(fds)}  last {fds[-1] if fds[-1] is not None else '-'}",

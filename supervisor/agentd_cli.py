@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import __version__
-from .config import ConfigError, check_binaries, dump_effective, load_config
+from .config import ConfigError, check_binaries, check_tls_files, dump_effective, load_config
 from .logging_setup import setup_logging
 from .pidfile import AlreadyRunning
 
@@ -31,6 +31,10 @@ def run(config_path: str, log_level: str | None) -> None:
         config = load_config(config_path)
     except ConfigError as exc:
         click.echo(f"agentd: invalid configuration, not starting:\n{exc}", err=True)
+        sys.exit(2)
+    tls_problems = check_tls_files(config)
+    if tls_problems:
+        click.echo("agentd: invalid configuration, not starting:\n" + "\n".join(f"{config.source}: {p}" for p in tls_problems), err=True)
         sys.exit(2)
     setup_logging(log_level or config.daemon.log_level, config.daemon.log_format)
     for warning in config.warnings:
@@ -61,6 +65,10 @@ def check_config(config_path: str, quiet: bool) -> None:
         sys.exit(1)
     for warning in [*config.warnings, *check_binaries(config)]:
         click.echo(f"warning: {warning}", err=True)
+    tls_problems = check_tls_files(config)
+    if tls_problems:
+        click.echo("\n".join(f"{config.source}: {p}" for p in tls_problems), err=True)
+        sys.exit(1)
     if not quiet:
         click.echo(dump_effective(config))
 

@@ -981,6 +981,30 @@ def check_binaries(config: Config) -> list[str]:
     return warnings
 
 
+def check_tls_files(config: Config) -> list[str]:
+    """Problems with configured TLS files of an active Manager link or API: missing or unreadable.
+
+    DESIGN section 8: a configured certificate file that is missing is a start-up error, never a
+    silent downgrade to plaintext, so agentd refuses to start on any of these.
+    """
+    problems = []
+    sections = []
+    if config.manager.address:
+        sections.append(("manager.tls", config.manager.tls))
+    if config.manager_api.listen:
+        sections.append(("manager_api.tls", config.manager_api.tls))
+    for name, tls in sections:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is None:
+                continue
+            if not path.is_file():
+                problems.append(f"{name}.{key}: {path} does not exist" if not path.exists() else f"{name}.{key}: {path} is not a file")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"{name}.{key}: {path} is not readable")
+    return problems
+
+
 def _tidy(value: Any) -> Any:
     # 30.0 reads better as 30 in a file people look at; parse_config treats both the same.
     if isinstance(value, float) and value.is_integer():

@@ -30,7 +30,7 @@ from .listeners import bound_address, tcp_listener, unix_listener
 from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from .lifecycle import AgentProcess
 from .log_files import rotate_if_needed
-from .metadata_store import ExitRecord, MetadataStore, iso_utc
+from .metadata_store import ExitRecord, MetadataStore, iso_utc, parse_iso
 from .metadata_writer import MetadataWriter
 from .history_store import HistoryStore
 from .node_identity import node_id
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 LOG_ROTATE_CHECK_INTERVAL = 5.0
 INTAKE_SILENCE = 3.0  # an intake worker silent this long counts as an outage for heartbeat deadlines
+MAX_INTAKE_GRACE = 300.0  # an intake outage longer than this no longer shields agents
 # Verbs still answered while shutting down, so an operator can watch it happen.
 SHUTDOWN_VERBS = frozenset({"ping", "version", "status", "events", "logs"})
 
@@ -91,7 +92,11 @@ class Daemon:
         self._shutting_down = False
         self._tasks: list[asyncio.Task] = []
         self.heartbeat_counters: Counter[str] = Counter()
-        self.intake_restarted_wall: float | None = None  # health grace after an intake outage
+        # Heartbeat deadlines never end before start + timeout: while agentd was down (or starting),
+        # nobody could take heartbeats in, and that is not the agents' fault.
+        self.intake_restarted_wall: float | None = time.time()
+        self._intake_outage_since: float | None = None
+        self._grace_expired_logged = False
         self.state_feed: StateFeed | None = None
 
     # ----------------------------------------------------------------- clocks and small views
@@ -163,8 +168,8 @@ class Daemon:
             sd_notify("READY=1\nSTATUS=supervising %d agents" % len(self.registry))
             await self._supervise()
             sd_notify("STOPPING=1")
+            await self._shutdown_sequence()  # workers still run: the Manager hears of agents stopped now
             await self.pool.stop_all()
-            await self._shutdown_sequence()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -441,7 +446,17 @@ class Daemon:
             if self._intake_outage():
                 # Keep the grace rolling while an intake worker is down or hung: the health worker
                 # then counts heartbeat deadlines from the end of the outage, not from its start.
-                self.intake_restarted_wall = self.wall()
+                # An intake that stays broken stops getting grace after a while, so hung agents
+                # are still caught; the operator sees the worker's state in `agentctl workers`.
+                self._intake_outage_since = self._intake_outage_since or self.now()
+                if self.now() - self._intake_outage_since <= MAX_INTAKE_GRACE:
+                    self.intake_restarted_wall = self.wall()
+                elif not self._grace_expired_logged:
+                    self._grace_expired_logged = True
+                    log.error("a heartbeat intake worker has been down for %.0fs; heartbeat deadlines apply again", MAX_INTAKE_GRACE)
+            else:
+                self._intake_outage_since = None
+                self._grace_expired_logged = False
             self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall)
             if self.now() - last_flush >= flush_every:
                 last_flush = self.now()
@@ -521,12 +536,27 @@ class Daemon:
             ticker = asyncio.create_task(self._supervise_until(waiter))
             await waiter
             ticker.cancel()
+            await self._let_manager_sync(since=self.wall())
         for agent in self.registry:
             if agent.handle is not None:
                 self.ops.forget(agent.handle)
             agent.dirty = True
         self._persist_dirty(heartbeats_too=True)
         self.writer.flush()
+
+    async def _let_manager_sync(self, since: float, limit: float = 5.0) -> None:
+        """Give the sync worker a few seconds to report the final states before workers stop."""
+        if not self.config.manager.address:
+            return
+        deadline = self.now() + limit
+        while self.now() < deadline:
+            sync = next((w for w in self.pool.describe() if w.name == "sync"), None)
+            if sync is None or sync.state != "running" or sync.info.get("connected") != "yes":
+                return  # nobody to tell right now; the next agentd re-sends everything anyway
+            last = parse_iso(sync.info.get("last_sync"))
+            if sync.info.get("pending") == "0" and last is not None and last > since + 0.5:
+                return
+            await asyncio.sleep(0.1)
 
     async def _supervise_until(self, fut: asyncio.Future) -> None:
         while not fut.done():

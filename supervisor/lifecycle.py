@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .config import AgentSpec
-from .metadata_store import AgentRecord, ExitRecord, iso_utc
+from .metadata_store import AgentRecord, ExitRecord, iso_utc, parse_iso
 from .restart_policy import decide
 from .states import DOWN_STATES, UP_STATES, AgentState
 
@@ -137,6 +137,10 @@ class AgentProcess:
 
     def _restore(self, record: AgentRecord) -> None:
         self.restart_count = record.restart_count
+        self.last_restart_wall = parse_iso(record.last_restart)
+        # The last heartbeat survives an agentd restart, so a re-adopted agent is judged from it
+        # rather than from its (possibly long past) start.
+        self.last_heartbeat_wall = parse_iso(record.last_heartbeat)
         self.total_restarts = record.total_restarts
         self.operator_stopped = record.operator_stopped
         self.last_exit = record.last_exit
@@ -152,6 +156,8 @@ class AgentProcess:
         """Take over a process that outlived the previous agentd."""
         self.generation = handle.generation
         self.handle = handle
+        if self.last_heartbeat_wall is not None:
+            self.last_heartbeat_mono = now - max(0.0, self.wall() - self.last_heartbeat_wall)
         if self.operator_stopped:
             # The previous agentd died while carrying out an operator stop: finish it.
             self._set(AgentState.RUNNING, f"re-adopted pid {handle.pid}")
@@ -302,8 +308,8 @@ class AgentProcess:
             return ActionResult(False, "stale verdict (process has since been replaced)")
         if self.operator_stopped or self.state not in UP_STATES:
             return ActionResult(False, f"ignored: agent is {self.state.value}")
-        kind = reason.split(":", 1)[0]
-        self.health, self.health_detail = kind, reason
+        kind, _, detail = reason.partition(": ")
+        self.health, self.health_detail = kind, detail
         self.dirty = True
         if self.spec.restart.policy == "never":
             return ActionResult(False, "not restarted: restart policy is 'never'")
@@ -394,6 +400,7 @@ class AgentProcess:
         self.health = None
         self.health_detail = ""
         self.last_heartbeat_mono = None
+        self.last_heartbeat_wall = None
         self._set(AgentState.STARTING, f"{reason} (pid {handle.pid})")
         return ActionResult(True, f"started (pid {handle.pid})")
 

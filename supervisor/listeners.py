@@ -42,6 +42,8 @@ def tcp_listener(listen: str) -> socket.socket:
 def unix_listener(path: Path) -> socket.socket:
     """Bind the heartbeat socket 0666: identity comes from peer credentials, not file permissions."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise ListenError(f"heartbeat.unix.path {path}: is a directory")
     if path.exists() or path.is_symlink():
         path.unlink()  # stale from a killed daemon; we hold the pid lock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -34,6 +34,16 @@ def iso_utc(ts: float | None = None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def parse_iso(text: str | None) -> float | None:
+    """The epoch seconds of an ISO 8601 time written by iso_utc; None for None or garbage."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def validate_agent_id(agent_id: str) -> str:
     """Return ``agent_id`` if it is safe to use as a file name, else raise ValueError."""
     if not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id):

@@ -23,7 +23,8 @@ class MetricsText:
             return
         self._meta.setdefault(name, (kind, help_text))
         label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-        self._samples[name].append(f"{name}{{{label_text}}} {float(value):g}" if labels else f"{name} {float(value):g}")
+        number = str(int(value)) if isinstance(value, bool) or isinstance(value, int) else repr(float(value))  # exact: no %g rounding
+        self._samples[name].append(f"{name}{{{label_text}}} {number}" if labels else f"{name} {number}")
 
     def render(self) -> str:
         out = []
@@ -48,7 +49,7 @@ def render_parent_metrics(daemon) -> str:
             m.add("agentd_agent_restarts_total", "counter", "Restarts by reason (exit, operator, config, no_heartbeat, ...).", count, agent=aid, reason=kind)
         m.add("agentd_agent_heartbeat_age_seconds", "gauge", "Seconds since the agent's last heartbeat.", agent.heartbeat_age(now), agent=aid)
         sample = latest.get(aid)
-        if sample is not None:
+        if sample is not None and (sample.generation is None or sample.generation == agent.generation):
             m.add("agentd_agent_cpu_percent", "gauge", "CPU of the agent's process tree, percent of one core.", sample.cpu, agent=aid)
             m.add("agentd_agent_rss_bytes", "gauge", "Resident memory of the agent's process tree.", sample.rss, agent=aid)
             m.add("agentd_agent_open_fds", "gauge", "Open file descriptors of the agent's process tree.", sample.fds, agent=aid)
@@ -66,5 +67,8 @@ def render_parent_metrics(daemon) -> str:
             m.add("agentd_process_cpu_percent", "gauge", "CPU of agentd's own processes, percent of one core.", sample.cpu, process=key[7:])
             m.add("agentd_process_open_fds", "gauge", "Open fds of agentd's own processes.", sample.fds, process=key[7:])
     for key, value in sorted(daemon.history.stats().items()):
-        m.add("agentd_history_total", "counter", "Resource history store counters.", value, event=key)
+        if key == "pending":
+            m.add("agentd_history_pending", "gauge", "Resource samples waiting to be written.", value)
+        else:
+            m.add("agentd_history_total", "counter", "Resource history store counters.", value, event=key)
     return m.render()

@@ -110,3 +110,40 @@ def test_sigterm_honours_shutdown_stop_agents_changed_by_reload(agentd):
     agentd.call("reload")
     assert agentd.terminate() == 0
     assert not pid_alive(pid)
+
+
+def test_readopted_heartbeat_agent_is_not_restarted_for_the_daemons_downtime(agentd):
+    """Regression: after an agentd restart every re-adopted heartbeating agent got a no_heartbeat
+    verdict (judged from its original start) before the intakes were even serving."""
+    import time
+
+    agentd.extra = {"resources": {"interval": 0.5}}
+    fast = {"interval": 0.3, "heartbeat_timeout": "2s", "startup_grace": "2s"}
+    agentd.write_config([agentd.helper_agent("hb", "heartbeat-socket", "--interval", "0.3", health_check=fast)])
+    agentd.start()
+    pid = agentd.wait_state("hb", "running")["pid"]
+    wait_until(lambda: agentd.status("hb")["health"] == "healthy", timeout=30)
+    agentd.kill9()
+    down_since = time.monotonic()
+    # agentd stays down longer than startup_grace and heartbeat_timeout together.
+    wait_until(lambda: time.monotonic() - down_since > 5, timeout=10, interval=0.2, message="5 s of downtime")
+    agentd.start()
+    assert agentd.wait_state("hb", "running")["pid"] == pid
+    wait_until(lambda: agentd.status("hb")["health"] == "healthy", timeout=30)
+    judged = {w["name"]: w for w in agentd.call("workers")["workers"]}["health"]["counters"].get("judged", 0)
+    wait_until(lambda: {w["name"]: w for w in agentd.call("workers")["workers"]}["health"]["counters"].get("judged", 0) >= judged + 10, timeout=30)
+    st = agentd.status("hb")
+    assert st["restarts"] == 0 and st["pid"] == pid, st
+
+
+def test_last_restart_survives_an_agentd_restart(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("a", "running")
+    assert agentd.agentctl("restart", "a").returncode == 0
+    before = agentd.wait_state("a", "running")
+    assert before["last_restart"] is not None
+    agentd.terminate()
+    agentd.start()
+    after = agentd.wait_state("a", "running")
+    assert after["last_restart"] == before["last_restart"] and after["last_restart_age_s"] is not None

@@ -29,6 +29,7 @@ import supervisor
 from supervisor.config import ManagerSettings
 from supervisor.messages import AgentView
 from supervisor.proto import daemon_pb2, manager_pb2, manager_pb2_grpc
+from tests.support.daemon import ROOT
 from tests.support.wait import wait_until
 from workers.sync import Backoff, ManagerSync, backoff_for
 
@@ -316,18 +317,45 @@ def test_sync_worker_killed_with_9_is_respawned_and_loses_nothing(agentd, manage
     assert new["restarts"] == 1 and "SIGKILL" in (new["last_exit"] or "")
 
 
-def test_missing_tls_file_is_a_startup_error_and_agentd_carries_on(agentd, manager):
+def test_missing_tls_file_refuses_agentd_start(agentd, manager):
+    """DESIGN section 8: a configured certificate file that is missing is a start-up error."""
     missing = agentd.base / "no-such-ca.pem"
+    agentd.write_config([agentd.helper_agent("solo", "well-behaved")], daemon={"id": NODE},
+                        manager=manager_section(manager.address, tls={"enabled": True, "ca_file": str(missing)}))
+    result = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(agentd.config_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"manager.tls.ca_file: {missing} does not exist" in result.stderr
+    assert manager.nodes() == [] and manager.states() == {}  # never a plaintext fallback
+
+
+def test_tls_file_vanishing_later_stops_only_the_sync_worker(agentd, manager):
+    ca = agentd.base / "ca.pem"
+    ca.write_text("not a certificate yet\n")
     start_agentd(agentd, [agentd.helper_agent("solo", "well-behaved")], manager.address,
-                 tls={"enabled": True, "ca_file": str(missing)})
+                 tls={"enabled": True, "ca_file": str(ca)})
     agentd.wait_state("solo", "running")
-    worker = wait_until(lambda: (w := sync_worker(agentd))["last_exit"] and w, timeout=30, message="the sync worker to exit")
-    assert worker["last_exit"] == "exit code 2"
+    ca.unlink()
+    first = sync_worker(agentd)
+    if first["pid"]:
+        os.kill(first["pid"], signal.SIGKILL)
+    worker = wait_until(lambda: (w := sync_worker(agentd))["last_exit"] == "exit code 2" and w, timeout=60, message="the sync worker to exit 2")
     table = agentd.agentctl("workers")
     assert table.returncode == 0 and "last exit: exit code 2" in table.stdout
-    assert f"manager.tls.ca_file: cannot read {missing}: No such file or directory" in agentd.log_text()
+    assert f"manager.tls.ca_file: cannot read {ca}: No such file or directory" in agentd.log_text()
     assert agentd.call("ping") is not None and agentd.status("solo")["state"] == "running"
     assert manager.nodes() == [] and manager.states() == {}  # never a plaintext fallback
+    del worker
+
+
+def test_shutdown_with_stop_agents_reports_the_final_stops_to_the_manager(agentd, manager):
+    """Regression: workers used to stop before the agents, so the Manager never heard of the stops."""
+    start_agentd(agentd, [agentd.helper_agent("solo", "well-behaved")], manager.address)
+    agentd.wait_state("solo", "running")
+    wait_until(lambda: manager.states().get("solo", {}).get("status") == "running", timeout=30)
+    assert agentd.agentctl("shutdown", "--stop-agents").returncode == 0
+    agentd.proc.wait(timeout=60)
+    assert manager.states()["solo"]["status"] == "stopped"
 
 
 def test_mtls_with_a_server_name_override(agentd, tmp_path):

@@ -142,3 +142,23 @@ def test_metrics_endpoint_serves_intake_and_parent_metrics(agentd):
     assert 'agentd_worker_up{worker="health"} 1' in text
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
     assert len(names) == len(set(names)), "a metric family is declared twice"
+
+
+def test_prometheus_values_are_exact_and_families_typed_once():
+    from supervisor.prometheus import MetricsText
+
+    m = MetricsText()
+    m.add("agentd_x_total", "counter", "x", 22540312, worker="w")
+    m.add("agentd_y", "gauge", "y", 0.125)
+    text = m.render()
+    assert 'agentd_x_total{worker="w"} 22540312' in text  # not 2.25403e+07
+    assert "agentd_y 0.125" in text
+
+
+def test_heartbeat_socket_path_that_is_a_directory_is_a_clear_error(tmp_path):
+    import pytest
+
+    from supervisor.listeners import ListenError, unix_listener
+
+    with pytest.raises(ListenError, match="is a directory"):
+        unix_listener(tmp_path)
