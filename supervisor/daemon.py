@@ -428,7 +428,8 @@ class Daemon:
         for w in self.pool.describe():
             if not w.name.startswith("heartbeat-"):
                 continue
-            if w.state != "running" or (w.last_beat_age_s is not None and w.last_beat_age_s > INTAKE_SILENCE):
+            # A respawned worker is not serving until its first beat (it beats once it has its snapshot).
+            if w.state != "running" or w.last_beat_age_s is None or w.last_beat_age_s > INTAKE_SILENCE:
                 return True
         return False
 

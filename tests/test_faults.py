@@ -15,7 +15,7 @@ import psutil
 from tests.support.processes import pid_alive
 from tests.support.wait import wait_until
 
-FAST = {"interval": 0.3, "heartbeat_timeout": "1.5s", "startup_grace": "5s"}
+FAST = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
 
 
 def _workers(agentd):
@@ -56,7 +56,8 @@ def test_intake_workers_killed_under_heartbeats_restart_no_agent(agentd):
     wait_until(lambda: _judged(agentd) >= judged + 20, timeout=30, message="20 more judgements")
     wait_until(lambda: agentd.status("h")["heartbeat_age_s"] < 1 and agentd.status("s")["heartbeat_age_s"] < 1, timeout=20)
     for agent_id in ("h", "s"):
-        assert agentd.status(agent_id)["restarts"] == 0, agentd.status(agent_id)
+        st = agentd.status(agent_id)
+        assert st["restarts"] == 0, (st["last_restart_reason"], agentd.log_text()[-3000:])
 
 
 def test_hung_intake_worker_is_replaced_and_its_agents_are_not_blamed(agentd):
