@@ -155,15 +155,15 @@ class Daemon:
                 loop.add_signal_handler(sig, lambda name=signal.Signals(sig).name: self.request_shutdown(self.config.shutdown.stop_agents, name))
             loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
             self._tasks = [
-                asyncio.create_task(self.control.serve(), name="control"),
-                asyncio.create_task(self.intake.serve(), name="events"),
-                asyncio.create_task(self._rotate_logs_forever(), name="log-rotation"),
-                asyncio.create_task(self._heartbeat_housekeeping(), name="heartbeat-feed"),
+                self._keep_running(self.control.serve, "control"),
+                self._keep_running(self.intake.serve, "events"),
+                self._keep_running(self._rotate_logs_forever, "log-rotation"),
+                self._keep_running(self._heartbeat_housekeeping, "heartbeat-feed"),
             ]
             # Workers start once the endpoints they connect to are up.
             self.pool = WorkerPool(loop, self.run_dir, self._worker_specs(), self.config.daemon.log_level, self.config.daemon.log_format, self._on_worker_respawn)
             self.pool.start_all()
-            self._tasks.append(asyncio.create_task(self.pool.run_checks(), name="worker-checks"))
+            self._tasks.append(self._keep_running(self.pool.run_checks, "worker-checks"))
             log.info("agentd %s running (pid %d, %d agents, %d workers, run_dir %s)", __version__, self.pid, len(self.registry), len(self.pool.workers), self.run_dir)
             sd_notify("READY=1\nSTATUS=supervising %d agents" % len(self.registry))
             await self._supervise()
@@ -186,6 +186,22 @@ class Daemon:
             self.pidfile.release()
         log.info("agentd stopped")
         return 0
+
+    def _keep_running(self, factory, name: str) -> asyncio.Task:
+        """Run a background loop; if it ever dies of a bug, log it and start it again after a second."""
+
+        async def guarded() -> None:
+            while True:
+                try:
+                    await factory()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("background task %s failed; restarting it", name)
+                    await asyncio.sleep(1.0)
+
+        return asyncio.create_task(guarded(), name=name)
 
     def _open_listeners(self) -> dict[str, str]:
         """Bind the intake sockets the workers will inherit; returns the agents' heartbeat env."""
@@ -241,23 +257,55 @@ class Daemon:
             agent = self._new_agent(spec, record)
             self.registry.add(agent)
             if record is not None and record.pid and record.status in PROCESS_STATES:
-                handle = self.ops.adopt(spec.id, record.pid, record.create_time, record.pgid, agent.generation + 1, now, None)
-                if handle is not None:
-                    agent.adopt(handle, now, record.status)
-                    log.info("%s: re-adopted pid %d left by the previous agentd", spec.id, record.pid)
+                if self._adopt(agent, record, now):
                     continue
-                log.warning(
-                    "%s: recorded pid %s is gone or now belongs to another program; treating the agent as exited",
-                    spec.id, record.pid,
-                )
-                agent.last_exit = ExitRecord(code=None, signal=None, time=iso_utc(), reason="process vanished while agentd was down")
-            if agent.operator_stopped:
+            if agent.operator_stopped and agent.state == AgentState.STOPPED:
                 agent.reason = "stopped by operator (before agentd restarted)"
             agent.start_if_wanted(now, "agentd start")
         for agent_id, record in records.items():
-            if record.pid and record.status in PROCESS_STATES:
+            if record.pid and record.status == AgentState.STOPPING:
+                self._finish_orphan(agent_id, record, now)
+            elif record.pid and record.status in PROCESS_STATES:
+                # Not ours to kill on a guess: the config may simply be the wrong file.
                 log.warning("metadata for %s (not in the config) says pid %s may still run; agentd does not manage it", agent_id, record.pid)
         self._persist_dirty()
+
+    def _adopt(self, agent: AgentProcess, record, now: float) -> bool:
+        """Take over the recorded process (or stop the leftovers of a vanished one); True if handled."""
+        spec = agent.spec
+        handle = self.ops.adopt(spec.id, record, agent.generation + 1, now)
+        if handle is not None:
+            agent.adopt(handle, now, record.status)
+            log.info("%s: re-adopted pid %d left by the previous agentd", spec.id, record.pid)
+            if not spec.enabled and agent.state in UP_STATES:
+                agent.stop(now, reason="disabled in the configuration", operator=False)
+            return True
+        log.warning("%s: recorded pid %s is gone or now belongs to another program; treating the agent as exited", spec.id, record.pid)
+        agent.last_exit = ExitRecord(code=None, signal=None, time=iso_utc(), reason="process vanished while agentd was down")
+        leftovers = self.ops.leftovers(spec.id, record, agent.generation + 1, now)
+        if leftovers is None:
+            return False
+        agent.stop_leftovers(leftovers, now)  # starts the agent (if wanted) once they are gone
+        return True
+
+    def _finish_orphan(self, agent_id: str, record, now: float) -> None:
+        """A removal (or stop) that an agentd restart interrupted, of an agent no longer configured:
+        finish it, so the process does not live on unmanaged."""
+        from .config import AgentSpec  # the real spec is gone with the config; stop defaults suffice
+
+        spec = AgentSpec.model_validate({
+            "id": agent_id, "type": record.type, "binary_path": "/bin/false", "work_dir": str(self.data_dir / "work" / agent_id),
+            "stop_signal": record.stop_signal or "TERM", "stop_timeout": record.stop_timeout if record.stop_timeout is not None else 30,
+        })
+        agent = self._new_agent(spec, record)
+        handle = self.ops.adopt(agent_id, record, agent.generation + 1, now)
+        if handle is None:
+            self.writer.delete(agent_id)
+            return
+        log.warning("%s (pid %d) is no longer in the configuration but still runs; stopping it", agent_id, record.pid)
+        self.registry.add(agent)
+        agent.adopt(handle, now, record.status)
+        agent.remove(now)
 
     def _new_agent(self, spec, record=None) -> AgentProcess:
         return AgentProcess(spec, self.ops, on_transition=self._on_transition, record=record)

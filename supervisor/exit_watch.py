@@ -50,8 +50,11 @@ class ExitWatch:
 
 
 def watch_exit(loop: asyncio.AbstractEventLoop, pid: int, popen: subprocess.Popen | None, callback: ExitCallback) -> ExitWatch | None:
-    """Start watching `pid`; None when it no longer exists."""
+    """Start watching `pid`; None when it no longer exists or cannot be watched (e.g. out of fds)."""
     try:
         return ExitWatch(loop, pid, popen, callback)
     except ProcessLookupError:
+        return None
+    except OSError as exc:
+        log.error("pid %d: cannot watch for its exit: %s", pid, exc)
         return None

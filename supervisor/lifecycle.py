@@ -42,8 +42,10 @@ class ProcessHandle:
     started_wall: float
     adopted: bool = False
     exited: bool = False
-    # pid -> create_time of every process ever seen in the tree, so stop can wait for all of them.
-    tree: dict[int, float] = field(default_factory=dict)
+    start_ticks: int | None = None  # /proc start time in clock ticks: identity that survives clock steps
+    boot_id: str = ""
+    # pid -> start ticks of every live process seen in the tree, so stop can wait for all of them.
+    tree: dict[int, int] = field(default_factory=dict)
     os_state: object = None  # owned by the ProcessOps implementation (Popen, pidfd, ...)
 
 
@@ -165,6 +167,15 @@ class AgentProcess:
             return
         new = AgentState.STARTING if recorded_state == AgentState.STARTING and self.spec.expects_heartbeat else AgentState.RUNNING
         self._set(new, f"re-adopted pid {handle.pid} after agentd restart")
+
+    def stop_leftovers(self, handle: ProcessHandle, now: float) -> None:
+        """The recorded main process vanished while agentd was down but its group lives on: stop
+        those processes before anything starts, so a new generation never runs beside the old one."""
+        self.generation = handle.generation
+        self.handle = handle
+        self.state = AgentState.RUNNING  # what the record said; _begin_stop records the transition
+        wanted = self.spec.enabled and not self.operator_stopped
+        self._begin_stop(now, "leftover processes of a vanished main process", after="start" if wanted else None)
 
     # ----------------------------------------------------------------- operator actions
 
@@ -379,6 +390,8 @@ class AgentProcess:
         if new in DOWN_STATES:
             # Nothing runs, so nothing is judged: say why instead of keeping a stale "healthy".
             self.health, self.health_detail = ("operator_stopped" if self.operator_stopped else new.value), ""
+        elif new not in UP_STATES and self.health == "healthy":
+            self.health, self.health_detail = None, ""  # a verdict's kind stays visible while restarting
         self.reason = reason
         self.dirty = True
         self.on_transition(self, old, new, reason)
@@ -478,6 +491,8 @@ class AgentProcess:
             health=self.health,
             pid=h.pid if h else None,
             create_time=h.create_time if h else None,
+            start_ticks=h.start_ticks if h else None,
+            boot_id=h.boot_id or None if h else None,
             pgid=h.pgid if h else None,
             start_time=iso_utc(h.started_wall) if h else None,
             restart_count=self.restart_count,
@@ -489,4 +504,6 @@ class AgentProcess:
             cpu=self.reported.get("cpu"),
             memory=self.reported.get("memory"),
             operator_stopped=self.operator_stopped,
+            stop_signal=self.spec.stop_signal,
+            stop_timeout=self.spec.stop_timeout,
         )

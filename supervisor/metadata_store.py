@@ -77,6 +77,12 @@ class AgentRecord(BaseModel):
     health: str | None = None
     pid: int | None = None
     create_time: float | None = None
+    start_ticks: int | None = None  # /proc start time in clock ticks since boot (identity across clock steps)
+    boot_id: str | None = None
+    # How to stop it, kept so a stop interrupted by an agentd restart can be finished even after the
+    # agent left the configuration.
+    stop_signal: str | None = None
+    stop_timeout: float | None = None
     pgid: int | None = None
     start_time: str | None = None
     restart_count: int = 0

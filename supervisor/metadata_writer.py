@@ -14,6 +14,8 @@ from .metadata_store import AgentRecord, MetadataStore
 
 log = logging.getLogger(__name__)
 
+RETRY_DELAY = 1.0
+
 
 class MetadataWriter:
     """Queue of the newest AgentRecord per agent, drained by a daemon thread."""
@@ -24,6 +26,7 @@ class MetadataWriter:
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
+        self.failures = 0
         self._thread = threading.Thread(target=self._run, name="metadata-writer", daemon=True)
         self._thread.start()
 
@@ -43,7 +46,8 @@ class MetadataWriter:
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def close(self) -> None:
-        self.flush()
+        if not self.flush():
+            log.error("metadata writes still pending at exit: %s", ", ".join(self._pending) or "(in flight)")
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -58,14 +62,24 @@ class MetadataWriter:
                 agent_id, record = next(iter(self._pending.items()))
                 del self._pending[agent_id]
                 self._busy = True
+            failed = False
             try:
                 if record is None:
                     self.store.delete(agent_id)
                 else:
                     self.store.save(record)
-            except Exception:  # a full disk must not kill the writer; the next change retries
-                log.exception("could not write metadata for %s", agent_id)
-            finally:
-                with self._cond:
+            except Exception as exc:  # a full disk must not kill the writer
+                failed = True
+                self.failures += 1
+                log.error("could not write metadata for %s: %s; retrying in %.0fs", agent_id, exc, RETRY_DELAY)
+            with self._cond:
+                if failed:
+                    # Retry it unless a newer record arrived meanwhile: an operator stop must not be
+                    # lost because the disk was full for a moment.
+                    self._pending.setdefault(agent_id, record)
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait(RETRY_DELAY)
+                else:
                     self._busy = False
                     self._cond.notify_all()

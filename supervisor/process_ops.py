@@ -22,7 +22,9 @@ import psutil
 from .config import AgentSpec
 from .exit_watch import ExitWatch, watch_exit
 from .lifecycle import ProcessHandle, SpawnError
+from .metadata_store import parse_iso
 from .log_files import open_agent_log
+from .proc_table import ProcessTable, boot_id, is_same_process, read_stat, start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +49,9 @@ def validate_command(spec: AgentSpec) -> None:
         raise SpawnError(f"binary_path {path} is not executable")
 
 
-def _same_process(proc: psutil.Process, create_time: float) -> bool:
-    try:
-        return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def process_matches(pid: int, create_time: float | None) -> bool:
-    """True when `pid` is alive, not a zombie, and is the process that was created at `create_time`."""
-    if not pid or create_time is None:
-        return False
-    try:
-        return _same_process(psutil.Process(pid), create_time)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    members = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return members
+def process_matches(pid: int, ticks: int | None, recorded_boot: str | None = None) -> bool:
+    """True when `pid` is alive, not a zombie, and started at `ticks` (clock ticks since boot)."""
+    return is_same_process(pid, ticks, recorded_boot)
 
 
 class RealProcessOps:
@@ -84,6 +63,8 @@ class RealProcessOps:
         self.agent_env = agent_env
         self.on_exit = on_exit
         self._warned_not_root: set[str] = set()
+        self.table = ProcessTable()  # one /proc scan serves every agent stopping in the same tick
+        self.boot_id = boot_id()
 
     # ----------------------------------------------------------------- spawn / adopt
 
@@ -119,6 +100,8 @@ class RealProcessOps:
             raise SpawnError(f"exec of {argv[0]} failed: {exc.strerror or exc}") from exc
         finally:
             os.close(log_fd)
+        # Our unreaped child: its stat is readable even if it already exited.
+        ticks = start_ticks(popen.pid) or 0
         try:
             create_time = psutil.Process(popen.pid).create_time()
         except psutil.Error:
@@ -127,32 +110,40 @@ class RealProcessOps:
             pid=popen.pid,
             pgid=popen.pid,
             create_time=create_time,
+            start_ticks=ticks,
             generation=generation,
-            started_mono=now,
+            started_mono=max(now, time.monotonic()),  # fork+exec can take a while on a loaded box
             started_wall=time.time(),
-            tree={popen.pid: create_time},
+            tree={popen.pid: ticks},
+            boot_id=self.boot_id,
         )
-        self._watch(spec.id, handle, popen)
+        if not self._watch(spec.id, handle, popen):
+            popen.kill()
+            popen.wait()
+            raise SpawnError("cannot watch the new process (out of file descriptors?); killed it")
         log.info("%s: started pid %d: %s", spec.id, popen.pid, " ".join(argv))
         return handle
 
-    def adopt(self, agent_id: str, pid: int, create_time: float, pgid: int | None, generation: int, now: float, started_wall: float | None) -> ProcessHandle | None:
-        """Watch a process left by a previous agentd, if it is still the one recorded."""
-        if not process_matches(pid, create_time):
+    def adopt(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
+        """Watch a process left by a previous agentd, if it is still the one recorded (pid + start ticks + boot)."""
+        if not process_matches(record.pid, record.start_ticks, record.boot_id):
             return None
         try:
-            pgid = os.getpgid(pid)
+            pgid = os.getpgid(record.pid)
         except ProcessLookupError:
             return None
+        create_time = record.create_time or time.time()
         handle = ProcessHandle(
-            pid=pid,
+            pid=record.pid,
             pgid=pgid,
             create_time=create_time,
+            start_ticks=record.start_ticks,
             generation=generation,
             started_mono=now - max(0.0, time.time() - create_time),
-            started_wall=started_wall or create_time,
+            started_wall=parse_iso(record.start_time) or create_time,
             adopted=True,
-            tree={pid: create_time},
+            tree={record.pid: record.start_ticks},
+            boot_id=self.boot_id,
         )
         if not self._watch(agent_id, handle, None):
             return None
@@ -195,52 +186,53 @@ class RealProcessOps:
 
     # ----------------------------------------------------------------- trees
 
-    def _refresh_tree(self, handle: ProcessHandle) -> list[psutil.Process]:
-        """Every live process of the agent: recorded ones, descendants of the main, group members."""
-        live: dict[int, psutil.Process] = {}
-        for pid, ctime in list(handle.tree.items()):
-            try:
-                proc = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                del handle.tree[pid]
-                continue
-            if not _same_process(proc, ctime):
-                del handle.tree[pid]
-                continue
-            live[pid] = proc
-            try:
-                for child in proc.children(recursive=True):
-                    live.setdefault(child.pid, child)
-            except psutil.Error:
-                pass
-        for proc in _group_members(handle.pgid):
-            live.setdefault(proc.pid, proc)
-        for pid, proc in list(live.items()):
-            try:
-                handle.tree.setdefault(pid, proc.create_time())
-            except psutil.Error:
-                live.pop(pid)
-        return list(live.values())
+    def _refresh_tree(self, handle: ProcessHandle) -> dict[int, int]:
+        """Every live process of the agent: recorded ones, their descendants, group members."""
+        live = self.table.tree(handle.tree, handle.pgid)
+        handle.tree.update(live)
+        for pid in [p for p in handle.tree if p not in live and p != handle.pid]:
+            del handle.tree[pid]  # gone: keeps the map bounded however much the tree churns
+        return live
 
     def signal_tree(self, handle: ProcessHandle, signum: int) -> None:
-        procs = self._refresh_tree(handle)  # list first, so a dying parent cannot hide its children
+        self.table.invalidate()
+        live = self._refresh_tree(handle)  # list first, so a dying parent cannot hide its children
         try:
             os.killpg(handle.pgid, signum)
         except (ProcessLookupError, PermissionError):
             pass
-        for proc in procs:
-            try:
-                if os.getpgid(proc.pid) != handle.pgid:
-                    proc.send_signal(signum)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        log.debug("sent %s to pgid %d and %d processes", signal.Signals(signum).name, handle.pgid, len(procs))
+        group = {p for p, info in ((p, read_stat(p)) for p in live) if info is not None and info.pgid == handle.pgid}
+        for pid in live:
+            if pid not in group:  # escaped the group (setsid): signal it by pid
+                try:
+                    os.kill(pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    continue
+        self.table.invalidate()
+        log.debug("sent %s to pgid %d and %d processes", signal.Signals(signum).name, handle.pgid, len(live))
 
     def tree_alive(self, handle: ProcessHandle) -> bool:
-        for pid, ctime in list(handle.tree.items()):
-            if pid == handle.pid and not handle.exited and not handle.adopted:
-                return True
-            if process_matches(pid, ctime):
-                return True
-        # Cheap checks found nothing; look once more for group members we never saw.
+        if not handle.exited and not handle.adopted:
+            return True  # our child has not been reaped yet
         return bool(self._refresh_tree(handle))
+
+    def leftovers(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
+        """The recorded main process is gone but members of its group may live on: a handle to stop them."""
+        if not record.pgid or record.start_ticks is None or (record.boot_id and record.boot_id != self.boot_id):
+            return None
+        leader = read_stat(record.pgid)
+        if leader is not None and not leader.zombie and leader.start_ticks != record.start_ticks:
+            # The group's id is a live process's pid again, so it is a new group: the kernel does not
+            # hand out a pid still in use as a process group id, so the old group had emptied first.
+            return None
+        self.table.invalidate()
+        members = {p: t for p, t in self.table.tree({}, record.pgid).items() if t >= record.start_ticks}
+        if not members:
+            return None
+        handle = ProcessHandle(
+            pid=record.pid, pgid=record.pgid, create_time=record.create_time or time.time(), start_ticks=record.start_ticks,
+            generation=generation, started_mono=now, started_wall=time.time(), adopted=True, exited=True, tree=members,
+            boot_id=self.boot_id,
+        )
+        log.warning("%s: main process %d is gone but %d processes of its group live on: stopping them first", agent_id, record.pid, len(members))
+        return handle

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from .exit_watch import ExitWatch, watch_exit
 from .lifecycle import describe_exit
 from .messages import WorkerBeat
+from .metadata_store import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class WorkerInfo(BaseModel):
     restarts: int
     restart_causes: dict[str, int]
     last_exit: str | None
-    last_exit_time: float | None
+    last_exit_time: str | None  # ISO 8601
     last_beat_age_s: float | None
     counters: dict[str, int]
     queue_depth: int
@@ -223,7 +224,7 @@ class WorkerPool:
                 restarts=w.restarts,
                 restart_causes=dict(w.causes),
                 last_exit=w.last_exit,
-                last_exit_time=w.last_exit_time,
+                last_exit_time=iso_utc(w.last_exit_time) if w.last_exit_time else None,
                 last_beat_age_s=round(now - w.last_beat_mono, 3) if running and w.last_beat_mono is not None else None,
                 counters=w.counters,
                 queue_depth=w.queue_depth,

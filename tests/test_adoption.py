@@ -147,3 +147,67 @@ def test_last_restart_survives_an_agentd_restart(agentd):
     agentd.start()
     after = agentd.wait_state("a", "running")
     assert after["last_restart"] == before["last_restart"] and after["last_restart_age_s"] is not None
+
+
+def test_agent_disabled_while_agentd_was_down_is_stopped_not_adopted_running(agentd):
+    """Regression (review): a live recorded process was adopted and kept running though disabled."""
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("a", "running")["pid"]
+    agentd.kill9()
+    agentd.agents[0]["enabled"] = False
+    agentd.write_config()
+    agentd.start()
+    st = agentd.wait_state("a", "stopped")
+    assert not pid_alive(pid) and not st["operator_stopped"]
+
+
+def test_identity_is_start_ticks_not_wall_clock_create_time(agentd):
+    """Regression (review): a wall-clock step moves psutil's create_time; adoption must not depend on it."""
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("a", "running")["pid"]
+    wait_until(lambda: _metadata(agentd, "a").get("start_ticks"))
+    agentd.kill9()
+    path = agentd.data_dir / "metadata" / "a.json"
+    doc = json.loads(path.read_text())
+    doc["create_time"] += 7.0  # what a clock step of 7 s does to a create time computed now
+    path.write_text(json.dumps(doc))
+    agentd.start()
+    assert agentd.wait_state("a", "running")["pid"] == pid
+
+
+def test_leftovers_of_a_vanished_main_process_are_stopped_before_a_new_start(agentd):
+    """Regression (review): children of a main process that died while agentd was down lived on
+    beside the new generation."""
+    agentd.write_config([agentd.helper_agent("b", "fork-children", "--children", "2")])
+    agentd.start()
+    main = agentd.wait_state("b", "running")["pid"]
+    children = [int(m[1]) for m in wait_for_marker(agentd.marker("b"), "CHILD", count=2)]
+    wait_until(lambda: _metadata(agentd, "b").get("pid") == main)
+    agentd.kill9()
+    os.kill(main, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(main))
+    assert all(pid_alive(c) for c in children)
+    agentd.start()
+    st = agentd.wait_state("b", "running")
+    assert st["pid"] != main
+    wait_until(lambda: not any(pid_alive(c) for c in children), message="old children stopped")
+    assert "live on: stopping them first" in agentd.log_text()
+
+
+def test_removal_interrupted_by_an_agentd_restart_is_finished(agentd):
+    """Regression (review): an agent removed by reload while still stopping became an unmanaged orphan."""
+    agentd.write_config([agentd.helper_agent("gone", "ignore-term", stop_timeout=2), agentd.helper_agent("keep", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("gone", "running")["pid"]
+    agentd.write_config([agentd.agents[1]])
+    agentd.call("reload")
+    wait_until(lambda: _metadata(agentd, "gone")["status"] == "stopping")
+    assert agentd.terminate() == 0
+    assert pid_alive(pid)
+    agentd.start()
+    wait_until(lambda: not pid_alive(pid), message="the orphan stopped")
+    wait_until(lambda: not (agentd.data_dir / "metadata" / "gone.json").exists())
+    assert "no longer in the configuration but still runs; stopping it" in agentd.log_text()
+    assert "gone" not in [a["id"] for a in agentd.call("status")["agents"]]

@@ -205,3 +205,27 @@ def test_load_all_skips_foreign_files(tmp_path, caplog):
         assert set(store.load_all()) == {"db-shipper"}
     assert "not a valid agent id" in caplog.text
     assert (tmp_path / "bad name!.json").exists()
+
+
+def test_writer_retries_a_failed_write_instead_of_dropping_it(tmp_path):
+    """Regression (review): a record whose write failed (disk full) was dropped, losing e.g. an operator stop."""
+    from supervisor.metadata_writer import MetadataWriter
+
+    class FlakyStore(MetadataStore):
+        fail = 1
+
+        def save(self, record):
+            if FlakyStore.fail:
+                FlakyStore.fail -= 1
+                raise OSError(28, "No space left on device")
+            super().save(record)
+
+    store = FlakyStore(tmp_path / "metadata")
+    writer = MetadataWriter(store)
+    try:
+        writer.save(AgentRecord(id="a", status="stopped", operator_stopped=True))
+        assert writer.flush(timeout=10)
+        assert store.load("a").operator_stopped
+        assert writer.failures == 1
+    finally:
+        writer.close()

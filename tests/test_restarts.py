@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.support.wait import wait_for_marker, wait_until
+from tests.support.wait import read_markers, wait_for_marker, wait_until
 
 
 def test_agent_killed_with_9_is_restarted_under_backoff(agentd):
     agentd.write_config([agentd.helper_agent("w1", "well-behaved", restart={"backoff_steps": [0.2, 1.5]})])
     agentd.start()
     first = agentd.wait_state("w1", "running")
+    wait_until(lambda: ("START", str(first["pid"])) in [m[:2] for m in read_markers(agentd.marker("w1"))])
     os.kill(first["pid"], signal.SIGKILL)
     wait_until(lambda: agentd.status("w1")["restarts"] == 1, message="first restart")
     second = agentd.wait_state("w1", "running")
     assert second["pid"] != first["pid"]
+    # Kill it only once it has really started (written START), so every generation leaves a marker.
+    wait_until(lambda: ("START", str(second["pid"])) in [m[:2] for m in read_markers(agentd.marker("w1"))])
     assert second["last_exit"]["signal"] == "SIGKILL"
     assert "killed by SIGKILL" in second["last_restart_reason"]
     # The second crash waits out the second step (1.5 s): the agent is seen in `restarting` first.

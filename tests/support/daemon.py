@@ -173,14 +173,20 @@ class TestDaemon:
         return self.proc.wait(timeout=timeout)
 
     def agent_pids(self) -> list[int]:
-        """Tagged processes that are agents (or their children): not agentd, not its workers."""
+        """Tagged processes that are agents (or their children): not agentd, not its workers.
+
+        Workers are told apart by AGENTD_PARENT_PID in their environment, which only the worker pool
+        sets: a cmdline check would race with a worker that is between fork and exec.
+        """
         pids = []
         for pid in processes_tagged(self.tag):
+            if self.proc is not None and pid == self.proc.pid:
+                continue
             try:
-                cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if b"supervisor.agentd_cli" in cmdline or any(arg.startswith(b"workers.") for arg in cmdline):
+            if any(var.startswith(b"AGENTD_PARENT_PID=") for var in env):
                 continue
             pids.append(pid)
         return pids
