@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import ssl
 import sys
 import time
@@ -21,11 +20,11 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from supervisor.config import ConfigError, ResourcesSettings, load_config
-from supervisor.logging_setup import setup_logging
 from supervisor.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
 from workers.health_judge import UP_STATES, HealthJudge, rules_of
-from workers.link import WorkerLink, die_with_parent
+from workers.link import WorkerLink
 from workers.tree_sampler import TreeSampler
+from workers.runner import begin_process, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.health")
 
@@ -319,33 +318,17 @@ class HealthWorker:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.health", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
-    parser.add_argument("--name", default="health", help="worker name in logs, beats and agentd/<name> samples")
-    parser.add_argument("--settings", help='JSON with a "resources" object (other keys are ignored)')
-    parser.add_argument("--config", type=Path, help="standalone: read resources and run_dir from this config")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    return parser.parse_args(argv)
+    return worker_arg_parser("health", __doc__, "health", 'JSON with a "resources" object (other keys are ignored)',
+                             config_help="standalone: read resources and run_dir from this config").parse_args(argv)
 
 
 async def _run(run_dir: Path, name: str, resources: ResourcesSettings) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
     # We queue no heartbeats: the link's 5 ms flush timer would cost more CPU than all our judging.
     link = WorkerLink(run_dir, name, want_state=True, flush_interval=1.0)
-    # The first snapshot waits for the parent; a stop must still get through meanwhile.
-    starting = asyncio.create_task(link.start())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
-        await link.close()
+    if not await start_link(link, stop):
         return
-    starting.result()
+    stopping = asyncio.create_task(stop.wait())
     worker = HealthWorker(link, resources)
     log.info("%s: judging %d agents; sampling every %g s", name, len(link.agents), resources.interval)
     running = asyncio.create_task(worker.run())
@@ -359,10 +342,7 @@ async def _run(run_dir: Path, name: str, resources: ResourcesSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop."""
     args = _parse_args(argv)
-    setup_logging(args.log_level, args.log_format, process_name=args.name)
-    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
-    parent = os.environ.get("AGENTD_PARENT_PID", "")
-    die_with_parent(int(parent) if parent.isdigit() else None)
+    begin_process(args)
     run_dir = args.run_dir
     resources = ResourcesSettings()
     try:

@@ -11,8 +11,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
-import signal
 import sys
 import uuid
 from datetime import datetime
@@ -24,10 +22,10 @@ import zmq
 from pydantic import ValidationError
 
 from supervisor.config import ConfigError, ManagerAPISettings, TLSSettings, load_config, split_listen
-from supervisor.logging_setup import setup_logging
 from supervisor.protocol import ErrorCode, Reply, Request
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc
-from workers.link import WorkerLink, die_with_parent
+from workers.link import WorkerLink
+from workers.runner import begin_process, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.manager_api")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
@@ -258,21 +256,12 @@ def check_exposure(settings: ManagerAPISettings) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.manager_api", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, control.ipc)")
-    parser.add_argument("--name", default="manager-api", help="worker name in logs and beats")
-    parser.add_argument("--settings", help='JSON: {"manager_api": {...}, "node_id": "..."}')
-    parser.add_argument("--config", type=Path, help="standalone: read manager_api and run_dir from the config")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    return parser.parse_args(argv)
+    return worker_arg_parser("manager_api", __doc__, "manager-api", 'JSON: {"manager_api": {...}, "node_id": "..."}',
+                             config_help="standalone: read manager_api and run_dir from the config").parse_args(argv)
 
 
 async def _run(run_dir: Path, name: str, settings: ManagerAPISettings, creds, node_id: str | None) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=False)
     for key in COUNTERS:
         link.counters[key] += 0
@@ -309,10 +298,7 @@ async def _run(run_dir: Path, name: str, settings: ManagerAPISettings, creds, no
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; 0 on a clean stop, 2 when it cannot start."""
     args = _parse_args(argv)
-    setup_logging(args.log_level, args.log_format, process_name=args.name)
-    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
-    parent = os.environ.get("AGENTD_PARENT_PID", "")
-    die_with_parent(int(parent) if parent.isdigit() else None)
+    begin_process(args)
     run_dir = args.run_dir
     settings = ManagerAPISettings()
     node_id = None

@@ -10,9 +10,7 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,13 +22,13 @@ from pydantic import ValidationError
 
 from supervisor import __version__
 from supervisor.config import ConfigError, ManagerSettings, TLSSettings, load_config
-from supervisor.logging_setup import setup_logging
 from supervisor.messages import AgentView
 from supervisor.metadata_store import iso_utc
 from supervisor.node_identity import node_id as stored_node_id
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
-from workers.link import WorkerLink, die_with_parent
+from workers.link import WorkerLink
 from workers.node_facts import NodeMetrics, node_facts
+from workers.runner import begin_process, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.sync")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
@@ -423,35 +421,19 @@ class ManagerSync:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.sync", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
-    parser.add_argument("--name", default="sync", help="worker name in logs and beats")
-    parser.add_argument("--settings", help='JSON: {"manager": {...}, "node_id": "...", "data_dir": "..." (optional)}')
-    parser.add_argument("--config", type=Path, help="standalone: read manager settings, node id and run_dir from the config")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    return parser.parse_args(argv)
+    return worker_arg_parser("sync", __doc__, "sync", 'JSON: {"manager": {...}, "node_id": "...", "data_dir": "..." (optional)}',
+                             config_help="standalone: read manager settings, node id and run_dir from the config").parse_args(argv)
 
 
 async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str, creds, data_dir: Path | None) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
     channel = open_channel(settings, creds)
     sync = ManagerSync(link, settings, node_id, channel, data_dir=data_dir, tls=tls_mode(settings.tls))
-    # The first snapshot waits for the parent; a stop must still get through meanwhile.
-    starting = asyncio.create_task(link.start())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
+    if not await start_link(link, stop):
         await channel.close(grace=None)
-        await link.close()
         return
-    starting.result()
+    stopping = asyncio.create_task(stop.wait())
     sync.start()
     log.info("%s: syncing node %s with the Manager at %s (tls %s, %d agents known)", name, node_id, settings.address,
              sync.info["tls"], len(link.agents))
@@ -488,10 +470,7 @@ def _load(args: argparse.Namespace) -> tuple[Path | None, ManagerSettings, str |
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop, 2 when it cannot start."""
     args = _parse_args(argv)
-    setup_logging(args.log_level, args.log_format, process_name=args.name)
-    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
-    parent = os.environ.get("AGENTD_PARENT_PID", "")
-    die_with_parent(int(parent) if parent.isdigit() else None)
+    begin_process(args)
     try:
         run_dir, settings, node_id, data_dir = _load(args)
     except ConfigError as exc:

@@ -1,0 +1,59 @@
+"""What every worker process does the same way: its command line, logging, dying with the parent,
+stopping on SIGTERM/SIGINT, and taking its first snapshot without ignoring a stop meanwhile."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from supervisor.logging_setup import setup_logging
+
+from .link import WorkerLink, die_with_parent
+
+
+def worker_arg_parser(module: str, doc: str | None, default_name: str, settings_help: str, *, config_help: str) -> argparse.ArgumentParser:
+    """The options every worker takes; a worker adds its own (e.g. --listen-fd) to the result."""
+    parser = argparse.ArgumentParser(prog=f"python -m workers.{module}", description=(doc or "").splitlines()[0] if doc else None)
+    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
+    parser.add_argument("--name", default=default_name, help="worker name in logs and beats")
+    parser.add_argument("--settings", help=settings_help)
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    return parser
+
+
+def begin_process(args: argparse.Namespace) -> None:
+    """Logging under the worker's name, and death with the parent (the pool passes its pid, since a
+    parent that died before our PDEATHSIG was armed would never send a signal)."""
+    setup_logging(args.log_level, args.log_format, process_name=args.name)
+    parent = os.environ.get("AGENTD_PARENT_PID", "")
+    die_with_parent(int(parent) if parent.isdigit() else None)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call inside the running loop)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def start_link(link: WorkerLink, stop: asyncio.Event) -> bool:
+    """Start the link (its first snapshot waits for the parent); False, with the link closed, if a
+    stop came first."""
+    starting = asyncio.create_task(link.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await link.close()
+        return False
+    stopping.cancel()
+    starting.result()
+    return True
