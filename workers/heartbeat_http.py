@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import resource
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from supervisor.config import ConfigError, HttpIntake, load_config, split_listen
 from supervisor.logging_setup import setup_logging
 from supervisor.states import AgentState
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
 from workers.link import WorkerLink, die_with_parent
 
 log = logging.getLogger("workers.heartbeat_http")
@@ -39,6 +40,8 @@ LINGER = 2.0  # after refusing a request we read and discard for this long, so t
 SWEEP_INTERVAL = 0.25
 MAX_REPORTED = 100  # rejected items listed in a batch reply; the count is always complete
 PARENT_METRICS_REFRESH = 5.0  # seconds between fetches of the parent's metrics text
+ACCEPT_BATCH = 4  # connections accepted per wake-up; small, so that workers sharing the socket share a burst
+ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long (as asyncio's own server does)
 REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large")
 JSON_TYPE = b"application/json"
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -86,7 +89,25 @@ def render(status: int, body: bytes, *, content_type: bytes = JSON_TYPE, close: 
         status, _PHRASES.get(status, b"Unknown"), content_type, len(body), extra, b"" if head_only else body)
 
 
-ACCEPTED = fixed_reply(True, "heartbeat accepted")
+class _Accepted:
+    """The 200 reply to one heartbeat. Its body, and the whole keep-alive response around it, are built once per
+    millisecond (the resolution of the timestamp in it) instead of once per request."""
+
+    def __init__(self) -> None:
+        self._body = fixed_reply(True, "heartbeat accepted")
+        self.ms = -1
+        self.body = b""
+        self.response = b""  # render(200, self.body): what a keep-alive POST gets
+
+    def __call__(self) -> bytes:
+        ms = int(time.time() * 1000)
+        if ms != self.ms:
+            body = self._body()
+            self.ms, self.body, self.response = ms, body, render(200, body)
+        return self.body
+
+
+ACCEPTED = _Accepted()
 BUSY = fixed_reply(False, "the daemon is not keeping up; retry shortly")
 
 
@@ -132,7 +153,8 @@ class HeartbeatHttpServer:
         link.on_change.append(self.directory.invalidate)
         self.counters = link.counters
         self.connections: set[_Connection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: dict[asyncio.Task, socket.socket] = {}  # accepted, transport not yet set up
         self._sweeper: asyncio.Task | None = None
         self._parent_metrics_task: asyncio.Task | None = None
         self.parent_metrics = b""  # the parent's Prometheus text (agents' health, cpu, rss, restarts; workers)
@@ -143,10 +165,48 @@ class HeartbeatHttpServer:
             self.counters[f"rejected_{reason}"] += 0
 
     async def start(self, sock: socket.socket) -> None:
+        # Our own accept loop instead of loop.create_server: asyncio's server would call listen(100) on the shared
+        # socket (shrinking the parent's backlog) and accept up to 100 connections per wake-up, so with
+        # `processes: N` one worker took a whole burst of new connections and the others sat idle.
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        sock.setblocking(False)
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._accept)
         self._sweeper = asyncio.create_task(self._sweep(), name="sweep")
         self._parent_metrics_task = asyncio.create_task(self._refresh_parent_metrics(), name="parent-metrics")
+
+    def _accept(self) -> None:
+        """A few connections per wake-up: every worker on the socket is woken, and each takes its share."""
+        sock = self._sock
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # another worker was quicker, or nothing left
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise  # the loop logs it and carries on
+                # Linux keeps reporting the socket readable: pause, or we would spin.
+                log.warning("cannot accept connections for now (%s); retrying in %g s", exc.strerror, ACCEPT_RETRY_DELAY)
+                loop.remove_reader(sock.fileno())
+                loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
+                return
+            task = loop.create_task(loop.connect_accepted_socket(lambda: _Connection(self), conn))
+            self._accepting[task] = conn
+            task.add_done_callback(self._accepted)
+
+    def _accepted(self, task: asyncio.Task) -> None:
+        conn = self._accepting.pop(task, None)
+        if (task.cancelled() or task.exception() is not None) and conn is not None:
+            conn.close()
+
+    def _resume_accepting(self) -> None:
+        if self._sock is not None and self._sock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
 
     async def _refresh_parent_metrics(self) -> None:
         # Fetched in the background so a scrape never waits on the parent; at most a few seconds old.
@@ -159,16 +219,23 @@ class HeartbeatHttpServer:
 
     async def close(self) -> None:
         """Stop accepting (only our copy of the socket closes; the parent's keeps the backlog) and drop connections."""
-        if self._server is not None:
-            self._server.close()
+        if self._sock is not None:
+            if self._sock.fileno() >= 0:
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for task in list(self._accepting):
+            task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._parent_metrics_task is not None:
             self._parent_metrics_task.cancel()
         for conn in list(self.connections):
             conn.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        # Await the cancelled tasks too: one still inside a control request holds a socket open,
+        # and the link's context shutdown would wait for it (the worker then missed its stop deadline).
+        background = [t for t in (self._sweeper, self._parent_metrics_task) if t is not None]
+        await asyncio.gather(*self._accepting, *background, return_exceptions=True)
 
     async def _sweep(self) -> None:
         # One timer for all connections: cheaper than a call_later per request, precise enough for timeouts.
@@ -200,7 +267,7 @@ class HeartbeatHttpServer:
     def _heartbeats(self, body: bytes | bytearray, token: str | None, *, batch: bool) -> tuple[int, bytes, bytes, tuple]:
         received_at = time.time()
         try:
-            doc = json.loads(body.decode("utf-8"))
+            doc = parse_json(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
             return self._invalid(f"body: not valid UTF-8 (byte {exc.start})")
         except json.JSONDecodeError as exc:
@@ -230,7 +297,7 @@ class HeartbeatHttpServer:
         if not self.link.has_room(1):
             return self._busy(1)
         try:
-            heartbeat = self.directory.validate(doc, agent_id_required=True, token=token, received_at=received_at)
+            heartbeat = self.directory.check(doc, agent_id_required=True, token=token, received_at=received_at)
         except HeartbeatRejected as exc:
             self.counters[f"rejected_{exc.reason}"] += 1
             return exc.status, json_reply(False, exc.message), JSON_TYPE, ()
@@ -249,7 +316,7 @@ class HeartbeatHttpServer:
         rejected_count = 0
         for index, item in enumerate(items):
             try:
-                heartbeat = self.directory.validate(item, agent_id_required=True, token=token, received_at=received_at)
+                heartbeat = self.directory.check(item, agent_id_required=True, token=token, received_at=received_at)
             except HeartbeatRejected as exc:
                 self.counters[f"rejected_{exc.reason}"] += 1
                 status, reason, message = exc.status, exc.reason, exc.message
@@ -344,7 +411,7 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self.url = bytearray()
+        self.url = b""  # nearly always one on_url call, and b"" + url is url itself: no copy
         self.token: str | None = None
         self.expect_continue = False
         self.body.clear()
@@ -426,6 +493,8 @@ class _Connection(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) not in (6, 13, 14):  # none of ours: Host, Content-Type, User-Agent, ... skip the lower()
+            return
         name = name.lower()
         if name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
@@ -462,16 +531,22 @@ class _Connection(asyncio.Protocol):
             return
         self.in_request = False
         method = self.parser.get_method()
-        path = bytes(self.url).split(b"?", 1)[0]
+        path = self.url.split(b"?", 1)[0]
         try:
-            status, body, content_type, headers = self.server.handle(method, path, self.token, self.body)
+            if path == b"/heartbeat" and method == b"POST":  # the hot path, without the routing
+                status, body, content_type, headers = self.server._heartbeats(self.body, self.token, batch=False)
+            else:
+                status, body, content_type, headers = self.server.handle(method, path, self.token, self.body)
         except Exception:  # a bug must cost one request, not the worker; the traceback stays in our log
             log.exception("request %s %s failed", method.decode("latin-1"), path.decode("latin-1"))
             status, body, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()
         self.body.clear()  # an idle keep-alive connection holds no request body
         self.server.counters[_STATUS_KEYS.get(status) or f"http_{status}"] += 1
-        self.write(render(status, body, content_type=content_type, close=not self.keep_alive,
-                          headers=headers, head_only=method == b"HEAD"))
+        if body is ACCEPTED.body and self.keep_alive and not headers and method != b"HEAD":
+            self.write(ACCEPTED.response)  # the common case, rendered once per millisecond
+        else:
+            self.write(render(status, body, content_type=content_type, close=not self.keep_alive,
+                              headers=headers, head_only=method == b"HEAD"))
         if not self.keep_alive:
             self.close()
         else:

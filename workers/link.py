@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import pydantic_core
 import zmq
 import zmq.asyncio
 from pydantic import ValidationError
@@ -84,6 +85,12 @@ class WorkerLink:
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 2000)  # give in-flight batches a moment on shutdown
         self.push.setsockopt(zmq.SNDHWM, push_hwm)
+        # The same socket, synchronously: heartbeat batches are sent from `submit` the moment one is full (always
+        # NOBLOCK, so the async wrapper never has a send of its own queued that this could overtake).
+        self._push_now = zmq.Socket.shadow(self.push.underlying)
+        # A batch on the wire is HeartbeatBatch's own JSON with the items spliced in (see `_encode`).
+        head, _, tail = HeartbeatBatch(worker=name, items=[]).model_dump_json().rpartition("[]")
+        self._batch_head, self._batch_tail = (head + "[").encode(), ("]" + tail).encode()
         self.sub: zmq.asyncio.Socket | None = None
         self.agents: dict[str, AgentView] = {}
         self.last_heartbeat: dict[str, float] = {}
@@ -92,8 +99,9 @@ class WorkerLink:
         self.counters: Counter[str] = Counter()
         self.info: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
-        self._pending: list[Heartbeat] = []
-        self._flush_wanted = asyncio.Event()  # a full batch is waiting: flush now
+        self._pending: list[dict] = []
+        self._blocked = False  # the parent's queue was full at the last try: leave retries to the flush loop
+        self._closed = False
         self._has_items = asyncio.Event()  # something is queued: flush within flush_interval
         self._tasks: list[asyncio.Task] = []
         self._parent = os.getppid()
@@ -119,6 +127,7 @@ class WorkerLink:
         await self.flush()
         for task in self._tasks:
             task.cancel()
+        self._closed = True  # the shadow socket must not be used once the real one is closed
         self.push.close(linger=1000)
         if self.sub is not None:
             self.sub.close(linger=0)
@@ -199,46 +208,61 @@ class WorkerLink:
     def queue_depth(self) -> int:
         return len(self._pending)
 
-    def submit(self, heartbeat: Heartbeat) -> bool:
-        """Queue a heartbeat for the parent; False means back-pressure (the caller answers 503)."""
-        if len(self._pending) >= self.max_pending:
+    def submit(self, heartbeat: dict | Heartbeat) -> bool:
+        """Queue a heartbeat for the parent; False means back-pressure (the caller answers 503).
+
+        `heartbeat` is the dict `AgentDirectory.check` returns (fields of `Heartbeat`, absent ones left out)
+        or a `Heartbeat`. A full batch goes out at once; the rest within `flush_interval`."""
+        pending = self._pending
+        if len(pending) >= self.max_pending:
             self.counters["dropped_backpressure"] += 1
             return False
-        self._pending.append(heartbeat)
-        if len(self._pending) == 1:
+        if not isinstance(heartbeat, dict):
+            heartbeat = heartbeat.model_dump(exclude_none=True)
+        pending.append(heartbeat)
+        n = len(pending)
+        if n == 1:
             self._has_items.set()
-        if len(self._pending) >= self.batch_max:
-            self._flush_wanted.set()
+        elif n >= self.batch_max and not self._blocked:
+            self._send_batches()
         return True
 
     def has_room(self, n: int = 1) -> bool:
         return len(self._pending) + n <= self.max_pending
 
+    def _encode(self, items: list[dict]) -> bytes:
+        """What `HeartbeatBatch(worker=..., items=...).model_dump_json()` gives, minus the nulls of absent fields,
+        without building a model per heartbeat."""
+        return self._batch_head + pydantic_core.to_json(items)[1:-1] + self._batch_tail
+
+    def _send_batches(self, partial: bool = False) -> None:
+        """Send full batches (and with `partial`, the rest) as far as the parent's queue lets us."""
+        pending = self._pending
+        if self._closed:
+            return
+        while len(pending) >= (1 if partial else self.batch_max):
+            batch = pending[: self.batch_max]
+            try:
+                self._push_now.send(self._encode(batch), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self._blocked = True  # parent's queue is full: keep the items, the flush loop retries
+                return
+            del pending[: len(batch)]
+            self.counters["forwarded"] += len(batch)
+        self._blocked = False
+
     async def flush(self) -> None:
         """Send everything queued, in batches, as far as the parent's queue lets us."""
-        while self._pending:
-            batch = self._pending[: self.batch_max]
-            msg = HeartbeatBatch(worker=self.name, items=batch)
-            try:
-                await self.push.send(msg.model_dump_json().encode(), flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return  # parent's queue is full: keep the items, try again next round
-            del self._pending[: len(batch)]
-            self.counters["forwarded"] += len(batch)
+        self._send_batches(partial=True)
 
     async def _flush_loop(self) -> None:
-        # Sleeps while nothing is queued: an idle worker costs no CPU on timers.
+        # Sleeps while nothing is queued: an idle worker costs no CPU on timers. Full batches already went out
+        # in `submit`; this sends the rest. While the parent's queue is full it retries every flush_interval.
         while True:
             await self._has_items.wait()
-            try:
-                await asyncio.wait_for(self._flush_wanted.wait(), self.flush_interval)
-            except TimeoutError:
-                pass
-            self._flush_wanted.clear()
-            await self.flush()
-            if self._pending:
-                await asyncio.sleep(self.flush_interval)  # parent's queue full: retry without spinning
-            else:
+            await asyncio.sleep(self.flush_interval)
+            self._send_batches(partial=True)
+            if not self._pending:
                 self._has_items.clear()
 
     async def send(self, msg) -> bool:

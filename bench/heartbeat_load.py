@@ -1,0 +1,1117 @@
+"""Heartbeat intake under load, end to end: what the agentd parent actually applies, per second, and at what latency.
+
+Run by hand (not part of `make test`):
+
+    .venv/bin/python bench/heartbeat_load.py [--seconds 60] [--connections 64] [--agents 50]
+                                             [--http-processes 1,2] [--rss-seconds 60] [--no-docs]
+
+It writes a config into a short temp dir under /tmp (ipc paths must stay under 100 bytes) with `--agents`
+agents that are plain `/bin/sleep` processes (`heartbeat_timeout: null`, so they never heartbeat by
+themselves) plus `--socket-agents` agents whose command is this script in `--socket-client` mode, and
+`heartbeat.http.listen: 127.0.0.1:0`. It starts the real daemon (`.venv/bin/agentd run -c`), finds the HTTP
+port in `agentctl workers --json` (`info.listen`) and the agents' pids in `agentctl status --json`, and runs:
+
+1. **HTTP**: `wrk` with 64 keep-alive connections POSTing `/heartbeat` bodies that rotate over the sleep
+   agents, each with that agent's id and pid, for `--seconds`; then the same load against the yardstick, a
+   bare uvicorn raw-ASGI app (httptools, uvloop when installed) that only parses the JSON body and answers
+   200, in a subprocess on port 0. Once per value of `--http-processes` (a fresh agentd each time).
+2. **Unix socket**: the socket-client agents are started by agentd, so SO_PEERCRED puts them inside their
+   own agent's tree. On a "go" file they write newline-delimited heartbeats as fast as the socket takes
+   them over `--socket-conns` connections each, for `--seconds`, and report how many complete lines they
+   wrote.
+3. **Full load**: both at once for `--rss-seconds`, sampling the RSS of every agentd process every 5 s.
+4. **Parent capacity**: ready-made heartbeat batches pushed straight into `events.ipc` for `--parent-seconds`,
+   no worker involved: the ceiling of `EventIntake` + `Daemon.apply_heartbeats`.
+
+After each phase it waits for the queues to drain, then compares what the parent applied (`parent.applied`
+delta in `agentctl workers`, plus its `dropped_*` counters) with what the workers answered 200 (HTTP) or
+what the clients wrote (socket). It prints a table and, unless `--no-docs`, writes it into the
+`## Heartbeat intake` section of docs/performance.md (only the generated block between its markers; the
+rest of the file is left as it is). At the end it runs `agentctl shutdown --stop-agents` and checks that
+every process it started is gone; Ctrl-C, SIGTERM or an error on the way take the same path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+PYTHON = VENV_BIN / "python"
+AGENTD = VENV_BIN / "agentd"
+AGENTCTL = VENV_BIN / "agentctl"
+DOCS = ROOT / "docs" / "performance.md"
+SLEEP = "/bin/sleep"
+MARKER_ENV = "AGENTD_HEARTBEAT_LOAD"  # every agent gets it: how leftovers are found, whatever happened to agentd
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PR_SET_PDEATHSIG = 1
+WARMUP = 3.0  # seconds of load before each measured HTTP run; excluded from socket-phase rates
+SECTION = "## Heartbeat intake"
+BEGIN = "<!-- heartbeat_load.py: generated block, begin -->"
+END = "<!-- heartbeat_load.py: generated block, end -->"
+# Benchmark targets (not tests).
+TARGET_HTTP_X = 1.5
+TARGET_P99_MS = 25.0
+TARGET_SOCKET = 60_000
+TARGET_RSS_PCT = 10.0
+TIMESTAMP = "2026-01-01T12:00:00.000Z"  # a fixed agent timestamp: parsing it is part of the work measured
+
+
+def heartbeat_fields(agent_id: str, pid: int) -> dict:
+    """The fields a real agent sends (examples/agentkit.py), as the HTTP load and the socket clients send them."""
+    return {"agent_id": agent_id, "pid": pid, "timestamp": TIMESTAMP, "status": "running", "version": "1.0.0",
+            "cpu": 1.5, "memory": 12_345_678}
+
+
+# ----------------------------------------------------------------------------------------------- socket client
+# Runs as an agent (agentd starts it), so the heartbeat socket's SO_PEERCRED check places it in its own tree.
+
+
+def socket_client(ctl: Path) -> int:
+    path = os.environ["AGENTD_HEARTBEAT_SOCKET"]
+    agent_id = os.environ["AGENTD_AGENT_ID"]
+    line = (json.dumps(heartbeat_fields(agent_id, os.getpid()), separators=(",", ":")) + "\n").encode()
+    chunk = line * max(1, 32768 // len(line))  # whole lines, so a chunk boundary is a line boundary
+    go_file = ctl / "go.json"
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def current_round() -> dict | None:
+        try:
+            return json.loads(go_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    seen = (current_round() or {}).get("round", 0)  # a respawned client never replays a round it missed
+    print(f"socket client {agent_id} pid {os.getpid()}: ready, line {len(line)} bytes", flush=True)
+    while True:
+        if not ctl.is_dir():
+            return 0  # the bench is gone: nothing left to do
+        go = current_round()
+        if go is None or go["round"] <= seen:
+            time.sleep(0.05)
+            continue
+        seen = go["round"]
+        result = _blast(path, line, chunk, go["conns"], go["seconds"])
+        out = ctl / f"result.{agent_id}.{seen}.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.rename(out)
+        print(f"round {seen}: {result}", flush=True)
+
+
+def _blast(path: str, line: bytes, chunk: bytes, conns: int, seconds: float) -> dict:
+    """Write `chunk` over and over on `conns` connections for `seconds`; returns complete lines written."""
+    sel = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    offsets: dict[socket.socket, int] = {}
+    written: dict[socket.socket, int] = {}
+    errors = 0
+    for _ in range(conns):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.setblocking(False)
+        socks.append(s)
+        offsets[s], written[s] = 0, 0
+        sel.register(s, selectors.EVENT_WRITE)
+    view = memoryview(chunk)
+    start = time.monotonic()
+    deadline = start + seconds
+    while (now := time.monotonic()) < deadline:
+        for key, _ in sel.select(deadline - now):
+            s = key.fileobj
+            try:
+                n = s.send(view[offsets[s]:])
+            except BlockingIOError:
+                continue
+            except OSError:
+                errors += 1
+                sel.unregister(s)
+                continue
+            written[s] += n
+            offsets[s] = (offsets[s] + n) % len(chunk)
+    sent = 0
+    for s in socks:
+        # Finish a line cut in half, so the worker never reads a torn line at end of stream.
+        rest = (-written[s]) % len(line)
+        if rest:
+            try:
+                s.setblocking(True)
+                s.sendall(view[offsets[s]:offsets[s] + rest])
+                written[s] += rest
+            except OSError:
+                errors += 1
+        sent += written[s] // len(line)
+        s.close()
+    return {"sent": sent, "errors": errors, "elapsed": time.monotonic() - start}
+
+
+# ----------------------------------------------------------------------------------------------- yardstick
+
+
+def yardstick_serve() -> int:
+    """Bare uvicorn on a raw ASGI app (httptools, uvloop if installed): parse the JSON body, answer 200."""
+    import asyncio
+    import importlib.util
+
+    import uvicorn
+
+    reply = b'{"success":true,"message":"heartbeat accepted"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        json.loads(body)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply})
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    print(json.dumps({"port": sock.getsockname()[1], "loop": loop, "uvicorn": uvicorn.__version__}), flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, loop=loop, http="httptools", lifespan="off", access_log=False, log_level="warning"))
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    if loop == "uvloop":
+        import uvloop
+        uvloop.run(server.serve(sockets=[sock]))
+    else:
+        asyncio.run(server.serve(sockets=[sock]))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- /proc
+
+
+def proc_cpu(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of the process, all its threads, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def children_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of our waited-for children (wrk): os.times() counts them once they exit."""
+    t = os.times()
+    return t.children_user, t.children_system
+
+
+def proc_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live processes whose environment carries our marker: this run's agents, nothing else."""
+    want = f"{MARKER_ENV}={marker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if want in env and state not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _die_with_us() -> None:
+    # If this script is killed outright, the child gets SIGTERM (agentd then stops its agents: stop_agents).
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+# ----------------------------------------------------------------------------------------------- agentd
+
+
+def write_config(tmp: Path, agents: int, socket_agents: int, http_processes: int) -> Path:
+    lines = [
+        "# written by bench/heartbeat_load.py",
+        "daemon:",
+        "  run_dir: run",
+        "  data_dir: data",
+        "  log_dir: log",
+        "  log_level: warning",
+        "heartbeat:",
+        "  http:",
+        "    listen: 127.0.0.1:0",
+        f"    processes: {http_processes}",
+        "shutdown:",
+        "  stop_agents: true      # a SIGTERM from the bench (or its death) stops the agents too",
+        "agent_defaults:",
+        "  stop_timeout: 5s",
+        "  env:",
+        f"    {MARKER_ENV}: {json.dumps(str(tmp))}",
+        "  log:",
+        "    max_size: 1MiB",
+        "    keep: 0",
+        "  health_check:",
+        "    heartbeat_timeout: null   # nothing here heartbeats on its own schedule",
+        "agents:",
+    ]
+    for i in range(agents):
+        lines += [f"  - id: a{i:04d}", f"    binary_path: {SLEEP}", '    args: ["100000"]']
+    for i in range(socket_agents):
+        lines += [f"  - id: sock{i:02d}", f"    binary_path: {PYTHON}",
+                  f"    args: {json.dumps([str(Path(__file__).resolve()), '--socket-client', str(tmp / 'ctl')])}"]
+    path = tmp / "agentd.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Agentd:
+    """One agentd under test, and the cleanup that always runs."""
+
+    def __init__(self, tmp: Path, config: Path) -> None:
+        from supervisor.control_client import ControlClient
+
+        self.tmp = tmp
+        self.config = config
+        self.run_dir = tmp / "run"
+        self.log_path = tmp / "agentd.log"
+        self.proc: subprocess.Popen | None = None
+        self.client = ControlClient(self.run_dir, timeout=30.0)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [str(AGENTD), "run", "-c", str(self.config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, preexec_fn=_die_with_us, cwd=self.tmp,
+            )
+        finally:
+            log.close()
+
+    def agentctl(self, *args: str, timeout: float = 60.0) -> dict:
+        out = subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "--json", *args], capture_output=True, text=True, timeout=timeout)
+        try:
+            doc = json.loads(out.stdout)
+        except ValueError:
+            raise RuntimeError(f"agentctl {' '.join(args)}: exit {out.returncode}: {out.stderr.strip() or out.stdout.strip()}") from None
+        if isinstance(doc, dict) and doc.get("ok") is False:
+            raise RuntimeError(f"agentctl {' '.join(args)}: {doc['error']['message']}")
+        return doc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, agents: int, http_processes: int, timeout: float) -> tuple[dict, dict]:
+        """Every agent running and every worker beating; returns (status, workers) as agentctl --json prints them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"agentd exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
+            summary = "control socket not up yet"
+            if (self.run_dir / "control.ipc").exists():
+                try:
+                    status = self.agentctl("status", timeout=30)
+                    workers = self.agentctl("workers", timeout=30)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    summary = str(exc)
+                else:
+                    running = sum(a["state"] == "running" for a in status["agents"])
+                    http = [w for w in workers["workers"] if w["kind"] == "heartbeat_http" and w["info"].get("listen")]
+                    unix = [w for w in workers["workers"] if w["kind"] == "heartbeat_unix" and w["last_beat_age_s"] is not None]
+                    if running == agents and len(http) == http_processes and unix:
+                        return status, workers
+                    summary = f"{running}/{agents} agents running, {len(http)}/{http_processes} HTTP workers, {len(unix)} Unix worker"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {timeout:g} s ({summary})")
+            time.sleep(1.0)
+
+    def counters(self) -> dict:
+        """parent counters and per-worker (pid, counters, queue_depth), through the `workers` verb."""
+        doc = self.client.call("workers")
+        return {"parent": dict(doc["parent"]),
+                "workers": {w["name"]: {"pid": w["pid"], "kind": w["kind"], "counters": dict(w["counters"]), "queue_depth": w["queue_depth"]}
+                            for w in doc["workers"]}}
+
+    def shutdown(self, marker: str) -> list[str]:
+        notes: list[str] = []
+        if self.alive():
+            try:
+                subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "shutdown", "--stop-agents"], capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                notes.append("agentctl shutdown did not answer in 30 s")
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                notes.append("agentd still running 60 s after shutdown --stop-agents; sending SIGTERM")
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    notes.append("agentd still running 30 s after SIGTERM; sending SIGKILL")
+                    self.proc.kill()
+                    self.proc.wait()
+        deadline = time.monotonic() + 10
+        left = marked_pids(marker)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = marked_pids(marker)
+        if left:
+            notes.append(f"{len(left)} agent processes were left after agentd exited; SIGKILL to {left[:10]}")
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        return notes
+
+
+INTAKE_KINDS = ("heartbeat_http", "heartbeat_unix")
+PARENT_DROPS = ("dropped_unknown_agent", "dropped_not_running", "dropped_stale_generation")
+
+
+def _sum(snap: dict, kind: str, key: str) -> int:
+    return sum(w["counters"].get(key, 0) for w in snap["workers"].values() if w["kind"] == kind)
+
+
+def drain(agentd: Agentd, timeout: float = 60.0) -> tuple[dict, float]:
+    """Wait until every intake worker's queue is empty, all it accepted was forwarded, the parent received
+    all of it, and nothing moved for two liveness beats; returns the final counters and the seconds waited."""
+    start = time.monotonic()
+    prev = None
+    stable = 0
+    while True:
+        snap = agentd.counters()
+        p = snap["parent"]
+        forwarded = sum(_sum(snap, k, "forwarded") for k in INTAKE_KINDS)
+        accepted = sum(_sum(snap, k, "accepted") for k in INTAKE_KINDS)
+        queued = sum(w["queue_depth"] for w in snap["workers"].values() if w["kind"] in INTAKE_KINDS)
+        parent_in = p.get("applied", 0) + sum(p.get(k, 0) for k in PARENT_DROPS)
+        key = (forwarded, accepted, queued, parent_in, sum(_sum(snap, k, "received") for k in INTAKE_KINDS))
+        settled = queued == 0 and accepted == forwarded and parent_in >= forwarded
+        stable = stable + 1 if (settled and key == prev) else 0
+        if stable >= 3:  # unchanged over ~1.5 s: at least one worker beat (1 s) came in between
+            return snap, time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"queues did not drain in {timeout:g} s: {key}")
+        prev = key
+        time.sleep(0.5)
+
+
+def delta(a: dict, b: dict) -> dict:
+    """Counter differences b - a: parent, and per intake kind summed over its workers."""
+    out = {"parent": {k: b["parent"].get(k, 0) - a["parent"].get(k, 0) for k in set(a["parent"]) | set(b["parent"])}}
+    for kind in INTAKE_KINDS:
+        keys = set()
+        for w in (*a["workers"].values(), *b["workers"].values()):
+            if w["kind"] == kind:
+                keys |= set(w["counters"])
+        out[kind] = {k: _sum(b, kind, k) - _sum(a, kind, k) for k in keys}
+    respawned = [n for n, w in a["workers"].items() if b["workers"].get(n, {}).get("pid") != w["pid"]]
+    out["respawned"] = respawned
+    return out
+
+
+def agentd_pids(agentd: Agentd, status: dict) -> dict[str, int]:
+    snap = agentd.counters()
+    pids = {"parent": status["daemon"]["pid"]}
+    pids.update({name: w["pid"] for name, w in sorted(snap["workers"].items()) if w["pid"]})
+    return pids
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, tuple[float, float] | None]:
+    return {n: proc_cpu(p) for n, p in pids.items()}
+
+
+def rss_of(pids: dict[str, int]) -> dict[str, int | None]:
+    return {n: proc_rss(p) for n, p in pids.items()}
+
+
+def cpu_pct(c0: dict, c1: dict, window: float) -> dict[str, tuple[float, float] | None]:
+    """Per process: (% of one core in all, % of one core in the kernel) over the window."""
+    out = {}
+    for n in c0:
+        a, b = c0[n], c1.get(n)
+        out[n] = None if a is None or b is None else (100.0 * (b[0] + b[1] - a[0] - a[1]) / window, 100.0 * (b[1] - a[1]) / window)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- HTTP load
+
+
+def wrk_script(bodies: list[bytes], path: str = "/heartbeat") -> str:
+    items = ",\n".join(f"  [==[{b.decode()}]==]" for b in bodies)
+    return f"""-- written by bench/heartbeat_load.py: POST {path}, bodies rotating over the agents
+local bodies = {{
+{items}
+}}
+local requests = {{}}
+local i = 0
+function init(args)
+  for k, body in ipairs(bodies) do
+    requests[k] = wrk.format("POST", "{path}", {{["Content-Type"] = "application/json"}}, body)
+  end
+  i = math.random(#requests) - 1
+end
+function request()
+  i = i % #requests + 1
+  return requests[i]
+end
+"""
+
+
+def _to_ms(value: str) -> float:
+    num, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk_cmd(port: int, connections: int, seconds: float, lua: Path) -> list[str]:
+    threads = max(1, min(2, connections))
+    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(lua),
+            f"http://127.0.0.1:{port}/heartbeat"]
+
+
+def parse_wrk(out: str) -> dict:
+    pct = {p: _to_ms(v) for p, v in re.findall(r"^\s+(\d+(?:\.\d+)?)%\s+(\S+)$", out, re.M)}
+    total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "requests": int(total.group(1)),
+            "duration_s": _to_ms(total.group(2) + total.group(3)) / 1000.0,
+            "p50": pct.get("50"), "p99": pct.get("99"), "non2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sock_err.group(1).strip() if sock_err else ""}
+
+
+def run_wrk(port: int, connections: int, seconds: float, lua: Path) -> dict:
+    out = subprocess.run(wrk_cmd(port, connections, seconds, lua), capture_output=True, text=True, timeout=seconds + 60,
+                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_us)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    return parse_wrk(out.stdout)
+
+
+class Yardstick:
+    def __init__(self, tmp: Path) -> None:
+        self.log = tmp / "yardstick.log"
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def start(self) -> int:
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([str(PYTHON), str(Path(__file__).resolve()), "--yardstick"], stdout=subprocess.PIPE,
+                                         stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_us)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"yardstick did not start: {self.log.read_text(errors='replace')[-2000:]}")
+        self.info = json.loads(line)
+        return self.info["port"]
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def http_phase(agentd: Agentd, port: int, lua: Path, args, pids: dict[str, int], yard: Yardstick) -> dict:
+    log_progress(f"HTTP: warm-up {WARMUP:g} s, then {args.seconds:g} s against agentd on port {port}")
+    run_wrk(port, args.connections, WARMUP, lua)
+    before, _ = drain(agentd)
+    load0 = loadavg()
+    c0 = {**cpu_of(pids), "wrk": children_cpu()}
+    t0 = time.monotonic()
+    w = run_wrk(port, args.connections, args.seconds, lua)
+    t1 = time.monotonic()
+    c1 = {**cpu_of(pids), "wrk": children_cpu()}
+    after, drain_s = drain(agentd)
+    d = delta(before, after)
+    window = w["duration_s"]
+    applied = d["parent"].get("applied", 0)
+    ok200 = d["heartbeat_http"].get("http_200", 0)
+    result = {
+        "wrk": w, "window_s": window, "wall_s": t1 - t0, "drain_s": drain_s, "delta": d, "load_start": load0, "load_end": loadavg(),
+        "applied": applied, "applied_per_s": applied / window, "answered_200": ok200,
+        "lost": max(0, ok200 - applied), "cpu_pct": cpu_pct(c0, c1, t1 - t0),
+    }
+    ystart = yard.start()
+    try:
+        log_progress(f"HTTP: yardstick ({yard.info['loop']}, uvicorn {yard.info['uvicorn']}) warm-up, then {args.seconds:g} s")
+        run_wrk(ystart, args.connections, WARMUP, lua)
+        ypid = yard.proc.pid
+        y0 = {"yardstick": proc_cpu(ypid), "wrk": children_cpu()}
+        ty0 = time.monotonic()
+        yw = run_wrk(ystart, args.connections, args.seconds, lua)
+        y1 = {"yardstick": proc_cpu(ypid), "wrk": children_cpu()}
+        result["yardstick"] = {**yw, "loop": yard.info["loop"], "uvicorn": yard.info["uvicorn"], "rss": proc_rss(ypid),
+                               "cpu_pct": cpu_pct(y0, y1, time.monotonic() - ty0)}
+    finally:
+        yard.stop()
+    result["x_yard"] = result["applied_per_s"] / result["yardstick"]["rps"]
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- socket load
+
+
+def start_socket_round(ctl: Path, round_no: int, conns: int, seconds: float) -> None:
+    tmp = ctl / "go.tmp"
+    tmp.write_text(json.dumps({"round": round_no, "conns": conns, "seconds": seconds}))
+    tmp.rename(ctl / "go.json")
+
+
+def collect_socket_round(ctl: Path, round_no: int, ids: list[str], timeout: float) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {}
+        for agent_id in ids:
+            try:
+                got[agent_id] = json.loads((ctl / f"result.{agent_id}.{round_no}.json").read_text())
+            except (OSError, ValueError):
+                pass
+        if len(got) == len(ids):
+            return got
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"socket clients did not report round {round_no}: missing {sorted(set(ids) - set(got))}")
+        time.sleep(0.2)
+
+
+def socket_phase(agentd: Agentd, ctl: Path, round_no: int, ids: list[str], args, pids: dict[str, int]) -> dict:
+    log_progress(f"socket: {len(ids)} client agents x {args.socket_conns} connections for {args.seconds:g} s")
+    before, _ = drain(agentd)
+    load0 = loadavg()
+    start_socket_round(ctl, round_no, args.socket_conns, args.seconds)
+    t_go = time.monotonic()
+    warmup = min(WARMUP, args.seconds / 4)  # short runs keep most of their window
+    time.sleep(warmup)
+    a0 = agentd.counters()["parent"].get("applied", 0)
+    c0 = cpu_of(pids)
+    ts = time.monotonic()
+    time.sleep(max(0.0, t_go + args.seconds - time.monotonic()))
+    a1 = agentd.counters()["parent"].get("applied", 0)
+    te = time.monotonic()
+    c1 = cpu_of(pids)
+    clients = collect_socket_round(ctl, round_no, ids, timeout=30)
+    after, drain_s = drain(agentd)
+    d = delta(before, after)
+    sent = sum(c["sent"] for c in clients.values())
+    applied = d["parent"].get("applied", 0)
+    return {
+        "clients": clients, "sent": sent, "client_errors": sum(c["errors"] for c in clients.values()),
+        "delta": d, "applied": applied, "drain_s": drain_s, "steady_window_s": te - ts,
+        "applied_per_s": (a1 - a0) / (te - ts), "sent_per_s": sent / args.seconds,
+        "unaccounted": sent - d["heartbeat_unix"].get("received", 0), "load_start": load0, "load_end": loadavg(), "warmup_s": warmup,
+        "cpu_pct": cpu_pct(c0, c1, te - ts),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- full load
+
+
+def full_phase(agentd: Agentd, port: int, lua: Path, ctl: Path, round_no: int, ids: list[str], args, pids: dict[str, int],
+               rss_idle: dict) -> dict:
+    seconds = args.rss_seconds
+    log_progress(f"full load: HTTP ({args.connections} connections) and socket together for {seconds:g} s, RSS every 5 s")
+    before, _ = drain(agentd)
+    rss_start = rss_of(pids)
+    load0 = loadavg()
+    c0 = {**cpu_of(pids), "wrk": children_cpu()}
+    t0 = time.monotonic()
+    out_path = agentd.tmp / "wrk-full.out"
+    with open(out_path, "wb") as out:
+        wrk = subprocess.Popen(wrk_cmd(port, args.connections, seconds, lua), stdout=out, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_us)
+    try:
+        start_socket_round(ctl, round_no, args.socket_conns, seconds)
+        samples = []
+        next_at = t0 + 5.0
+        while wrk.poll() is None:
+            if time.monotonic() >= next_at:
+                samples.append((round(time.monotonic() - t0, 1), rss_of(pids)))
+                next_at += 5.0
+            time.sleep(0.1)
+            if time.monotonic() - t0 > seconds + 60:
+                raise RuntimeError("wrk did not finish")
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    t1 = time.monotonic()
+    c1 = {**cpu_of(pids), "wrk": children_cpu()}
+    rss_end = rss_of(pids)
+    clients = collect_socket_round(ctl, round_no, ids, timeout=30)
+    after, drain_s = drain(agentd)
+    rss_drained = rss_of(pids)
+    w = parse_wrk(out_path.read_text())
+    d = delta(before, after)
+    sent = sum(c["sent"] for c in clients.values())
+    warm = samples[0][1] if samples else rss_start  # after 5 s of load: buffers and caches have grown to size
+    rss = {}
+    for name in pids:
+        series = [s[1][name] for s in samples if s[1].get(name)]
+        rss[name] = {"idle": rss_idle.get(name), "start": rss_start[name], "warm": warm.get(name), "end": rss_end[name],
+                     "drained": rss_drained[name], "max": max(series) if series else None, "trend_pct": trend_pct(samples, name)}
+    applied = d["parent"].get("applied", 0)
+    return {
+        "wrk": w, "window_s": t1 - t0, "drain_s": drain_s, "delta": d, "sent": sent, "applied": applied,
+        "applied_per_s": applied / (t1 - t0), "answered_200": d["heartbeat_http"].get("http_200", 0),
+        "rss": rss, "samples": samples, "load_start": load0, "load_end": loadavg(), "cpu_pct": cpu_pct(c0, c1, t1 - t0),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- parent capacity
+
+
+def parent_phase(agentd: Agentd, args, pids: dict[str, int]) -> dict:
+    """The parent's ceiling alone: ready-made HeartbeatBatch messages pushed straight into events.ipc, as fast as
+    its PULL socket takes them (blocking sends: its high-water mark is the back-pressure), no intake worker involved."""
+    import zmq
+
+    from supervisor.messages import HeartbeatBatch
+
+    seconds = args.parent_seconds
+    snap = agentd.client.call("snapshot")
+    agents = [a for a in snap["agents"] if a["id"].startswith("a") and a["pid"]]
+    items = [dict(heartbeat_fields(a["id"], a["pid"]), timestamp=1767268800.0 + i / 1000, generation=a["generation"])
+             for i, a in zip(range(512), __import__("itertools").cycle(agents))]
+    payload = HeartbeatBatch(worker="bench-parent-capacity", items=items).model_dump_json(exclude_none=True).encode()
+    log_progress(f"parent capacity: batches of {len(items)} pushed into events.ipc for {seconds:g} s")
+    before, _ = drain(agentd)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.setsockopt(zmq.SNDHWM, 10)
+    push.connect(f"ipc://{agentd.run_dir / 'events.ipc'}")
+    try:
+        load0 = loadavg()
+        a0 = agentd.counters()["parent"].get("applied", 0)
+        c0 = cpu_of(pids)
+        own0 = time.process_time()
+        t0 = time.monotonic()
+        sent = 0
+        while time.monotonic() - t0 < seconds:
+            push.send(payload)
+            sent += 1
+        t1 = time.monotonic()
+        a1 = agentd.counters()["parent"].get("applied", 0)
+        c1 = cpu_of(pids)
+        own = time.process_time() - own0
+    finally:
+        push.close(linger=0)
+        ctx.term()
+    after, drain_s = drain(agentd)
+    d = delta(before, after)
+    return {"window_s": t1 - t0, "batch": len(items), "sent": sent * len(items), "applied_in_window": a1 - a0,
+            "applied_per_s": (a1 - a0) / (t1 - t0), "applied": d["parent"].get("applied", 0), "drops": {k: d["parent"].get(k, 0) for k in PARENT_DROPS},
+            "cpu_pct": cpu_pct(c0, c1, t1 - t0), "bench_cpu_pct": 100.0 * own / (t1 - t0), "load_start": load0, "load_end": loadavg(),
+            "bytes_per_heartbeat": len(payload) / len(items)}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def trend_pct(samples: list, name: str) -> float | None:
+    """Least-squares change of RSS over the sampled run, as % of its mean: growth, not one sample's jitter."""
+    pts = [(t, s[name]) for t, s in samples if s.get(name)]
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    mt = sum(t for t, _ in pts) / n
+    mv = sum(v for _, v in pts) / n
+    var = sum((t - mt) ** 2 for t, _ in pts)
+    slope = sum((t - mt) * (v - mv) for t, v in pts) / var if var else 0.0
+    return 100.0 * slope * (pts[-1][0] - pts[0][0]) / mv
+
+
+def mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def pct_change(a: int | None, b: int | None) -> float | None:
+    return None if not a or b is None else 100.0 * (b - a) / a
+
+
+def fmt_pct(v: float | None, signed: bool = True) -> str:
+    return "-" if v is None else (f"{v:+.1f} %" if signed else f"{v:.0f} %")
+
+
+def fmt_cpu(cpu: dict) -> str:
+    return ", ".join(f"{n} {v[0]:.0f} % (kernel {v[1]:.0f} %)" for n, v in cpu.items() if v is not None and v[0] >= 0.5)
+
+
+def verdict(ok: bool, gap: str) -> str:
+    return "**met**" if ok else f"**not met** ({gap})"
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    a = r["args"]
+    lines = [BEGIN, ""]
+    lines.append(f"Latest run: {m['date']} on {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, Python {m['python']}, "
+                 f"{m['wrk']}; load average (1 min) at start {m['load_start']:.2f}. Command: `{r['command']}`.")
+    lines.append("")
+    lines.append("| path | heartbeats/s applied by the parent | yardstick req/s | × yard | p50 ms | p99 ms | non-200 / dropped | answered 200 (HTTP) / sent (socket) | applied | lost | parent drops | load avg |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for h in r["http"]:
+        y = h["yardstick"]
+        drops = sum(h["delta"]["parent"].get(k, 0) for k in PARENT_DROPS)
+        lines.append(
+            f"| HTTP, {h['processes']} worker{'s' if h['processes'] > 1 else ''}, {a['connections']} conns | {h['applied_per_s']:,.0f} | "
+            f"{y['rps']:,.0f} | {h['x_yard']:.2f} | {h['wrk']['p50']:.2f} | {h['wrk']['p99']:.2f} | {h['wrk']['non2xx']} | "
+            f"{h['answered_200']:,} | {h['applied']:,} | {h['lost']} | {drops} | {h['load_start']:.1f}–{h['load_end']:.1f} |")
+    s = r.get("socket")
+    if s:
+        d = s["delta"]
+        drops = sum(d["parent"].get(k, 0) for k in PARENT_DROPS)
+        lines.append(
+            f"| Unix socket, {a['socket_agents']} clients × {a['socket_conns']} conns | {s['applied_per_s']:,.0f} | - | - | n/a | n/a | "
+            f"{d['heartbeat_unix'].get('dropped', 0)} | {s['sent']:,} sent | {s['applied']:,} | "
+            f"{max(0, d['heartbeat_unix'].get('accepted', 0) - s['applied']) + max(0, s['unaccounted'])} | {drops} | "
+            f"{s['load_start']:.1f}–{s['load_end']:.1f} |")
+    f = r.get("full")
+    if f:
+        d = f["delta"]
+        drops = sum(d["parent"].get(k, 0) for k in PARENT_DROPS)
+        lost = max(0, f["answered_200"] + d["heartbeat_unix"].get("accepted", 0) - f["applied"])
+        lines.append(
+            f"| full load (HTTP + socket), {f['seconds']:g} s | {f['applied_per_s']:,.0f} | - | - | {f['wrk']['p50']:.2f} | {f['wrk']['p99']:.2f} | "
+            f"{f['wrk']['non2xx']} / {d['heartbeat_unix'].get('dropped', 0)} | {f['answered_200']:,} + {f['sent']:,} sent | {f['applied']:,} | {lost} | {drops} | "
+            f"{f['load_start']:.1f}–{f['load_end']:.1f} |")
+    lines.append("")
+    # details per run
+    for h in r["http"]:
+        d = h["delta"]["heartbeat_http"]
+        y = h["yardstick"]
+        lines.append(f"- HTTP, {h['processes']} worker(s): wrk {h['wrk']['requests']:,} requests in {h['window_s']:.1f} s "
+                     f"({h['wrk']['rps']:,.0f} req/s, socket errors: {h['wrk']['socket_errors'] or 'none'}); workers received "
+                     f"{d.get('received', 0):,}, accepted {d.get('accepted', 0):,}, 503 {d.get('http_503', 0)}, rejected "
+                     f"{sum(v for k, v in d.items() if k.startswith('rejected_'))}; drained in {h['drain_s']:.1f} s. CPU of one core: "
+                     f"{fmt_cpu(h['cpu_pct'])}. Yardstick: {y['rps']:,.0f} req/s, p50 {y['p50']:.2f} ms, p99 {y['p99']:.2f} ms, "
+                     f"non-200 {y['non2xx']}, {mib(y['rss'])} MiB, CPU {fmt_cpu(y['cpu_pct'])} "
+                     f"(uvicorn {y['uvicorn']}, {y['loop']}).")
+    if s:
+        d = s["delta"]["heartbeat_unix"]
+        lines.append(f"- Unix socket: clients wrote {s['sent']:,} lines ({s['sent_per_s']:,.0f}/s over {a['seconds']:g} s, "
+                     f"{s['client_errors']} errors); worker received {d.get('received', 0):,}, accepted {d.get('accepted', 0):,}, "
+                     f"dropped (back-pressure) {d.get('dropped', 0):,}, rejected {sum(v for k, v in d.items() if k.startswith('rejected_'))}; "
+                     f"parent applied {s['applied']:,} (rate over the steady {s['steady_window_s']:.0f} s window after a "
+                     f"{s.get('warmup_s', WARMUP):g} s warm-up); drained {s['drain_s']:.1f} s after the clients stopped. CPU of one core: {fmt_cpu(s['cpu_pct'])}.")
+    if f:
+        lines.append(f"- Full load: CPU of one core: {fmt_cpu(f['cpu_pct'])}.")
+    pc = r.get("parent")
+    if pc:
+        lines.append(f"- Parent alone (ready-made batches of {pc['batch']} pushed straight into events.ipc, no worker): "
+                     f"{pc['applied_per_s']:,.0f} heartbeats/s applied over {pc['window_s']:.0f} s; CPU of one core: {fmt_cpu(pc['cpu_pct'])}; "
+                     f"parent drops {sum(pc['drops'].values())}.")
+    lines.append("")
+    if f:
+        lines.append(f"RSS of every agentd process (MiB), read every 5 s: idle = right after start-up; start = before the full-load "
+                     f"run (after the runs above); 5 s = after 5 s of full load; end = as the {f['seconds']:g} s run ends; trend = "
+                     f"least-squares change over the samples. Flat means end vs 5 s, and the trend, within {TARGET_RSS_PCT:g} %.")
+        lines.append("")
+        lines.append("| process | idle | start | 5 s | max | end | end vs 5 s | trend | end vs idle |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for name, x in f["rss"].items():
+            x.setdefault("trend_pct", trend_pct(f["samples"], name))  # results saved before the trend was recorded
+            lines.append(f"| {name} | {mib(x['idle'])} | {mib(x['start'])} | {mib(x['warm'])} | {mib(x['max'])} | {mib(x['end'])} | "
+                         f"{fmt_pct(pct_change(x['warm'], x['end']))} | {fmt_pct(x.get('trend_pct'))} | {fmt_pct(pct_change(x['idle'], x['end']))} |")
+        lines.append("")
+    lines.append("Targets (benchmark targets, not tests):")
+    lines.append("")
+    for line in targets(r):
+        lines.append(f"- {line}")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def targets(r: dict) -> list[str]:
+    out = []
+    for h in r["http"]:
+        ok = h["x_yard"] >= TARGET_HTTP_X
+        gap = f"{h['x_yard']:.2f}×, {TARGET_HTTP_X * h['yardstick']['rps'] - h['applied_per_s']:,.0f}/s short"
+        out.append(f"HTTP, {h['processes']} worker(s): applied ≥ {TARGET_HTTP_X}× yardstick: {h['x_yard']:.2f}× → {verdict(ok, gap)}; "
+                   f"p99 < {TARGET_P99_MS:g} ms: {h['wrk']['p99']:.2f} ms → {verdict(h['wrk']['p99'] < TARGET_P99_MS, 'over')}")
+    s = r.get("socket")
+    if s:
+        ok = s["applied_per_s"] >= TARGET_SOCKET
+        short = f"{TARGET_SOCKET - s['applied_per_s']:,.0f}/s short"
+        out.append(f"Unix socket ≥ {TARGET_SOCKET:,}/s applied: {s['applied_per_s']:,.0f}/s → {verdict(ok, short)}")
+    f = r.get("full")
+    if f:
+        for name, x in f["rss"].items():
+            x.setdefault("trend_pct", trend_pct(f["samples"], name))
+        worst = max(((n, pct_change(x["warm"], x["end"])) for n, x in f["rss"].items()), key=lambda t: abs(t[1] or 0))
+        ok = all(abs(pct_change(x["warm"], x["end"]) or 0) <= TARGET_RSS_PCT and abs(x.get("trend_pct") or 0) <= TARGET_RSS_PCT
+                 for x in f["rss"].values())
+        out.append(f"RSS flat within {TARGET_RSS_PCT:g} % over {f['seconds']:g} s of full load: largest change {worst[0]} "
+                   f"{fmt_pct(worst[1])} → {verdict(ok, 'see the RSS table')}")
+    lost = sum(h["lost"] for h in r["http"])
+    if f:
+        lost += max(0, f["answered_200"] + f["delta"]["heartbeat_unix"].get("accepted", 0) - f["applied"])
+    if s:
+        lost += max(0, s["delta"]["heartbeat_unix"].get("accepted", 0) - s["applied"])
+    out.append(f"zero heartbeats lost that were answered 200 (accepted, for the socket): {lost} lost → {verdict(lost == 0, f'{lost} lost')}")
+    return out
+
+
+def write_docs(block: str) -> str:
+    """Replace our generated block inside `## Heartbeat intake`, creating the section when missing; re-read first."""
+    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        new = head + block + tail
+    elif SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        nxt = re.search(r"^## ", rest, re.M)
+        body, tail = (rest[: nxt.start()], rest[nxt.start():]) if nxt else (rest, "")
+        new = head + SECTION + body.rstrip("\n") + "\n\n" + block + "\n\n" + tail
+    else:
+        new = text.rstrip("\n") + "\n\n" + SECTION + "\n\n" + block + "\n"
+    DOCS.write_text(new)
+    return str(DOCS)
+
+
+def log_progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def run_daemon(args, processes: int, tmp_parent: Path, phases: set[str], marker_dirs: list[Path], result: dict) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f"hb{processes}-", dir=tmp_parent))
+    marker_dirs.append(tmp)
+    ctl = tmp / "ctl"
+    ctl.mkdir()
+    socket_agents = args.socket_agents if phases & {"socket", "full"} else 0
+    config = write_config(tmp, args.agents, socket_agents, processes)
+    agentd = Agentd(tmp, config)
+    yard = Yardstick(tmp)
+    try:
+        log_progress(f"agentd with heartbeat.http.processes {processes}, {args.agents} sleep agents, {socket_agents} socket clients ({tmp})")
+        agentd.start()
+        total = args.agents + socket_agents
+        agentd.wait_ready(total, processes, timeout=60 + 0.5 * total)
+        # As the brief has it: the port from `agentctl workers --json`, the pids from `agentctl status --json`.
+        workers = agentd.agentctl("workers")
+        status = agentd.agentctl("status")
+        listen = next(w["info"]["listen"] for w in workers["workers"] if w["kind"] == "heartbeat_http")
+        port = int(listen.rsplit(":", 1)[1])
+        sleepers = [(a["id"], a["pid"]) for a in status["agents"] if a["id"].startswith("a")]
+        clients = [a["id"] for a in status["agents"] if a["id"].startswith("sock")]
+        bodies = [json.dumps(heartbeat_fields(i, p), separators=(",", ":")).encode() for i, p in sleepers]
+        lua = tmp / "heartbeat.lua"
+        lua.write_text(wrk_script(bodies))
+        pids = agentd_pids(agentd, status)
+        rss_idle = rss_of(pids)
+        if "http" in phases:
+            h = http_phase(agentd, port, lua, args, pids, yard)
+            h["processes"] = processes
+            result["http"].append(h)
+            print_http(h)
+        if processes == args.http_processes[0]:
+            round_no = 0
+            if "socket" in phases:
+                round_no += 1
+                s = socket_phase(agentd, ctl, round_no, clients, args, pids)
+                result["socket"] = s
+                print_socket(s)
+            if "full" in phases:
+                round_no += 1
+                f = full_phase(agentd, port, lua, ctl, round_no, clients, args, pids, rss_idle)
+                f["seconds"] = args.rss_seconds
+                result["full"] = f
+                print_full(f)
+            if "parent" in phases:
+                pc = parent_phase(agentd, args, pids)
+                result["parent"] = pc
+                print_parent(pc)
+        if not agentd.alive():
+            raise RuntimeError(f"agentd exited:\n{agentd.log_tail()}")
+    finally:
+        yard.stop()
+        log_progress("shutting down: agentctl shutdown --stop-agents")
+        for note in agentd.shutdown(str(tmp)):
+            log_progress(f"cleanup: {note}")
+        left = marked_pids(str(tmp))
+        log_progress(f"cleanup: agentd {'exited with ' + str(agentd.proc.returncode) if agentd.proc else 'never started'}; "
+                     f"agent processes left: {len(left)}")
+        if left:
+            result.setdefault("cleanup_problems", []).append(f"{len(left)} processes left in {tmp}")
+        if args.keep:
+            log_progress(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_http(h: dict) -> None:
+    y = h["yardstick"]
+    d = h["delta"]
+    print(f"\nHTTP, heartbeat.http.processes {h['processes']}: applied {h['applied']:,} = {h['applied_per_s']:,.0f}/s "
+          f"(wrk {h['wrk']['rps']:,.0f} req/s, p50 {h['wrk']['p50']:.2f} ms, p99 {h['wrk']['p99']:.2f} ms, non-2xx {h['wrk']['non2xx']}, "
+          f"{h['wrk']['socket_errors'] or 'no socket errors'})")
+    print(f"  answered 200: {h['answered_200']:,}; lost: {h['lost']}; parent drops: "
+          f"{ {k: d['parent'].get(k, 0) for k in PARENT_DROPS} }; respawned workers: {d['respawned'] or 'none'}")
+    print(f"  yardstick: {y['rps']:,.0f} req/s, p50 {y['p50']:.2f} ms, p99 {y['p99']:.2f} ms, non-2xx {y['non2xx']} -> x yard {h['x_yard']:.2f}")
+    print(f"  CPU % of one core: {fmt_cpu(h['cpu_pct'])}; yardstick run: {fmt_cpu(y['cpu_pct'])}; load {h['load_start']:.2f} -> {h['load_end']:.2f}", flush=True)
+
+
+def print_socket(s: dict) -> None:
+    d = s["delta"]["heartbeat_unix"]
+    print(f"\nUnix socket: sent {s['sent']:,} ({s['sent_per_s']:,.0f}/s), worker received {d.get('received', 0):,} accepted "
+          f"{d.get('accepted', 0):,} dropped {d.get('dropped', 0):,}; parent applied {s['applied']:,}; "
+          f"steady applied rate {s['applied_per_s']:,.0f}/s; unaccounted {s['unaccounted']}; drained in {s['drain_s']:.1f} s")
+    print(f"  rejected: { {k: v for k, v in d.items() if k.startswith('rejected_') and v} }; client errors {s['client_errors']}")
+    print(f"  CPU % of one core: {fmt_cpu(s['cpu_pct'])}; load {s['load_start']:.2f} -> {s['load_end']:.2f}", flush=True)
+
+
+def print_parent(pc: dict) -> None:
+    print(f"\nParent capacity: applied {pc['applied_in_window']:,} in {pc['window_s']:.1f} s = {pc['applied_per_s']:,.0f}/s "
+          f"(batches of {pc['batch']}, {pc['bytes_per_heartbeat']:.0f} bytes per heartbeat); drops {pc['drops']}")
+    print(f"  CPU % of one core: {fmt_cpu(pc['cpu_pct'])}; this script {pc['bench_cpu_pct']:.0f} %; load {pc['load_start']:.2f} -> {pc['load_end']:.2f}", flush=True)
+
+
+def print_full(f: dict) -> None:
+    print(f"\nFull load {f['seconds']:g} s: applied {f['applied']:,} ({f['applied_per_s']:,.0f}/s); HTTP p50 {f['wrk']['p50']:.2f} ms "
+          f"p99 {f['wrk']['p99']:.2f} ms non-2xx {f['wrk']['non2xx']}; answered 200 {f['answered_200']:,}; socket sent {f['sent']:,}")
+    print(f"  CPU % of one core: {fmt_cpu(f['cpu_pct'])}")
+    print(f"  {'process':<18} {'idle':>7} {'start':>7} {'5 s':>7} {'max':>7} {'end':>7} {'end vs 5 s':>11} {'trend':>8}")
+    for name, x in f["rss"].items():
+        print(f"  {name:<18} {mib(x['idle']):>7} {mib(x['start']):>7} {mib(x['warm']):>7} {mib(x['max']):>7} {mib(x['end']):>7} "
+              f"{fmt_pct(pct_change(x['warm'], x['end'])):>11} {fmt_pct(x.get('trend_pct')):>8}")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per HTTP and socket run (default 60)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections (default 64)")
+    parser.add_argument("--agents", type=int, default=50, help="/bin/sleep agents the HTTP bodies rotate over (default 50)")
+    parser.add_argument("--socket-agents", type=int, default=4, help="agents that are socket load clients (default 4)")
+    parser.add_argument("--socket-conns", type=int, default=4, help="connections per socket client (default 4)")
+    parser.add_argument("--rss-seconds", type=float, default=60.0, help="length of the full-load RSS run (default 60)")
+    parser.add_argument("--http-processes", default="1,2", help="heartbeat.http.processes values, one agentd each (default 1,2)")
+    parser.add_argument("--phases", default="http,socket,full,parent", help="subset of http,socket,full,parent")
+    parser.add_argument("--parent-seconds", type=float, default=15.0, help="length of the parent-capacity run (default 15)")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, agentd.log, wrk output)")
+    parser.add_argument("--from-json", type=Path, help="no run: render (and write, unless --no-docs) the results a --json run saved")
+    parser.add_argument("--socket-client", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--yardstick", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.socket_client is not None:
+        return socket_client(args.socket_client)
+    if args.yardstick:
+        return yardstick_serve()
+
+    sys.path.insert(0, str(ROOT))
+    if args.from_json is not None:
+        block = render(json.loads(args.from_json.read_text()))
+        print(block)
+        if not args.no_docs:
+            print(f"\nwrote {write_docs(block)}", file=sys.stderr)
+        return 0
+    args.http_processes = [int(x) for x in args.http_processes.split(",")]
+    phases = set(args.phases.split(","))
+    if not AGENTD.exists() or not shutil.which("wrk"):
+        print("needs .venv (make test once) and wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" [")[0]
+    result: dict = {
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(), "python": platform.python_version(),
+                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_start": loadavg(), "wrk": wrk_version},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": "python bench/heartbeat_load.py " + " ".join(sys.argv[1:]),
+        "http": [],
+    }
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    code = 0
+    tmp_parent = Path("/tmp")
+    dirs: list[Path] = []
+    try:
+        for processes in args.http_processes:
+            run_daemon(args, processes, tmp_parent, phases, dirs, result)
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted ({exc or 'SIGINT'}); cleaned up", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"heartbeat_load: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - report, after cleanup already ran in run_daemon's finally
+        print(f"heartbeat_load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+    if result.get("cleanup_problems"):
+        print(f"cleanup problems: {result['cleanup_problems']}", file=sys.stderr)
+        code = code or 1
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    if result["http"] or result.get("socket"):
+        block = render(result)
+        print("\n" + block)
+        if not args.no_docs and code == 0:
+            print(f"\nwrote {write_docs(block)}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
