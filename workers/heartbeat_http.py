@@ -14,7 +14,6 @@ import errno
 import json
 import logging
 import resource
-import signal
 import socket
 import sys
 import time
@@ -27,10 +26,10 @@ import psutil
 from pydantic import ValidationError
 
 from supervisor.config import ConfigError, HttpIntake, load_config, split_listen
-from supervisor.logging_setup import setup_logging
 from supervisor.states import AgentState
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
-from workers.link import WorkerLink, die_with_parent
+from workers.link import WorkerLink
+from workers.runner import begin_process, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.heartbeat_http")
 
@@ -627,41 +626,25 @@ def _raise_fd_limit(wanted: int) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.heartbeat_http", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
-    parser.add_argument("--name", default="heartbeat-http-0", help="worker name in logs, beats and metrics")
-    parser.add_argument("--settings", help="the heartbeat.http settings as JSON (overrides --config's)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--listen-fd", type=int, help="an inherited bound and listening TCP socket")
-    source.add_argument("--config", type=Path, help="standalone: read the config and bind heartbeat.http.listen")
+    parser = worker_arg_parser("heartbeat_http", __doc__, "heartbeat-http-0", "the heartbeat.http settings as JSON (overrides --config's)",
+                               config_help="standalone: read the config and bind heartbeat.http.listen",
+                               listen_fd_help="an inherited bound and listening TCP socket")
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, help="open connections per worker")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser.parse_args(argv)
 
 
 async def _run(run_dir: Path, name: str, settings: HttpIntake, sock: socket.socket, max_connections: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
     link.info["listen"] = format_address(sock)
     server = HeartbeatHttpServer(link, settings, max_connections=max_connections)
     # Serve only once we know the agents (else every heartbeat would be a 404); the parent's backlog holds
-    # connections meanwhile. A stop must still get through while the parent is not answering.
-    starting = asyncio.create_task(link.start())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
-        await link.close()
+    # connections meanwhile.
+    if not await start_link(link, stop):
         return
-    starting.result()
     await server.start(sock)
     log.info("%s: serving heartbeats on http://%s (%d agents known)", name, link.info["listen"], len(link.agents))
-    await stopping
+    await stop.wait()
     log.info("%s: stopping", name)
     await server.close()
     await link.close()
@@ -670,8 +653,7 @@ async def _run(run_dir: Path, name: str, settings: HttpIntake, sock: socket.sock
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop, 2 on bad arguments or config."""
     args = _parse_args(argv)
-    setup_logging(args.log_level, args.log_format, process_name=args.name)
-    die_with_parent()
+    begin_process(args)
     run_dir = args.run_dir
     settings = HttpIntake()
     try:

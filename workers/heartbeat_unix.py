@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import stat
 import struct
@@ -21,9 +20,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from supervisor.config import ConfigError, UnixIntake, load_config
-from supervisor.logging_setup import setup_logging
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
-from workers.link import WorkerLink, die_with_parent
+from workers.link import WorkerLink
+from workers.runner import StartupError, begin_process, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.heartbeat_unix")
 
@@ -300,10 +299,6 @@ class UnixIntakeServer:
 # ----------------------------------------------------------------------------------------------- process
 
 
-class StartupError(Exception):
-    """The worker cannot start; the message says why, for the log."""
-
-
 def _listening_socket(fd: int) -> socket.socket:
     """The listening socket the parent passed us; it keeps its own copy, so agents never see it missing."""
     try:
@@ -347,39 +342,21 @@ def bind_socket(path: Path) -> socket.socket:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.heartbeat_unix", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
-    parser.add_argument("--name", default="heartbeat-unix", help="worker name in logs and beats")
-    parser.add_argument("--settings", help="the heartbeat.unix settings as JSON")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--listen-fd", type=int, help="an inherited listening AF_UNIX stream socket")
-    source.add_argument("--config", type=Path, help="standalone: read the config and bind heartbeat.unix.path")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    return parser.parse_args(argv)
+    return worker_arg_parser("heartbeat_unix", __doc__, "heartbeat-unix", "the heartbeat.unix settings as JSON",
+                             config_help="standalone: read the config and bind heartbeat.unix.path",
+                             listen_fd_help="an inherited listening AF_UNIX stream socket").parse_args(argv)
 
 
 async def _run(run_dir: Path, name: str, settings: UnixIntake, sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
     link.info["listen"] = str(sock.getsockname() or f"fd {sock.fileno()}")
     server = UnixIntakeServer(link, settings)
-    # The first snapshot waits for the parent; a stop must still get through meanwhile.
-    starting = asyncio.create_task(link.start())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
-        await link.close()
+    if not await start_link(link, stop):
         return
-    starting.result()
     await server.start(sock)
     log.info("%s: serving heartbeats on %s (%d agents known)", name, link.info["listen"], len(link.agents))
-    await stopping
+    await stop.wait()
     log.info("%s: stopping", name)
     await server.close()
     await link.close()
@@ -388,10 +365,7 @@ async def _run(run_dir: Path, name: str, settings: UnixIntake, sock: socket.sock
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop."""
     args = _parse_args(argv)
-    setup_logging(args.log_level, args.log_format, process_name=args.name)
-    # The pool names itself: if it died before our PDEATHSIG was armed, no signal would ever come.
-    parent = os.environ.get("AGENTD_PARENT_PID", "")
-    die_with_parent(int(parent) if parent.isdigit() else None)
+    begin_process(args)
     run_dir = args.run_dir
     settings = UnixIntake()
     try:

@@ -25,7 +25,8 @@ from supervisor.config import ConfigError, ManagerAPISettings, TLSSettings, load
 from supervisor.protocol import ErrorCode, Reply, Request
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc
 from workers.link import WorkerLink
-from workers.runner import begin_process, stop_event, worker_arg_parser
+from workers.tls_files import read_pem, tls_wanted
+from workers.runner import StartupError, begin_process, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.manager_api")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
@@ -44,10 +45,6 @@ STATUS_OF = {
     ErrorCode.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.FAILED: grpc.StatusCode.FAILED_PRECONDITION,
 }
-
-
-class StartupError(Exception):
-    """The worker cannot start; the message says why, for the log."""
 
 
 class ControlFailure(Exception):
@@ -218,23 +215,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _read(name: str, path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise StartupError(f"manager_api.tls.{name}: cannot read {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN" not in data:
-        raise StartupError(f"manager_api.tls.{name}: {path} is not a PEM file")
-    return data
-
-
-def tls_wanted(tls: TLSSettings) -> bool:
-    """TLS when enabled, and also whenever a certificate file is configured: never a quiet plaintext fallback."""
-    return tls.enabled or any(p is not None for p in (tls.ca_file, tls.cert_file, tls.key_file))
-
-
 def server_credentials(tls: TLSSettings) -> grpc.ServerCredentials | None:
     """TLS credentials (client certificates required when ca_file is set), or None; StartupError on bad files."""
     if not tls_wanted(tls):
@@ -243,7 +223,7 @@ def server_credentials(tls: TLSSettings) -> grpc.ServerCredentials | None:
         raise StartupError("manager_api.tls: serving TLS needs cert_file and key_file")
     if not tls.enabled:
         log.warning("manager_api.tls files are configured but tls.enabled is false; serving TLS anyway")
-    cert, key, ca = _read("cert_file", tls.cert_file), _read("key_file", tls.key_file), _read("ca_file", tls.ca_file)
+    cert, key, ca = (read_pem("manager_api", n, getattr(tls, n)) for n in ("cert_file", "key_file", "ca_file"))
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 

@@ -14,13 +14,25 @@ from supervisor.logging_setup import setup_logging
 from .link import WorkerLink, die_with_parent
 
 
-def worker_arg_parser(module: str, doc: str | None, default_name: str, settings_help: str, *, config_help: str) -> argparse.ArgumentParser:
-    """The options every worker takes; a worker adds its own (e.g. --listen-fd) to the result."""
+class StartupError(Exception):
+    """The worker cannot start; the message says why, for the log (the worker then exits 2)."""
+
+
+def worker_arg_parser(
+    module: str, doc: str | None, default_name: str, settings_help: str, *, config_help: str, listen_fd_help: str | None = None
+) -> argparse.ArgumentParser:
+    """The options every worker takes; with `listen_fd_help`, exactly one of --listen-fd (inherited
+    socket) and --config (standalone) is required. A worker adds its own options to the result."""
     parser = argparse.ArgumentParser(prog=f"python -m workers.{module}", description=(doc or "").splitlines()[0] if doc else None)
     parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
     parser.add_argument("--name", default=default_name, help="worker name in logs and beats")
     parser.add_argument("--settings", help=settings_help)
-    parser.add_argument("--config", type=Path, help=config_help)
+    if listen_fd_help is not None:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--listen-fd", type=int, help=listen_fd_help)
+        source.add_argument("--config", type=Path, help=config_help)
+    else:
+        parser.add_argument("--config", type=Path, help=config_help)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser

@@ -28,7 +28,8 @@ from supervisor.node_identity import node_id as stored_node_id
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 from workers.link import WorkerLink
 from workers.node_facts import NodeMetrics, node_facts
-from workers.runner import begin_process, start_link, stop_event, worker_arg_parser
+from workers.tls_files import read_pem, tls_wanted
+from workers.runner import StartupError, begin_process, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.sync")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
@@ -47,10 +48,6 @@ COUNTERS = (
     "register_ok", "register_failed", "heartbeat_ok", "heartbeat_failed", "sync_ok", "sync_failed",
     "states_sent", "metrics_ok", "metrics_failed",
 )
-
-
-class StartupError(Exception):
-    """The worker cannot start; the message says why, for the log."""
 
 
 class Backoff:
@@ -81,23 +78,6 @@ def backoff_for(settings: ManagerSettings) -> Backoff:
 # ----------------------------------------------------------------------------------------------- TLS
 
 
-def _read_pem(section: str, name: str, path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise StartupError(f"{section}.tls.{name}: cannot read {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN" not in data:
-        raise StartupError(f"{section}.tls.{name}: {path} is not a PEM file")
-    return data
-
-
-def tls_wanted(tls: TLSSettings) -> bool:
-    """TLS when enabled, and also whenever a certificate file is configured: never a quiet plaintext fallback."""
-    return tls.enabled or any(p is not None for p in (tls.ca_file, tls.cert_file, tls.key_file))
-
-
 def channel_credentials(tls: TLSSettings) -> grpc.ChannelCredentials | None:
     """Credentials for the Manager channel (None = plaintext); raises StartupError for missing or unreadable files."""
     if not tls_wanted(tls):
@@ -106,9 +86,9 @@ def channel_credentials(tls: TLSSettings) -> grpc.ChannelCredentials | None:
         log.warning("manager.tls files are configured but tls.enabled is false; using TLS anyway")
     if (tls.cert_file is None) != (tls.key_file is None):
         raise StartupError("manager.tls: cert_file and key_file must be set together (client certificate for mTLS)")
-    ca = _read_pem("manager", "ca_file", tls.ca_file)
-    cert = _read_pem("manager", "cert_file", tls.cert_file)
-    key = _read_pem("manager", "key_file", tls.key_file)
+    ca = read_pem("manager", "ca_file", tls.ca_file)
+    cert = read_pem("manager", "cert_file", tls.cert_file)
+    key = read_pem("manager", "key_file", tls.key_file)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 

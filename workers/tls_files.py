@@ -1,0 +1,27 @@
+"""TLS certificate files for the Manager link and the Manager API: read them or say exactly why not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supervisor.config import TLSSettings
+
+from workers.runner import StartupError
+
+
+def read_pem(section: str, name: str, path: Path | None) -> bytes | None:
+    """The file's bytes (None when not configured); StartupError when unreadable or not PEM."""
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{section}.tls.{name}: cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise StartupError(f"{section}.tls.{name}: {path} is not a PEM file")
+    return data
+
+
+def tls_wanted(tls: TLSSettings) -> bool:
+    """TLS when enabled, and also whenever a certificate file is configured: never a quiet plaintext fallback."""
+    return tls.enabled or any(p is not None for p in (tls.ca_file, tls.cert_file, tls.key_file))
