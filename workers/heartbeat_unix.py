@@ -167,6 +167,9 @@ class UnixIntakeServer:
             self.counters["rejected_unknown_agent"] += 1
             self.limited.warning("unknown_agent", "closed a connection from a process outside our pid namespace")
             return
+        # Resolve the sender now, while it surely lives: a script that writes one line and exits may be
+        # gone by the time the line is read, and the directory's cache then still knows whose it was.
+        self.directory.agent_for_pid(pid)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(None) as idle:
