@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -17,14 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError
 
-from supervisor.config import ConfigError, ResourcesSettings, load_config
+from supervisor.config import ResourcesSettings
 from supervisor.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
 from workers.health_judge import UP_STATES, HealthJudge, rules_of
 from workers.link import WorkerLink
 from workers.tree_sampler import TreeSampler
-from workers.runner import begin_process, start_link, stop_event, worker_arg_parser
+from workers.runner import begin_process, load_worker_settings, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.health")
 
@@ -343,27 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop."""
     args = _parse_args(argv)
     begin_process(args)
-    run_dir = args.run_dir
-    resources = ResourcesSettings()
-    try:
-        if args.config is not None:
-            config = load_config(args.config)
-            resources = config.resources
-            run_dir = run_dir or config.daemon.run_dir
-        if args.settings is not None:
-            doc = json.loads(args.settings)
-            if not isinstance(doc, dict):
-                raise ValueError("must be a JSON object")
-            resources = ResourcesSettings.model_validate(doc.get("resources") or {})
-    except ConfigError as exc:
-        log.error("%s", exc)
+    loaded = load_worker_settings(args, ResourcesSettings, lambda c: c.resources, section="resources")
+    if loaded is None:
         return 2
-    except (ValueError, ValidationError) as exc:
-        log.error("--settings: %s", exc)
-        return 2
-    if run_dir is None:
-        log.error("--run-dir is required without --config")
-        return 2
+    run_dir, resources = loaded
     asyncio.run(_run(run_dir, args.name, resources))
     return 0
 

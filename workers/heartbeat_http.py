@@ -23,13 +23,12 @@ from typing import Callable
 
 import httptools
 import psutil
-from pydantic import ValidationError
 
-from supervisor.config import ConfigError, HttpIntake, load_config, split_listen
+from supervisor.config import HttpIntake, split_listen
 from supervisor.states import AgentState
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
 from workers.link import WorkerLink
-from workers.runner import begin_process, start_link, stop_event, worker_arg_parser
+from workers.runner import begin_process, load_worker_settings, serve_intake, worker_arg_parser
 
 log = logging.getLogger("workers.heartbeat_http")
 
@@ -634,44 +633,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _run(run_dir: Path, name: str, settings: HttpIntake, sock: socket.socket, max_connections: int) -> None:
-    stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
     link.info["listen"] = format_address(sock)
-    server = HeartbeatHttpServer(link, settings, max_connections=max_connections)
-    # Serve only once we know the agents (else every heartbeat would be a 404); the parent's backlog holds
-    # connections meanwhile.
-    if not await start_link(link, stop):
-        return
-    await server.start(sock)
-    log.info("%s: serving heartbeats on http://%s (%d agents known)", name, link.info["listen"], len(link.agents))
-    await stop.wait()
-    log.info("%s: stopping", name)
-    await server.close()
-    await link.close()
+    await serve_intake(link, HeartbeatHttpServer(link, settings, max_connections=max_connections), sock, f"http://{link.info['listen']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop, 2 on bad arguments or config."""
     args = _parse_args(argv)
     begin_process(args)
-    run_dir = args.run_dir
-    settings = HttpIntake()
-    try:
-        if args.config is not None:
-            config = load_config(args.config)
-            settings = config.heartbeat.http
-            run_dir = run_dir or config.daemon.run_dir
-        if args.settings is not None:
-            settings = HttpIntake.model_validate(json.loads(args.settings))
-    except ConfigError as exc:
-        log.error("%s", exc)
+    loaded = load_worker_settings(args, HttpIntake, lambda c: c.heartbeat.http)
+    if loaded is None:
         return 2
-    except (ValueError, ValidationError) as exc:
-        log.error("--settings: %s", exc)
-        return 2
-    if run_dir is None:
-        log.error("--run-dir is required without --config")
-        return 2
+    run_dir, settings = loaded
     if args.max_connections < 1:
         log.error("--max-connections must be at least 1")
         return 2

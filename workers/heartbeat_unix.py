@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -17,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
 
-from supervisor.config import ConfigError, UnixIntake, load_config
+from supervisor.config import UnixIntake
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
 from workers.link import WorkerLink
-from workers.runner import StartupError, begin_process, start_link, stop_event, worker_arg_parser
+from workers.runner import StartupError, begin_process, load_worker_settings, serve_intake, worker_arg_parser
 
 log = logging.getLogger("workers.heartbeat_unix")
 
@@ -351,43 +349,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _run(run_dir: Path, name: str, settings: UnixIntake, sock: socket.socket) -> None:
-    stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
     link.info["listen"] = str(sock.getsockname() or f"fd {sock.fileno()}")
-    server = UnixIntakeServer(link, settings)
-    if not await start_link(link, stop):
-        return
-    await server.start(sock)
-    log.info("%s: serving heartbeats on %s (%d agents known)", name, link.info["listen"], len(link.agents))
-    await stop.wait()
-    log.info("%s: stopping", name)
-    await server.close()
-    await link.close()
+    await serve_intake(link, UnixIntakeServer(link, settings), sock, link.info["listen"])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop."""
     args = _parse_args(argv)
     begin_process(args)
-    run_dir = args.run_dir
-    settings = UnixIntake()
-    try:
-        if args.config is not None:
-            config = load_config(args.config)
-            settings = config.heartbeat.unix
-            run_dir = run_dir or config.daemon.run_dir
-        if args.settings is not None:
-            # Validated from Python objects: the path type refuses its own JSON dump in JSON mode.
-            settings = UnixIntake.model_validate(json.loads(args.settings))
-    except ConfigError as exc:
-        log.error("%s", exc)
+    loaded = load_worker_settings(args, UnixIntake, lambda c: c.heartbeat.unix)
+    if loaded is None:
         return 2
-    except (ValueError, ValidationError) as exc:
-        log.error("--settings: %s", exc)
-        return 2
-    if run_dir is None:
-        log.error("--run-dir is required without --config")
-        return 2
+    run_dir, settings = loaded
     try:
         if args.listen_fd is not None:
             sock = _listening_socket(args.listen_fd)

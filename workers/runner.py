@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
 import signal
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from supervisor.config import ConfigError, load_config
 from supervisor.logging_setup import setup_logging
 
 from .link import WorkerLink, die_with_parent
+
+log = logging.getLogger("workers")
 
 
 class StartupError(Exception):
@@ -69,3 +76,46 @@ async def start_link(link: WorkerLink, stop: asyncio.Event) -> bool:
     stopping.cancel()
     starting.result()
     return True
+
+
+def load_worker_settings(args: argparse.Namespace, model, from_config, *, section: str | None = None):
+    """(run_dir, settings) from --config and/or --settings (the JSON is the model itself, or the
+    object under `section`); logs the problem and returns None when the worker cannot start."""
+    run_dir, settings = args.run_dir, model()
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+            settings = from_config(config)
+            run_dir = run_dir or config.daemon.run_dir
+        if args.settings is not None:
+            doc = json.loads(args.settings)
+            if section is not None:
+                if not isinstance(doc, dict):
+                    raise ValueError("must be a JSON object")
+                doc = doc.get(section) or {}
+            # Validated from Python objects: path types refuse their own JSON dump in JSON mode.
+            settings = model.model_validate(doc)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return None
+    except (ValueError, ValidationError) as exc:
+        log.error("--settings: %s", exc)
+        return None
+    if run_dir is None:
+        log.error("--run-dir is required without --config")
+        return None
+    return run_dir, settings
+
+
+async def serve_intake(link: WorkerLink, server, sock, where: str) -> None:
+    """Serve an intake on `sock` once the first snapshot is in (else every heartbeat would be refused;
+    the parent's backlog holds connections meanwhile), until SIGTERM or SIGINT."""
+    stop = stop_event()
+    if not await start_link(link, stop):
+        return
+    await server.start(sock)
+    log.info("%s: serving heartbeats on %s (%d agents known)", link.name, where, len(link.agents))
+    await stop.wait()
+    log.info("%s: stopping", link.name)
+    await server.close()
+    await link.close()
