@@ -18,7 +18,6 @@ an error on the way take the same path. See bench/README.md and docs/performance
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -31,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench_daemon import AGENTCTL, AGENTD, BenchDaemon  # noqa: E402  (sibling module)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -38,14 +39,11 @@ from supervisor.config import load_config  # noqa: E402
 from supervisor.control_client import ClientError, ControlClient  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
-AGENTD = VENV_BIN / "agentd"
-AGENTCTL = VENV_BIN / "agentctl"
 SLEEP = "/bin/sleep"
 MARKER_ENV = "AGENTD_HEALTH_LOAD"  # every agent gets it: how leftovers are found, whatever happened to agentd
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_PCT = 2.0  # "The sampling of 200 agents per interval must cost under 2% of one core on average"
-PR_SET_PDEATHSIG = 1
 
 
 # ----------------------------------------------------------------------------------------------- /proc
@@ -148,51 +146,8 @@ def write_config(tmp: Path, agents: int, health_interval: float | None, resource
     return path
 
 
-def _die_with_us() -> None:
-    # If this script is killed outright, agentd gets SIGTERM and (shutdown.stop_agents: true) stops the agents.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-class Run:
+class Run(BenchDaemon):
     """One agentd under test, and the cleanup that always runs."""
-
-    def __init__(self, tmp: Path, config: Path) -> None:
-        self.tmp = tmp
-        self.config = config
-        self.run_dir = tmp / "run"
-        self.log_path = tmp / "agentd.log"
-        self.proc: subprocess.Popen | None = None
-        self.client = ControlClient(self.run_dir, timeout=30.0)
-
-    def start(self) -> None:
-        log = open(self.log_path, "wb")
-        try:
-            # Own session: a Ctrl-C in the terminal reaches only this script, which then shuts agentd down in order.
-            self.proc = subprocess.Popen(
-                [str(AGENTD), "run", "-c", str(self.config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=_die_with_us, cwd=self.tmp,
-            )
-        finally:
-            log.close()
-
-    def agentctl(self, *args: str, timeout: float = 60.0) -> dict:
-        out = subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "--json", *args], capture_output=True, text=True, timeout=timeout)
-        try:
-            doc = json.loads(out.stdout)
-        except ValueError:
-            raise RuntimeError(f"agentctl {' '.join(args)}: exit {out.returncode}: {out.stderr.strip() or out.stdout.strip()}") from None
-        if isinstance(doc, dict) and doc.get("ok") is False:
-            raise RuntimeError(f"agentctl {' '.join(args)}: {doc['error']['message']}")
-        return doc
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
 
     def wait_all_running(self, agents: int, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -34,7 +34,6 @@ every process it started is gone; Ctrl-C, SIGTERM or an error on the way take th
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -50,17 +49,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench_daemon import AGENTCTL, AGENTD, BenchDaemon, die_with_us  # noqa: E402  (sibling module)
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = VENV_BIN / "python"
-AGENTD = VENV_BIN / "agentd"
-AGENTCTL = VENV_BIN / "agentctl"
 DOCS = ROOT / "docs" / "performance.md"
 SLEEP = "/bin/sleep"
 MARKER_ENV = "AGENTD_HEARTBEAT_LOAD"  # every agent gets it: how leftovers are found, whatever happened to agentd
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-PR_SET_PDEATHSIG = 1
 WARMUP = 3.0  # seconds of load before each measured HTTP run; excluded from socket-phase rates
 SECTION = "## Heartbeat intake"
 BEGIN = "<!-- heartbeat_load.py: generated block, begin -->"
@@ -262,11 +260,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _die_with_us() -> None:
-    # If this script is killed outright, the child gets SIGTERM (agentd then stops its agents: stop_agents).
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 # ----------------------------------------------------------------------------------------------- agentd
 
 
@@ -305,47 +298,8 @@ def write_config(tmp: Path, agents: int, socket_agents: int, http_processes: int
     return path
 
 
-class Agentd:
+class Agentd(BenchDaemon):
     """One agentd under test, and the cleanup that always runs."""
-
-    def __init__(self, tmp: Path, config: Path) -> None:
-        from supervisor.control_client import ControlClient
-
-        self.tmp = tmp
-        self.config = config
-        self.run_dir = tmp / "run"
-        self.log_path = tmp / "agentd.log"
-        self.proc: subprocess.Popen | None = None
-        self.client = ControlClient(self.run_dir, timeout=30.0)
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [str(AGENTD), "run", "-c", str(self.config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=_die_with_us, cwd=self.tmp,
-            )
-        finally:
-            log.close()
-
-    def agentctl(self, *args: str, timeout: float = 60.0) -> dict:
-        out = subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "--json", *args], capture_output=True, text=True, timeout=timeout)
-        try:
-            doc = json.loads(out.stdout)
-        except ValueError:
-            raise RuntimeError(f"agentctl {' '.join(args)}: exit {out.returncode}: {out.stderr.strip() or out.stdout.strip()}") from None
-        if isinstance(doc, dict) and doc.get("ok") is False:
-            raise RuntimeError(f"agentctl {' '.join(args)}: {doc['error']['message']}")
-        return doc
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
 
     def wait_ready(self, agents: int, http_processes: int, timeout: float) -> tuple[dict, dict]:
         """Every agent running and every worker beating; returns (status, workers) as agentctl --json prints them."""
@@ -529,7 +483,7 @@ def parse_wrk(out: str) -> dict:
 
 def run_wrk(port: int, connections: int, seconds: float, lua: Path) -> dict:
     out = subprocess.run(wrk_cmd(port, connections, seconds, lua), capture_output=True, text=True, timeout=seconds + 60,
-                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_us)
+                         stdin=subprocess.DEVNULL, preexec_fn=die_with_us)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     return parse_wrk(out.stdout)
@@ -544,7 +498,7 @@ class Yardstick:
     def start(self) -> int:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen([str(PYTHON), str(Path(__file__).resolve()), "--yardstick"], stdout=subprocess.PIPE,
-                                         stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_us)
+                                         stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_us)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"yardstick did not start: {self.log.read_text(errors='replace')[-2000:]}")
@@ -670,7 +624,7 @@ def full_phase(agentd: Agentd, port: int, lua: Path, ctl: Path, round_no: int, i
     out_path = agentd.tmp / "wrk-full.out"
     with open(out_path, "wb") as out:
         wrk = subprocess.Popen(wrk_cmd(port, args.connections, seconds, lua), stdout=out, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_us)
+                               stdin=subprocess.DEVNULL, preexec_fn=die_with_us)
     try:
         start_socket_round(ctl, round_no, args.socket_conns, seconds)
         samples = []
