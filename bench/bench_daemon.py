@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +23,29 @@ def die_with_us() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def marked_pids(marker_env: str, marker: str) -> list[int]:
+    """Live processes whose environment carries `marker_env=marker`: one run's agents, nothing else."""
+    want = f"{marker_env}={marker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if want in env and state not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
 class BenchDaemon:
     """One agentd under benchmark; subclasses add the waiting and measuring their bench needs."""
+
+    marker_env = "AGENTD_BENCH"  # subclasses: the env var every agent of the run carries
 
     def __init__(self, tmp: Path, config: Path) -> None:
         from supervisor.control_client import ControlClient
@@ -63,3 +86,40 @@ class BenchDaemon:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "(no log)"
+
+    def shutdown(self, marker: str) -> list[str]:
+        """agentctl shutdown --stop-agents, then make sure agentd and every agent are gone; returns notes."""
+        notes: list[str] = []
+        if self.alive():
+            try:
+                subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "shutdown", "--stop-agents"], capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                notes.append("agentctl shutdown did not answer in 30 s")
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                notes.append("agentd still running 60 s after shutdown --stop-agents; sending SIGTERM")
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    notes.append("agentd still running 30 s after SIGTERM; sending SIGKILL")
+                    self.proc.kill()
+                    self.proc.wait()
+        deadline = time.monotonic() + 10
+        left = marked_pids(self.marker_env, marker)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = marked_pids(self.marker_env, marker)
+        if left:
+            notes.append(f"{len(left)} agent processes were left after agentd exited; SIGKILL to pids {left[:10]}{'...' if len(left) > 10 else ''}")
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+            left = marked_pids(self.marker_env, marker)
+            if left:
+                notes.append(f"STILL LEFT: {left}")
+        return notes

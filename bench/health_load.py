@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_daemon import AGENTCTL, AGENTD, BenchDaemon  # noqa: E402  (sibling module)
+from bench_daemon import AGENTD, BenchDaemon, marked_pids  # noqa: E402  (sibling module)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -83,25 +83,6 @@ def loadavg() -> tuple[float, float, float]:
     return float(a), float(b), float(c)
 
 
-def marked_pids(marker: str) -> list[int]:
-    """Live processes whose environment carries our marker: the agents of this run, nothing else."""
-    want = f"{MARKER_ENV}={marker}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if want in env and state not in (b"Z", b"X"):
-            found.append(int(name))
-    return found
-
-
 def fmt_mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
@@ -149,6 +130,8 @@ def write_config(tmp: Path, agents: int, health_interval: float | None, resource
 class Run(BenchDaemon):
     """One agentd under test, and the cleanup that always runs."""
 
+    marker_env = MARKER_ENV
+
     def wait_all_running(self, agents: int, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while True:
@@ -173,43 +156,6 @@ class Run(BenchDaemon):
                 raise RuntimeError(f"not every agent is running after {timeout:g} s ({summary})")
             print(f"  waiting: {summary}", file=sys.stderr)
             time.sleep(2.0)
-
-    def shutdown(self, marker: str) -> list[str]:
-        """agentctl shutdown --stop-agents, then make sure agentd and every agent are gone; returns notes."""
-        notes: list[str] = []
-        if self.alive():
-            try:
-                subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "shutdown", "--stop-agents"], capture_output=True, text=True, timeout=30)
-            except subprocess.TimeoutExpired:
-                notes.append("agentctl shutdown did not answer in 30 s")
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                notes.append("agentd still running 60 s after shutdown --stop-agents; sending SIGTERM")
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    notes.append("agentd still running 30 s after SIGTERM; sending SIGKILL")
-                    self.proc.kill()
-                    self.proc.wait()
-        deadline = time.monotonic() + 10
-        left = marked_pids(marker)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = marked_pids(marker)
-        if left:
-            notes.append(f"{len(left)} agent processes were left after agentd exited; SIGKILL to pids {left[:10]}{'...' if len(left) > 10 else ''}")
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-            left = marked_pids(marker)
-            if left:
-                notes.append(f"STILL LEFT: {left}")
-        return notes
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -349,7 +295,7 @@ def main() -> int:
         notes = run.shutdown(marker)
         for note in notes:
             print(f"cleanup: {note}", file=sys.stderr)
-        left = marked_pids(marker)
+        left = marked_pids(MARKER_ENV, marker)
         print(f"cleanup: agentd {'exited with ' + str(run.proc.returncode) if run.proc else 'never started'}; "
               f"agent processes left: {len(left)}", file=sys.stderr)
         if left:

@@ -49,7 +49,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_daemon import AGENTCTL, AGENTD, BenchDaemon, die_with_us  # noqa: E402  (sibling module)
+from bench_daemon import AGENTD, BenchDaemon, die_with_us, marked_pids  # noqa: E402  (sibling module)
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -230,25 +230,6 @@ def loadavg() -> float:
         return float(f.read().split()[0])
 
 
-def marked_pids(marker: str) -> list[int]:
-    """Live processes whose environment carries our marker: this run's agents, nothing else."""
-    want = f"{MARKER_ENV}={marker}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if want in env and state not in (b"Z", b"X"):
-            found.append(int(name))
-    return found
-
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -301,6 +282,8 @@ def write_config(tmp: Path, agents: int, socket_agents: int, http_processes: int
 class Agentd(BenchDaemon):
     """One agentd under test, and the cleanup that always runs."""
 
+    marker_env = MARKER_ENV
+
     def wait_ready(self, agents: int, http_processes: int, timeout: float) -> tuple[dict, dict]:
         """Every agent running and every worker beating; returns (status, workers) as agentctl --json prints them."""
         deadline = time.monotonic() + timeout
@@ -331,38 +314,6 @@ class Agentd(BenchDaemon):
         return {"parent": dict(doc["parent"]),
                 "workers": {w["name"]: {"pid": w["pid"], "kind": w["kind"], "counters": dict(w["counters"]), "queue_depth": w["queue_depth"]}
                             for w in doc["workers"]}}
-
-    def shutdown(self, marker: str) -> list[str]:
-        notes: list[str] = []
-        if self.alive():
-            try:
-                subprocess.run([str(AGENTCTL), "--run-dir", str(self.run_dir), "shutdown", "--stop-agents"], capture_output=True, text=True, timeout=30)
-            except subprocess.TimeoutExpired:
-                notes.append("agentctl shutdown did not answer in 30 s")
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                notes.append("agentd still running 60 s after shutdown --stop-agents; sending SIGTERM")
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    notes.append("agentd still running 30 s after SIGTERM; sending SIGKILL")
-                    self.proc.kill()
-                    self.proc.wait()
-        deadline = time.monotonic() + 10
-        left = marked_pids(marker)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = marked_pids(marker)
-        if left:
-            notes.append(f"{len(left)} agent processes were left after agentd exited; SIGKILL to {left[:10]}")
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        return notes
 
 
 INTAKE_KINDS = ("heartbeat_http", "heartbeat_unix")
@@ -938,7 +889,7 @@ def run_daemon(args, processes: int, tmp_parent: Path, phases: set[str], marker_
         log_progress("shutting down: agentctl shutdown --stop-agents")
         for note in agentd.shutdown(str(tmp)):
             log_progress(f"cleanup: {note}")
-        left = marked_pids(str(tmp))
+        left = marked_pids(MARKER_ENV, str(tmp))
         log_progress(f"cleanup: agentd {'exited with ' + str(agentd.proc.returncode) if agentd.proc else 'never started'}; "
                      f"agent processes left: {len(left)}")
         if left:
