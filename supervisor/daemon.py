@@ -418,6 +418,7 @@ class Daemon:
         """
         now, wall = self.now(), self.wall()
         counters = self.heartbeat_counters
+        transitioned = False
         for hb in batch.items:
             agent = self.registry.find(hb.agent_id)
             if agent is None:
@@ -432,9 +433,11 @@ class Daemon:
             version = agent.reported.get("version")
             agent.on_heartbeat(now, wall, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status, "timestamp": hb.timestamp})
             counters["applied"] += 1
+            transitioned = transitioned or agent.dirty
             if hb.version is not None and hb.version != version and self.state_feed is not None:
                 self.state_feed.agent_changed(agent)  # the Manager sync reports versions
-        self._persist_dirty()  # only transitions (first heartbeat) are written at once
+        if transitioned:  # only transitions (first heartbeat) are written at once; no scan per batch otherwise
+            self._persist_dirty()
 
     def heartbeat_times(self) -> dict[str, float]:
         return {a.spec.id: a.last_heartbeat_wall for a in self.registry if a.last_heartbeat_wall is not None}
