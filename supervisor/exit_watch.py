@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import subprocess
 from typing import Callable
 
@@ -41,6 +42,14 @@ class ExitWatch:
             else:
                 code = rc
         self.callback(code, signum)
+
+    def deliver_if_exited(self) -> None:
+        """Run the callback now if the process has already ended (the pidfd is readable)."""
+        if self.pidfd is None:
+            return
+        readable, _, _ = select.select([self.pidfd], [], [], 0)
+        if readable:
+            self._ready()
 
     def cancel(self) -> None:
         if self.pidfd is not None:

@@ -58,6 +58,10 @@ class ProcessOps(Protocol):
 
     def tree_alive(self, handle: ProcessHandle) -> bool: ...
 
+    def collect_exit(self, handle: ProcessHandle) -> None:
+        """Deliver the exit of a process that has ended but whose exit the loop has not yet handled."""
+        ...
+
 
 @dataclass(frozen=True)
 class ActionResult:
@@ -351,6 +355,11 @@ class AgentProcess:
                 return None  # the first heartbeat (or the health worker's verdict) moves it on
             ready_at = self.handle.started_mono + self.spec.start_seconds
             if now >= ready_at:
+                # On a busy loop the exit of a process that died within start_seconds can still be
+                # waiting behind this timer: take it first, so a crash during start is never "running".
+                self.ops.collect_exit(self.handle)
+                if self.state != AgentState.STARTING:
+                    return now
                 self._set(AgentState.RUNNING, f"alive for {self.spec.start_seconds:g}s")
             else:
                 return ready_at

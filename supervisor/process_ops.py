@@ -179,6 +179,10 @@ class RealProcessOps:
         handle.os_state = watch_exit(self.loop, handle.pid, popen, exited)
         return handle.os_state is not None
 
+    def collect_exit(self, handle: ProcessHandle) -> None:
+        if isinstance(handle.os_state, ExitWatch):
+            handle.os_state.deliver_if_exited()
+
     def forget(self, handle: ProcessHandle) -> None:
         """Stop watching (daemon shutdown leaves agents running)."""
         if isinstance(handle.os_state, ExitWatch):

@@ -21,7 +21,10 @@ def test_kill_9_of_agentd_leaves_agents_and_new_agentd_readopts_without_duplicat
     agentd.start()
     pids = {i: agentd.wait_state(i, "running")["pid"] for i in ("a", "b")}
     wait_until(lambda: all(_metadata(agentd, i).get("pid") == pids[i] and _metadata(agentd, i)["status"] == "running" for i in pids))
+    # "running" comes after start_seconds, not after b has forked: count the tree only once it is whole.
+    wait_for_marker(agentd.marker("b"), "CHILD", count=2)
     before = sorted(agentd.agent_pids())
+    assert len(before) == 4, before
     agentd.kill9()
     assert all(pid_alive(p) for p in pids.values())
 
@@ -198,12 +201,17 @@ def test_leftovers_of_a_vanished_main_process_are_stopped_before_a_new_start(age
 
 def test_removal_interrupted_by_an_agentd_restart_is_finished(agentd):
     """Regression (review): an agent removed by reload while still stopping became an unmanaged orphan."""
-    agentd.write_config([agentd.helper_agent("gone", "ignore-term", stop_timeout=2), agentd.helper_agent("keep", "well-behaved")])
+    # "gone" ignores the first agentd's SIGTERM and its SIGKILL is far off, so the removal is still under way
+    # when that agentd goes, however slow the machine; it stops on the next agentd's SIGTERM.
+    gone = agentd.helper_agent("gone", "well-behaved", "--ignore-terms", "1", stop_timeout=120)
+    agentd.write_config([gone, agentd.helper_agent("keep", "well-behaved")])
     agentd.start()
     pid = agentd.wait_state("gone", "running")["pid"]
+    wait_for_marker(agentd.marker("gone"), "START")  # its signal handling is set up
     agentd.write_config([agentd.agents[1]])
     agentd.call("reload")
     wait_until(lambda: _metadata(agentd, "gone")["status"] == "stopping")
+    wait_for_marker(agentd.marker("gone"), "TERM")  # the first SIGTERM arrived and was ignored
     assert agentd.terminate() == 0
     assert pid_alive(pid)
     agentd.start()

@@ -38,6 +38,8 @@ class FakeOps:
         self.signals: list[tuple[int, int]] = []
         self.alive: set[int] = set()
         self.fail_spawn: str | None = None
+        # generation -> delivers an exit that has happened but that the loop has not handled yet
+        self.unhandled_exits: dict[int, object] = {}
 
     def spawn(self, spec, generation, now):
         if self.fail_spawn:
@@ -53,6 +55,11 @@ class FakeOps:
 
     def tree_alive(self, handle):
         return handle.generation in self.alive
+
+    def collect_exit(self, handle):
+        deliver = self.unhandled_exits.pop(handle.generation, None)
+        if deliver is not None:
+            deliver()
 
 
 @pytest.fixture
@@ -92,6 +99,20 @@ def test_start_goes_starting_then_running_after_start_seconds(ops):
     a.tick(1.0)
     assert a.state == S.RUNNING
     assert [(o, n) for o, n, _ in t] == [(S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING)]
+
+
+def test_exit_waiting_behind_the_start_timer_is_taken_first(ops):
+    """Regression: on a busy loop the start_seconds timer ran before the queued exit of a process that
+    had already crashed, so an agent that died during start was reported running (and `start` said ok)."""
+    t = []
+    a = new_agent(ops, t)
+    a.start(0.0)
+    gen = a.handle.generation
+    ops.alive.discard(gen)
+    ops.unhandled_exits[gen] = lambda: a.on_exit(0.4, gen, 2, None)
+    a.tick(1.0)
+    assert a.state == S.RESTARTING
+    assert S.RUNNING not in [n for _, n, _ in t]
 
 
 def test_agent_expecting_heartbeats_stays_starting_until_first_heartbeat(ops):

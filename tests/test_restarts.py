@@ -38,7 +38,10 @@ def test_agent_killed_with_9_is_restarted_under_backoff(agentd):
 
 
 def test_crash_loop_ends_failed_and_start_revives(agentd):
-    agentd.write_config([agentd.helper_agent("c1", "crash-on-start", restart={"backoff_steps": [0.1], "max_retries": 3})])
+    # A start_seconds far beyond how long even a slow machine takes to start and crash the helper: each
+    # generation dies while starting, never after being counted running.
+    crashy = agentd.helper_agent("c1", "crash-on-start", start_seconds=60, restart={"backoff_steps": [0.1], "max_retries": 3})
+    agentd.write_config([crashy])
     agentd.start()
     failed = agentd.wait_state("c1", "failed")
     assert "gave up after 3 restarts" in failed["reason"]

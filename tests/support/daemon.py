@@ -162,6 +162,10 @@ class TestDaemon:
         except FileNotFoundError:
             return ""
 
+    def log_tail(self, lines: int = 80) -> str:
+        """The last `lines` lines of agentd's own log ('' before it has written any)."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

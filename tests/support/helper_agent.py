@@ -45,6 +45,7 @@ class Helper:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.children: list[int] = []
+        self.terms_seen = 0
         # O_APPEND makes each single write() land whole at the end, even with forked writers sharing the file.
         self.marker_fd = os.open(args.marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
@@ -85,9 +86,11 @@ class Helper:
             self.reap()
             return False
         if signo == signal.SIGTERM:
+            self.terms_seen += 1
+            ignore = self.args.ignore_term or self.terms_seen <= self.args.ignore_terms
             self.mark("TERM", pid)
-            self.say("got SIGTERM" + (", ignoring it" if self.args.ignore_term else ", stopping"))
-            return not self.args.ignore_term
+            self.say("got SIGTERM" + (", ignoring it" if ignore else ", stopping"))
+            return not ignore
         if signo == signal.SIGINT:
             self.mark("INT", pid)
             self.say("got SIGINT, stopping")
@@ -361,6 +364,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--marker", required=True, help="file to append marker lines to")
     parser.add_argument("--ignore-term", action="store_true", help="record SIGTERM but keep running (any mode)")
+    parser.add_argument(
+        "--ignore-terms", type=int, default=0, help="ignore only the first N SIGTERMs, stop on the next (any mode)"
+    )
     parser.add_argument("--after", type=float, default=1.0, help="seconds before crash-later/exit-zero exit")
     parser.add_argument("--code", type=int, help="exit code for crash-on-start (2) and crash-later (3)")
     parser.add_argument("--children", type=int, default=2, help="children for fork-children")
