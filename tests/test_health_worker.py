@@ -157,7 +157,7 @@ def world():
                        endpoint_failures=1000),
             agent_view("op", sleeper()).model_copy(update={"operator_stopped": True, "state": "stopping"}),
         ]
-        wait_until(ready.exists, timeout=10, message="the balloon's allocation")
+        wait_until(ready.exists, timeout=30, message="the balloon's allocation")
         parent = StandInParent(run_dir, agents, {"stale": now - 50}, fresh={"good"})
         settings = json.dumps({"resources": {"interval": 0.5}, "history": {"retention": 60}})
         with open(run_dir / "worker.log", "wb") as out:
@@ -165,7 +165,7 @@ def world():
                 [sys.executable, "-m", "workers.health", "--run-dir", str(run_dir), "--settings", settings, "--log-level", "debug"],
                 cwd=ROOT, stdout=out, stderr=out,
             )
-        wait_until(lambda: parent.of(WorkerBeat), timeout=10, message="the worker's first beat")
+        wait_until(lambda: parent.of(WorkerBeat), timeout=30, message="the worker's first beat")
         yield {"parent": parent, "worker": worker, "run_dir": run_dir, "agents": {a.id: a for a in agents}}
     finally:
         if worker is not None and worker.poll() is None:
@@ -214,7 +214,7 @@ def test_resource_samples_cover_agents_and_agentd(world):
                 return by_id
         return None
 
-    by_id = wait_until(full_round, timeout=8, message="a second round of samples")
+    by_id = wait_until(full_round, timeout=30, message="a second round of samples")
     assert by_id["balloon"].rss > 100 * MIB and by_id["balloon"].procs == 2 and by_id["balloon"].generation == 1
     assert by_id["good"].rss > 0 and by_id["gone"].procs == 0
     assert by_id["agentd/parent"].rss > 0 and by_id["agentd/parent"].generation is None
@@ -230,7 +230,7 @@ def test_health_report_says_healthy_for_a_well_behaved_agent(world):
         reports = parent.of(HealthReport)
         return reports[-1].agents if reports else None
 
-    report = wait_until(latest, timeout=5)
+    report = wait_until(latest, timeout=30)
     assert report["good"].health == "healthy" and report["good"].generation == 1
     assert report["op"].health == "operator_stopped"
     assert report["stale"].health == "no_heartbeat" and report["gone"].health == "dead"
@@ -250,7 +250,7 @@ def test_each_verdict_once_and_counters(world):
         c = beats[-1].counters if beats else {}
         return c if c.get("verdicts_endpoint_failed") else None
 
-    c = wait_until(counters, timeout=5, message="counters with the endpoint verdict")
+    c = wait_until(counters, timeout=30, message="counters with the endpoint verdict")
     assert c["judged"] > 10 and c["samples"] > 10 and c["sample_errors"] == 0
     assert c["verdicts_no_heartbeat"] == c["verdicts_dead"] == c["verdicts_over_threshold"] == 1
     assert c["endpoint_checks"] >= 4 and c["endpoint_failures"] >= 4

@@ -209,7 +209,7 @@ def tree():
     agent = subprocess.Popen(["sh", "-c", "sh -c 'sleep 30 & wait' & wait"], start_new_session=True)
     outsider = subprocess.Popen(["sleep", "30"])
     try:
-        found = wait_until(lambda: (lambda d: d if len(d) == 2 else None)(descendants(agent.pid)), timeout=5)
+        found = wait_until(lambda: (lambda d: d if len(d) == 2 else None)(descendants(agent.pid)), timeout=30)
         (child,) = _children(agent.pid)
         (grandchild,) = set(found) - {child}
         yield agent.pid, child, grandchild, outsider.pid
@@ -269,7 +269,7 @@ def test_orphan_in_agent_group_counts():
                         return int(name)
             return None
 
-        pid = wait_until(orphan, timeout=5)
+        pid = wait_until(orphan, timeout=30)
         grouped = view("web", agent.pid, pgid=agent.pid)
         directory = AgentDirectory(lambda: {"web": grouped})
         directory.check_pid(grouped, pid)

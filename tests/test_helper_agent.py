@@ -130,7 +130,7 @@ def test_well_behaved_marks_start_and_exits_zero_on_term(tmp_path):
         pid = str(proc.pid)
         assert start == ("START", pid, pid, pid), "own session: pid, pgid and sid are equal"
         log = tmp_path / "well-behaved.log"
-        wait_until(lambda: "stderr is captured too" in log_text(log), timeout=5)
+        wait_until(lambda: "stderr is captured too" in log_text(log), timeout=30)
         assert f"START mode=well-behaved pid={pid}" in log_text(log)
 
         os.killpg(proc.pid, signal.SIGTERM)
@@ -153,7 +153,7 @@ def test_ignore_term_records_term_and_keeps_running(tmp_path):
     with helper(tmp_path, "ignore-term") as (proc, marker):
         wait_for_marker(marker, "START")
         os.killpg(proc.pid, signal.SIGTERM)
-        wait_for_marker(marker, "TERM", timeout=5)
+        wait_for_marker(marker, "TERM", timeout=30)
         time.sleep(0.2)
         assert proc.poll() is None and pid_alive(proc.pid)
 
@@ -171,7 +171,7 @@ def test_fork_children_stay_in_the_group_and_stop_with_it(tmp_path):
 
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
-        wait_until(lambda: not any(pid_alive(p) for p in child_pids), timeout=5, message="children to exit")
+        wait_until(lambda: not any(pid_alive(p) for p in child_pids), timeout=30, message="children to exit")
         assert sorted(int(m[1]) for m in read_markers(marker) if m[0] == "EXIT") == sorted([proc.pid, *child_pids])
 
 
@@ -179,7 +179,7 @@ def test_fork_children_ignoring_term_need_kill_tree(tmp_path):
     with helper(tmp_path, "fork-children", "--children", "2", "--ignore-term") as (proc, marker):
         child_pids = [int(c[1]) for c in wait_for_marker(marker, "CHILD", count=2)]
         os.killpg(proc.pid, signal.SIGTERM)
-        wait_for_marker(marker, "TERM", count=3, timeout=5)
+        wait_for_marker(marker, "TERM", count=3, timeout=30)
         assert all(pid_alive(p) for p in [proc.pid, *child_pids])
 
         assert kill_tree(proc.pid) == sorted([proc.pid, *child_pids])
@@ -209,7 +209,7 @@ def test_setsid_grandchild_escapes_the_group_but_not_the_tracker(tmp_path):
 
 def test_spew_output_writes_numbered_lines(tmp_path):
     with helper(tmp_path, "spew-output", "--rate", "1000", "--count", "150") as (proc, marker):
-        (spewed,) = wait_for_marker(marker, "SPEWED", timeout=5)
+        (spewed,) = wait_for_marker(marker, "SPEWED", timeout=30)
         assert spewed == ("SPEWED", str(proc.pid), "150")
         numbers = [int(line.split()[1]) for line in log_text(tmp_path / "spew-output.log").splitlines()
                    if line.startswith("spew ")]
@@ -223,7 +223,7 @@ def test_heartbeat_then_stall_posts_n_beats_then_goes_quiet(tmp_path):
         env = clean_env(AGENTD_HEARTBEAT_URL=server.url, AGENTD_AGENT_ID="hb-1")
         args = ["--beats", "3", "--interval", "0.05"]
         with helper(tmp_path, "heartbeat-then-stall", *args, env=env) as (proc, marker):
-            wait_for_marker(marker, "STALL", timeout=5)
+            wait_for_marker(marker, "STALL", timeout=30)
             assert [m for m in read_markers(marker) if m[0] == "HEARTBEAT"] == [
                 ("HEARTBEAT", str(n), "200") for n in (1, 2, 3)
             ]
@@ -236,7 +236,7 @@ def test_heartbeat_then_stall_posts_n_beats_then_goes_quiet(tmp_path):
 def test_heartbeat_http_survives_a_missing_intake(tmp_path):
     env = clean_env(AGENTD_HEARTBEAT_URL=closed_port_url())
     with helper(tmp_path, "heartbeat-http", "--interval", "0.05", env=env) as (proc, marker):
-        beats = wait_for_marker(marker, "HEARTBEAT", count=3, timeout=5)
+        beats = wait_for_marker(marker, "HEARTBEAT", count=3, timeout=30)
         assert {b[2] for b in beats} == {"error"}
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
@@ -246,7 +246,7 @@ def test_heartbeat_socket_waits_for_the_socket_and_reconnects(tmp_path):
     path = tmp_path / "hb.sock"
     env = clean_env(AGENTD_HEARTBEAT_SOCKET=str(path), AGENTD_AGENT_ID="sock-1")
     with helper(tmp_path, "heartbeat-socket", "--interval", "0.05", env=env) as (proc, marker):
-        wait_for_marker(marker, "HEARTBEAT", count=2, timeout=5)
+        wait_for_marker(marker, "HEARTBEAT", count=2, timeout=30)
         assert proc.poll() is None, "an absent socket is tolerated"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
             listener.bind(str(path))
@@ -263,13 +263,13 @@ def test_heartbeat_socket_waits_for_the_socket_and_reconnects(tmp_path):
 
 def test_memory_balloon_grows_rss(tmp_path):
     with helper(tmp_path, "memory-balloon", "--mb", "24", "--step-mb", "24") as (proc, marker):
-        wait_for_marker(marker, "MEMORY", timeout=5)
+        wait_for_marker(marker, "MEMORY", timeout=30)
         assert psutil.Process(proc.pid).memory_info().rss >= 24 << 20
 
 
 def test_cpu_burn_burns_then_idles(tmp_path):
     with helper(tmp_path, "cpu-burn", "--seconds", "0.3") as (proc, marker):
-        wait_for_marker(marker, "BURN_DONE", timeout=5)
+        wait_for_marker(marker, "BURN_DONE", timeout=30)
         times = psutil.Process(proc.pid).cpu_times()
         assert times.user + times.system >= 0.2
 
@@ -292,11 +292,11 @@ def test_print_env_reports_env_cwd_and_ids(tmp_path):
 
 
 def test_wait_until_returns_the_value_or_names_what_it_waited_for():
-    assert wait_until(lambda: [1], timeout=1) == [1]
+    assert wait_until(lambda: [1], timeout=30) == [1]
     started = time.monotonic()
     with pytest.raises(AssertionError, match=r"timed out after 0.2 s waiting for the moon; last value: \[\]"):
         wait_until(lambda: [], timeout=0.2, message="the moon")
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 20  # it gave up at its deadline rather than waiting on
 
 
 def test_read_markers_ignores_a_partly_written_line(tmp_path):
@@ -310,7 +310,7 @@ def test_read_markers_ignores_a_partly_written_line(tmp_path):
 
 def test_pid_alive_counts_zombies_as_dead(tmp_path):
     with launched(["true"], tmp_path / "true.log") as proc:
-        wait_until(lambda: not pid_alive(proc.pid), timeout=5)
+        wait_until(lambda: not pid_alive(proc.pid), timeout=30)
         assert Path(f"/proc/{proc.pid}").exists(), "not yet reaped: a zombie"
 
 
@@ -318,7 +318,7 @@ def test_pid_alive_counts_zombies_as_dead(tmp_path):
 
 
 def start_line(log: Path, pid: int) -> str:
-    return wait_until(lambda: f"started pid={pid}" in log_text(log), timeout=5, message=f"start line in {log}")
+    return wait_until(lambda: f"started pid={pid}" in log_text(log), timeout=30, message=f"start line in {log}")
 
 
 @pytest.mark.parametrize("script", ["http_heartbeat_agent.py", "socket_heartbeat_agent.py", "crashy_agent.py"])
@@ -331,7 +331,7 @@ def test_example_tolerates_a_missing_intake_quietly(tmp_path, script):
     log = tmp_path / "agent.log"
     with launched([str(EXAMPLES / script), "--interval", "0.1"], log, env=env) as proc:
         start_line(log, proc.pid)
-        wait_until(lambda: "failed" in log_text(log), timeout=5)
+        wait_until(lambda: "failed" in log_text(log), timeout=30)
         time.sleep(0.35)  # several more failed attempts, which must not be logged again
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
@@ -345,7 +345,7 @@ def test_http_example_sends_the_documented_fields_and_logs_recovery(tmp_path):
     with HeartbeatServer(statuses=[503, 503]) as server:
         env = clean_env(AGENTD_AGENT_ID="web-1", AGENTD_HEARTBEAT_URL=server.url)
         with launched([str(EXAMPLES / "http_heartbeat_agent.py"), "--interval", "0.05"], log, env=env) as proc:
-            wait_until(lambda: "heartbeat #2 accepted" in log_text(log), timeout=5)
+            wait_until(lambda: "heartbeat #2 accepted" in log_text(log), timeout=30)
             os.killpg(proc.pid, signal.SIGTERM)
             assert proc.wait(timeout=5) == 0
     beat = server.bodies[-1]
@@ -389,8 +389,8 @@ def test_stubborn_example_and_its_worker_need_sigkill(tmp_path):
         start_line(log, proc.pid)
         worker = descendants(proc.pid)
         assert len(worker) == 1
-        wait_until(lambda: f"worker started pid={worker[0]}" in log_text(log), timeout=5)
+        wait_until(lambda: f"worker started pid={worker[0]}" in log_text(log), timeout=30)
         os.killpg(proc.pid, signal.SIGTERM)
-        wait_until(lambda: log_text(log).count("ignoring it") == 2, timeout=5, message="both to ignore SIGTERM")
+        wait_until(lambda: log_text(log).count("ignoring it") == 2, timeout=30, message="both to ignore SIGTERM")
         assert pid_alive(proc.pid) and pid_alive(worker[0])
         assert kill_tree(proc.pid) == sorted([proc.pid, *worker])

@@ -15,13 +15,14 @@ from tests.support.wait import wait_until
 LOGGER = "supervisor.history_store"
 DAY = 86400.0
 
-# Holds the write lock on the database until told how long; prints once it has it.
+# Holds the write lock on the database until its stdin closes; prints once it has it. Released by the
+# test, not by a clock, so "still locked" holds however slow the machine is.
 LOCKER = """
-import sqlite3, sys, time
+import sqlite3, sys
 con = sqlite3.connect(sys.argv[1], isolation_level=None)
 con.execute("BEGIN EXCLUSIVE")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.read()
 con.execute("COMMIT")
 """
 
@@ -42,10 +43,11 @@ def make_store(tmp_path):
 
 @pytest.fixture
 def lock_db():
+    """lock(path) -> the locker process; release(proc) lets go of the lock."""
     procs = []
 
-    def lock(path, seconds):
-        proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    def lock(path):
+        proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(proc)
         assert proc.stdout.readline().strip() == "locked"
         return proc
@@ -54,6 +56,11 @@ def lock_db():
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+def release(proc) -> int:
+    proc.stdin.close()
+    return proc.wait(timeout=30)
 
 
 def sample(agent_id="db-shipper", ts=None, **kw):
@@ -121,7 +128,7 @@ def test_latest_and_agents(make_store, tmp_path):
 
     # A new store knows the agents already in the database.
     again = make_store()
-    wait_until(lambda: again.agents() == ["a", "b"], timeout=5)
+    wait_until(lambda: again.agents() == ["a", "b"], timeout=30)
     assert again.latest()["a"].cpu == 3.0
 
 
@@ -142,22 +149,16 @@ def test_prune_runs_by_itself(make_store):
     store = make_store(retention=3600, prune_interval=0.1)
     now = time.time()
     store.add([sample(ts=now - 7200 - i) for i in range(20)] + [sample(ts=now)])
-    wait_until(lambda: store.stats()["pruned"] == 20, timeout=5)
+    wait_until(lambda: store.stats()["pruned"] == 20, timeout=30)
     assert len(store.query("db-shipper", since=0)) == 1
 
 
-def test_many_samples_added_without_blocking(make_store):
+def test_many_samples_added_one_by_one_are_all_written(make_store):
+    # That add() never waits for the database is shown by test_locked_database_is_retried_after_release.
     store = make_store()
     base = time.time() - 1000
-    started = time.perf_counter()
-    slowest = 0.0
     for i in range(10_000):
-        t = time.perf_counter()
         store.add([sample(f"agent-{i % 50}", ts=base + i * 0.01)])
-        slowest = max(slowest, time.perf_counter() - t)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 2.0, elapsed
-    assert slowest < 0.1, slowest
     assert store.flush()
     assert store.stats()["written"] == 10_000 and store.stats()["dropped"] == 0
     assert len(store.query("agent-7", since=0)) == 200
@@ -169,17 +170,16 @@ def test_locked_database_is_retried_after_release(make_store, lock_db, caplog):
     store = make_store()
     store.add([sample(ts=1.0)])
     assert store.flush()
-    proc = lock_db(store.path, 1.0)
+    proc = lock_db(store.path)
     now = time.time()
+    # add never waits for the lock: these return (and the test goes on) while the lock is held.
     store.add([sample(ts=now + i) for i in range(10)])
-    t = time.perf_counter()
     for _ in range(20):
         store.add([sample(ts=now + 10)])
-    assert time.perf_counter() - t < 0.1  # add never waits for the lock
-    wait_until(lambda: store.stats()["errors"] >= 1, timeout=2)
+    wait_until(lambda: store.stats()["errors"] >= 1, timeout=30)
     assert proc.poll() is None, "the lock holder should still hold the lock"
     assert store.query("db-shipper", since=now) == []  # queued, not written, while locked
-    assert proc.wait(timeout=5) == 0
+    assert release(proc) == 0
     assert store.flush(timeout=8)
     assert len(store.query("db-shipper", since=now)) == 30
     assert store.stats()["dropped"] == 0
@@ -190,12 +190,12 @@ def test_locked_database_is_retried_after_release(make_store, lock_db, caplog):
 def test_queue_is_bounded_and_drops_oldest(make_store, lock_db):
     store = make_store(max_pending=50)
     assert store.flush()
-    proc = lock_db(store.path, 0.5)
+    proc = lock_db(store.path)
     now = time.time()
     for i in range(200):
         store.add([sample(ts=now + i)])
     assert store.stats()["pending"] <= 50
-    assert proc.wait(timeout=5) == 0
+    assert release(proc) == 0
     assert store.flush(timeout=8)
     stats = store.stats()
     assert stats["written"] + stats["dropped"] == 200 and stats["dropped"] >= 150
@@ -256,7 +256,7 @@ def test_full_disk_is_counted_and_survived(make_store, caplog):
     store = make_store(cls=TinyDisk, max_pending=1000)
     rows = [sample(f"agent-{i}", ts=1.0, cpu=0.5) for i in range(1000)]
     store.add(rows)  # far more than 6 pages
-    wait_until(lambda: store.stats()["errors"] >= 2, timeout=5)
+    wait_until(lambda: store.stats()["errors"] >= 2, timeout=30)
     assert store.query("agent-1", since=0) == []  # queries still answer
     assert len(warnings(caplog, "disk full")) == 1  # once per minute, not per attempt
     assert store.stats()["pending"] == 1000  # kept for the next round

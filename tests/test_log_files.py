@@ -205,7 +205,9 @@ def test_unfinished_line_is_rotated_after_a_short_wait(tmp_path):
     live.write_bytes(b"y" * 100 + b"prompt> ")
     start = time.monotonic()
     assert rotate_if_needed(live, 100, keep=1, compress=False)
-    assert time.monotonic() - start < 1
+    # The wait is PARTIAL_LINE_WAIT (10 ms); the bound only tells "gave up waiting" from "waited on", with
+    # room for a busy machine.
+    assert time.monotonic() - start < 10
     assert rotated_path(live, 1, False).read_bytes() == b"y" * 100 + b"prompt> "
 
 

@@ -130,7 +130,7 @@ def test_zombies_count_as_gone(trees):
     assert s.sample(tree.view(), time.time()).procs == 1
     # A zombie agent (exited, its parent has not reaped it yet) is gone too.
     zombie = subprocess.Popen(["true"], start_new_session=True)
-    wait_until(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, timeout=5)
+    wait_until(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, timeout=30)
     try:
         assert s.sample(AgentView(id="z", type="custom", state="running", pid=zombie.pid, pgid=zombie.pid), time.time()).procs == 0
     finally:
