@@ -98,6 +98,9 @@ class Daemon:
         self._intake_outage_since: float | None = None
         self._grace_expired_logged = False
         self.state_feed: StateFeed | None = None
+        # Last generation of each agent removed while this agentd runs: a re-added agent continues from it,
+        # so a verdict or heartbeat still in flight about the removed process never fits its successor.
+        self._removed_generations: dict[str, int] = {}
 
     # ----------------------------------------------------------------- clocks and small views
 
@@ -308,7 +311,9 @@ class Daemon:
         agent.remove(now)
 
     def _new_agent(self, spec, record=None) -> AgentProcess:
-        return AgentProcess(spec, self.ops, on_transition=self._on_transition, record=record)
+        agent = AgentProcess(spec, self.ops, on_transition=self._on_transition, record=record)
+        agent.generation = self._removed_generations.get(spec.id, 0)
+        return agent
 
     # ----------------------------------------------------------------- the supervision loop
 
@@ -329,6 +334,7 @@ class Daemon:
         for agent in self.registry:
             when = agent.tick(now)
             if agent.removed:
+                self._removed_generations[agent.spec.id] = agent.generation
                 self.registry.discard(agent.spec.id)
                 self.writer.delete(agent.spec.id)
                 if self.state_feed is not None:

@@ -318,6 +318,10 @@ class AgentProcess:
 
     def verdict(self, now: float, generation: int, reason: str) -> ActionResult:
         """A health verdict ("no_heartbeat: ...") asks for a restart; stale generations and operator stops win."""
+        if self.handle is not None and generation == self.handle.generation:
+            # The health worker can see a process gone from /proc before the loop reads its pidfd: the
+            # exit (a clean one may mean "stay stopped") decides, not a `dead` verdict that raced it.
+            self.ops.collect_exit(self.handle)
         handle = self.handle
         if handle is None or generation != handle.generation:
             return ActionResult(False, "stale verdict (process has since been replaced)")

@@ -115,6 +115,20 @@ def test_exit_waiting_behind_the_start_timer_is_taken_first(ops):
     assert S.RUNNING not in [n for _, n, _ in t]
 
 
+def test_dead_verdict_racing_a_clean_exit_leaves_an_on_failure_agent_stopped(ops):
+    """Regression: a `dead` verdict that arrived before the loop had read the exit of a process that ended
+    with code 0 forced a restart, although policy on-failure says a clean exit stays stopped."""
+    a = new_agent(ops, restart={"policy": "on-failure"})
+    a.start(0.0)
+    a.tick(1.0)
+    gen = a.handle.generation
+    ops.alive.discard(gen)
+    ops.unhandled_exits[gen] = lambda: a.on_exit(5.0, gen, 0, None)
+    res = a.verdict(5.1, gen, "dead: process is gone")
+    assert not res.ok
+    assert a.state == S.STOPPED and a.restart_count == 0 and len(ops.spawned) == 1
+
+
 def test_agent_expecting_heartbeats_stays_starting_until_first_heartbeat(ops):
     a = new_agent(ops, health_check={"heartbeat_timeout": "90s"})
     a.start(0.0)

@@ -83,3 +83,19 @@ def test_heartbeat_section_change_is_reported_as_needing_a_restart():
     old = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
     new = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:9999"}}}, source="a.yaml", base_dir=Path("/"))
     assert plan_reload(old, new).restart_required == ["heartbeat"]
+
+
+def test_agent_removed_and_added_again_continues_its_generations(agentd):
+    """Regression: a re-added agent started again at generation 1, so a verdict or heartbeat still in flight
+    about the removed process (also generation 1) would have been taken as being about the new one."""
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.helper_agent("keep", "well-behaved")])
+    agentd.start()
+    first = agentd.wait_state("a", "running")
+    agentd.write_config([agentd.agents[1]])
+    agentd.call("reload")
+    wait_until(lambda: "a" not in [s["id"] for s in agentd.call("status")["agents"]], message="a removed")
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.agents[0]])
+    agentd.call("reload")
+    again = agentd.wait_state("a", "running")
+    assert again["pid"] != first["pid"]
+    assert again["generation"] > first["generation"]

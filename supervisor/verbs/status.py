@@ -45,6 +45,7 @@ class AgentStatus(BaseModel):
     next_restart_in_s: float | None
     operator_stopped: bool
     expects_heartbeat: bool
+    generation: int  # which process of this agent verdicts and heartbeats are about; never repeats in one agentd
 
 
 class DaemonStatus(BaseModel):
@@ -126,6 +127,7 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         next_restart_in_s=next_restart,
         operator_stopped=agent.operator_stopped,
         expects_heartbeat=agent.spec.expects_heartbeat,
+        generation=agent.generation,
     )
 
 
