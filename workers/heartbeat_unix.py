@@ -18,13 +18,13 @@ from pathlib import Path
 
 
 from supervisor.config import UnixIntake
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
+from supervisor.rate_limited_log import RateLimitedLog
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json
 from workers.link import WorkerLink
 from workers.runner import StartupError, begin_process, load_worker_settings, serve_intake, worker_arg_parser
 
 log = logging.getLogger("workers.heartbeat_unix")
 
-LOG_EVERY = 10.0  # at most one log line per reason per this many seconds
 UNKNOWN_SENDER_GRACE = 1.0  # an agent may connect before its state update reaches us
 _CRED = struct.Struct("3i")
 READ_SIZE = 256 * 1024  # at most this much buffered input is taken per read (the stream buffers up to 2 × max_line)
@@ -66,28 +66,6 @@ class _IdleWatch:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-class RateLimitedLog:
-    """One warning per reason per `interval` seconds; the next one says how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval: float = LOG_EVERY) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self.interval:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        self._last[reason] = now
-        suppressed = self._suppressed.pop(reason, 0)
-        if suppressed:
-            message += f" ({suppressed} more like this in the last {self.interval:g} s)"
-        self.logger.warning("%s", message)
 
 
 def peer_pid(sock: socket.socket) -> int:
@@ -148,7 +126,7 @@ class UnixIntakeServer:
         except asyncio.CancelledError:
             pass
         except Exception:  # one bad connection must not take the worker down
-            log.exception("heartbeat connection failed")
+            self.limited.exception("connection_failed", "heartbeat connection failed")
         finally:
             del self._open[writer]
             self.counters["connections_open"] = len(self._open)
@@ -244,10 +222,10 @@ class UnixIntakeServer:
         received_at = time.time()
         self.counters["received"] += 1
         try:
-            obj = parse_json(line.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            obj = decode_json(line, "line")
+        except HeartbeatRejected as exc:
             self.counters["rejected_invalid"] += 1
-            self.limited.warning("garbage", f"closed the connection of pid {pid}: not a JSON line ({exc})")
+            self.limited.warning("garbage", f"closed the connection of pid {pid}: {exc.message}")
             return False
         try:
             heartbeat = self._check(obj, pid, received_at)
@@ -348,10 +326,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              listen_fd_help="an inherited listening AF_UNIX stream socket").parse_args(argv)
 
 
-async def _run(run_dir: Path, name: str, settings: UnixIntake, sock: socket.socket) -> None:
+async def _run(run_dir: Path, name: str, settings: UnixIntake, sock: socket.socket) -> int:
     link = WorkerLink(run_dir, name, want_state=True)
     link.info["listen"] = str(sock.getsockname() or f"fd {sock.fileno()}")
-    await serve_intake(link, UnixIntakeServer(link, settings), sock, link.info["listen"])
+    return await serve_intake(link, UnixIntakeServer(link, settings), sock, link.info["listen"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     try:
-        asyncio.run(_run(run_dir, args.name, settings, sock))
+        code = asyncio.run(_run(run_dir, args.name, settings, sock))
     finally:
         sock.close()
         if args.listen_fd is None and settings.path is not None:
@@ -381,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.unlink(settings.path)
             except FileNotFoundError:
                 pass
-    return 0
+    return code
 
 
 if __name__ == "__main__":
