@@ -424,6 +424,7 @@ class Daemon:
         """
         now, wall = self.now(), self.wall()
         counters = self.heartbeat_counters
+        self.pool.on_heartbeats(batch.worker, len(batch.items))
         transitioned = False
         for hb in batch.items:
             agent = self.registry.find(hb.agent_id)
@@ -487,6 +488,8 @@ class Daemon:
                 continue
             # A respawned worker is not serving until its first beat (it beats once it has its snapshot).
             if w.state != "running" or w.last_beat_age_s is None or w.last_beat_age_s > INTAKE_SILENCE:
+                return True
+            if self.pool.forwarding_stalled(w.name):  # beating, but its heartbeats are not reaching us
                 return True
         return False
 

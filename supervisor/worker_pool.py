@@ -33,6 +33,9 @@ STARTUP_ERROR_RETRY = 30.0
 RESPAWN_RESET_AFTER = 30.0  # a worker that ran this long starts again from the first step
 SILENCE_TIMEOUT = 10.0  # no liveness beat for this long: the worker is stuck and gets SIGKILL
 START_GRACE = 15.0  # a fresh worker may take this long before its first beat (imports on a busy box)
+# An intake whose beats say it accepted heartbeats that never reached us, with none arriving for this long,
+# is wedged (issue 8: it answered 200 and beat on while forwarding nothing) and is replaced.
+FORWARD_STALL = 5.0
 STOP_TIMEOUT = 5.0
 
 
@@ -81,6 +84,9 @@ class _Worker:
     counters: dict[str, int] = field(default_factory=dict)
     queue_depth: int = 0
     info: dict[str, str] = field(default_factory=dict)
+    heartbeats_received: int = 0  # heartbeat items that reached the parent from this incarnation
+    stalled_since: float | None = None  # owes us heartbeats and none came since (monotonic)
+    received_at_stall: int = 0
 
 
 class WorkerPool:
@@ -118,6 +124,8 @@ class WorkerPool:
         worker.popen = popen
         worker.started_mono = time.monotonic()
         worker.last_beat_mono = None
+        worker.heartbeats_received = 0
+        worker.stalled_since = None
         worker.respawn_at = None
         worker.killing_cause = None
         worker.watch = watch_exit(self.loop, popen.pid, popen, lambda code, sig, w=worker, p=popen: self._exited(w, p, code, sig))
@@ -160,10 +168,41 @@ class WorkerPool:
         worker = self.workers.get(beat.worker)
         if worker is None or worker.popen is None or worker.popen.pid != beat.pid:
             return  # a beat from a previous incarnation still in the queue
-        worker.last_beat_mono = time.monotonic()
+        worker.last_beat_mono = now = time.monotonic()
         worker.counters = beat.counters
         worker.queue_depth = beat.queue_depth
         worker.info = beat.info
+        self._watch_forwarding(worker, beat, now)
+
+    def on_heartbeats(self, name: str, count: int) -> None:
+        """A batch of `count` heartbeats arrived from worker `name` (the forwarding watch counts them)."""
+        worker = self.workers.get(name)
+        if worker is not None:
+            worker.heartbeats_received += count
+
+    def _watch_forwarding(self, worker: _Worker, beat: WorkerBeat, now: float) -> None:
+        # Beats and batches share the worker's one PUSH socket, so by the time a beat is handled every batch
+        # sent before it has been too: what it accepted and we have not seen is queued there, or lost.
+        owed = beat.counters.get("accepted", 0) > worker.heartbeats_received
+        if not owed:
+            worker.stalled_since = None
+            return
+        if worker.stalled_since is None or worker.heartbeats_received != worker.received_at_stall:
+            worker.stalled_since, worker.received_at_stall = now, worker.heartbeats_received
+            return
+        if now - worker.stalled_since > FORWARD_STALL and worker.killing_cause is None and worker.popen is not None:
+            worker.killing_cause = (f"forwarding stalled: {beat.counters.get('accepted', 0) - worker.heartbeats_received} accepted "
+                                    f"heartbeats not received for {now - worker.stalled_since:.0f}s")
+            log.error("worker %s (pid %d): %s; killing it", worker.spec.name, worker.popen.pid, worker.killing_cause)
+            try:
+                worker.popen.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def forwarding_stalled(self, name: str) -> bool:
+        """The worker owes us heartbeats and has sent none for a while (it counts as an intake outage)."""
+        worker = self.workers.get(name)
+        return worker is not None and worker.stalled_since is not None and time.monotonic() - worker.stalled_since > 1.0
 
     def check(self, now: float) -> None:
         """Respawn what is due; SIGKILL workers that went silent (the exit path respawns them)."""

@@ -26,7 +26,8 @@ import psutil
 
 from supervisor.config import HttpIntake, split_listen
 from supervisor.states import AgentState
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, parse_json
+from supervisor.rate_limited_log import RateLimitedLog
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json
 from workers.link import WorkerLink
 from workers.runner import begin_process, load_worker_settings, serve_intake, worker_arg_parser
 
@@ -150,6 +151,7 @@ class HeartbeatHttpServer:
         self.directory = AgentDirectory(lambda: link.agents)
         link.on_change.append(self.directory.invalidate)
         self.counters = link.counters
+        self.limited = RateLimitedLog(log)
         self.connections: set[_Connection] = set()
         self._sock: socket.socket | None = None
         self._accepting: dict[asyncio.Task, socket.socket] = {}  # accepted, transport not yet set up
@@ -186,10 +188,15 @@ class HeartbeatHttpServer:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return  # another worker was quicker, or nothing left
             except OSError as exc:
+                cause = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self.counters[f"accept_errors_{cause}"] += 1
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise  # the loop logs it and carries on
-                # Linux keeps reporting the socket readable: pause, or we would spin.
-                log.warning("cannot accept connections for now (%s); retrying in %g s", exc.strerror, ACCEPT_RETRY_DELAY)
+                    self.limited.warning(f"accept:{cause}", "accept failed: %s", exc)  # e.g. ECONNABORTED, EPROTO
+                    return
+                # Linux keeps reporting the socket readable: pause, or we would spin. Logged once per cause, not
+                # once a second: a local user holding every fd would otherwise write our log full.
+                self.limited.warning(f"accept:{cause}", "cannot accept connections for now (%s); retrying every %g s",
+                                     exc.strerror, ACCEPT_RETRY_DELAY)
                 loop.remove_reader(sock.fileno())
                 loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
                 return
@@ -265,13 +272,9 @@ class HeartbeatHttpServer:
     def _heartbeats(self, body: bytes | bytearray, token: str | None, *, batch: bool) -> tuple[int, bytes, bytes, tuple]:
         received_at = time.time()
         try:
-            doc = parse_json(body.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            return self._invalid(f"body: not valid UTF-8 (byte {exc.start})")
-        except json.JSONDecodeError as exc:
-            return self._invalid(f"body: not valid JSON: {exc}")
-        except RecursionError:
-            return self._invalid("body: JSON nested too deeply")
+            doc = decode_json(body)
+        except HeartbeatRejected as exc:
+            return self._invalid(exc.message)
         if not batch:
             return self._one(doc, token, received_at)
         if not isinstance(doc, list):
@@ -287,6 +290,8 @@ class HeartbeatHttpServer:
 
     def _busy(self, n: int) -> tuple[int, bytes, bytes, tuple]:
         self.counters["dropped"] += n
+        if self.link.broken_reason is not None:  # this worker is about to exit; a fresh one takes the socket
+            return 503, json_reply(False, "this intake worker cannot forward heartbeats; retry shortly"), JSON_TYPE, ((b"Retry-After", b"1"),)
         return 503, BUSY(), JSON_TYPE, ((b"Retry-After", b"1"),)
 
     def _one(self, doc: object, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
@@ -535,8 +540,8 @@ class _Connection(asyncio.Protocol):
                 status, body, content_type, headers = self.server._heartbeats(self.body, self.token, batch=False)
             else:
                 status, body, content_type, headers = self.server.handle(method, path, self.token, self.body)
-        except Exception:  # a bug must cost one request, not the worker; the traceback stays in our log
-            log.exception("request %s %s failed", method.decode("latin-1"), path.decode("latin-1"))
+        except Exception:  # a bug must cost one request, not the worker; the traceback stays in our log, rate-limited
+            self.server.limited.exception("internal", "request %s %s failed", method.decode("latin-1"), path[:200].decode("latin-1"))
             status, body, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()
         self.body.clear()  # an idle keep-alive connection holds no request body
         self.server.counters[_STATUS_KEYS.get(status) or f"http_{status}"] += 1
@@ -632,10 +637,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _run(run_dir: Path, name: str, settings: HttpIntake, sock: socket.socket, max_connections: int) -> None:
+async def _run(run_dir: Path, name: str, settings: HttpIntake, sock: socket.socket, max_connections: int) -> int:
     link = WorkerLink(run_dir, name, want_state=True)
     link.info["listen"] = format_address(sock)
-    await serve_intake(link, HeartbeatHttpServer(link, settings, max_connections=max_connections), sock, f"http://{link.info['listen']}")
+    return await serve_intake(link, HeartbeatHttpServer(link, settings, max_connections=max_connections), sock, f"http://{link.info['listen']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -656,10 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", settings.listen, exc)
         return 2
     try:
-        asyncio.run(_run(run_dir, args.name, settings, sock, args.max_connections))
+        code = asyncio.run(_run(run_dir, args.name, settings, sock, args.max_connections))
     finally:
         sock.close()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from supervisor.config import AGENT_ID_PATTERN
 from supervisor.messages import AgentView, Heartbeat
 from supervisor.units import describe_value
 
-__all__ = ["AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "parse_heartbeat", "parse_json"]
+__all__ = ["AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "decode_json", "parse_heartbeat", "parse_json"]
 
 NCPU = os.cpu_count() or 1
 CPU_LIMIT = 100 * NCPU
@@ -69,6 +69,30 @@ def parse_json(text: str) -> object:
         if end == len(text) or not text[end:].strip(" \t\n\r"):
             return obj
     return json.loads(text)  # raises "Extra data", "Expecting value", ... exactly as before
+
+
+def decode_json(data: bytes | bytearray, what: str = "body") -> object:
+    """Bytes to a JSON value, or HeartbeatRejected 400 `invalid` whose message says what is wrong with them.
+
+    Every failure json can raise is mapped here, so an intake never sees a traceback from input: bad UTF-8,
+    bad syntax, nesting deeper than the interpreter's stack, integers over Python's 4300-digit limit."""
+    try:
+        return parse_json(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _invalid(f"{what}: not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"{what}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid(f"{what}: JSON nested too deeply") from None
+    except ValueError:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise _invalid(f"{what}: a number has too many digits") from None
+
+
+def _number(value: int | float) -> str:
+    """A number for an error message, bounded: a 4000-digit integer is named by its size, not printed."""
+    if isinstance(value, int) and not -10**20 < value < 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return describe_value(value)
 
 
 # ----------------------------------------------------------------------------------------------- fields
@@ -136,10 +160,15 @@ def _parse_time(text: str) -> float | None:
 
 
 def _text(key: str, value: object, problems: list[str], out: dict) -> None:
+    # Printable only: a lone surrogate cannot be encoded to UTF-8 on the way to the parent, and control or
+    # format characters (escape sequences, bidi overrides) would reach operators' terminals via agentctl.
     if not isinstance(value, str):
         problems.append(f"{key}: expected a string, got {describe_value(value)}")
     elif len(value) > MAX_TEXT:
         problems.append(f"{key}: longer than {MAX_TEXT} characters ({len(value)})")
+    elif not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        problems.append(f"{key}: must be printable text; character {value.index(bad)} is {ascii(bad)}")
     else:
         out[key] = value
 
@@ -175,7 +204,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
     elif isinstance(pid, bool) or not isinstance(pid, int):
         problems.append(f"pid: expected an integer, got {describe_value(pid)}")
     elif not 0 < pid <= MAX_PID:
-        problems.append(f"pid: must be a positive process id, got {pid}")
+        problems.append(f"pid: must be a positive process id, got {_number(pid)}")
     else:
         out["pid"] = pid
 
@@ -193,13 +222,13 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
 
     value = get("status")
     if value is not None:
-        if type(value) is str and len(value) <= MAX_TEXT:
+        if type(value) is str and len(value) <= MAX_TEXT and value.isprintable():
             out["status"] = value
         else:
             _text("status", value, problems, out)
     value = get("version")
     if value is not None:
-        if type(value) is str and len(value) <= MAX_TEXT:
+        if type(value) is str and len(value) <= MAX_TEXT and value.isprintable():
             out["version"] = value
         else:
             _text("version", value, problems, out)
@@ -211,7 +240,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
         if isinstance(cpu, bool) or not isinstance(cpu, (int, float)):
             problems.append(f"cpu: expected a number, got {describe_value(cpu)}")
         elif not 0 <= cpu <= CPU_LIMIT:  # also refuses NaN, which Python's json accepts
-            problems.append(f"cpu: must be between 0 and {CPU_LIMIT} (100 × {NCPU} CPUs), got {describe_value(cpu)}")
+            problems.append(f"cpu: must be between 0 and {CPU_LIMIT} (100 × {NCPU} CPUs), got {_number(cpu)}")
         else:
             out["cpu"] = float(cpu)
 
@@ -222,7 +251,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
         if isinstance(memory, bool) or not isinstance(memory, int):
             problems.append(f"memory: expected an integer number of bytes, got {describe_value(memory)}")
         elif not 0 <= memory <= MAX_MEMORY:
-            problems.append(f"memory: must be between 0 and {MAX_MEMORY} bytes, got {memory}")
+            problems.append(f"memory: must be between 0 and {MAX_MEMORY} bytes, got {_number(memory)}")
         else:
             out["memory"] = memory
 

@@ -99,7 +99,9 @@ class WorkerLink:
         self.counters: Counter[str] = Counter()
         self.info: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
-        self._pending: list[dict] = []
+        self._pending: list[bytes] = []  # each heartbeat already encoded: what was answered 200 can always be sent
+        self.broken = asyncio.Event()  # forwarding to the parent failed: the worker must exit (see serve_intake)
+        self.broken_reason: str | None = None
         self._blocked = False  # the parent's queue was full at the last try: leave retries to the flush loop
         self._closed = False
         self._has_items = asyncio.Event()  # something is queued: flush within flush_interval
@@ -209,17 +211,29 @@ class WorkerLink:
         return len(self._pending)
 
     def submit(self, heartbeat: dict | Heartbeat) -> bool:
-        """Queue a heartbeat for the parent; False means back-pressure (the caller answers 503).
+        """Queue a heartbeat for the parent; False means it was not queued (the caller answers 503).
 
         `heartbeat` is the dict `AgentDirectory.check` returns (fields of `Heartbeat`, absent ones left out)
-        or a `Heartbeat`. A full batch goes out at once; the rest within `flush_interval`."""
+        or a `Heartbeat`. It is encoded here, not at send time, so one that cannot be encoded is refused on
+        its own instead of failing a whole batch later, after it was answered 200 (issue 8, break 1).
+        A full batch goes out at once; the rest within `flush_interval`."""
         pending = self._pending
+        if self.broken_reason is not None:
+            self.counters["dropped_link_broken"] += 1
+            return False
         if len(pending) >= self.max_pending:
             self.counters["dropped_backpressure"] += 1
             return False
         if not isinstance(heartbeat, dict):
             heartbeat = heartbeat.model_dump(exclude_none=True)
-        pending.append(heartbeat)
+        try:
+            encoded = pydantic_core.to_json(heartbeat)
+        except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+            # Unreachable for what heartbeat_rules lets through; refused alone, the pipeline stays whole.
+            self.counters["dropped_unencodable"] += 1
+            log.error("%s: refused a heartbeat that cannot be encoded for the parent: %s", self.name, exc)
+            return False
+        pending.append(encoded)
         n = len(pending)
         if n == 1:
             self._has_items.set()
@@ -228,17 +242,17 @@ class WorkerLink:
         return True
 
     def has_room(self, n: int = 1) -> bool:
-        return len(self._pending) + n <= self.max_pending
+        return self.broken_reason is None and len(self._pending) + n <= self.max_pending
 
-    def _encode(self, items: list[dict]) -> bytes:
+    def _encode(self, items: list[bytes]) -> bytes:
         """What `HeartbeatBatch(worker=..., items=...).model_dump_json()` gives, minus the nulls of absent fields,
         without building a model per heartbeat."""
-        return self._batch_head + pydantic_core.to_json(items)[1:-1] + self._batch_tail
+        return self._batch_head + b",".join(items) + self._batch_tail
 
     def _send_batches(self, partial: bool = False) -> None:
         """Send full batches (and with `partial`, the rest) as far as the parent's queue lets us."""
         pending = self._pending
-        if self._closed:
+        if self._closed or self.broken_reason is not None:
             return
         while len(pending) >= (1 if partial else self.batch_max):
             batch = pending[: self.batch_max]
@@ -247,9 +261,19 @@ class WorkerLink:
             except zmq.Again:
                 self._blocked = True  # parent's queue is full: keep the items, the flush loop retries
                 return
+            except Exception as exc:  # the socket itself failed: nothing queued here can reach the parent
+                self._break(f"sending heartbeats to the parent failed: {exc!r}")
+                return
             del pending[: len(batch)]
             self.counters["forwarded"] += len(batch)
         self._blocked = False
+
+    def _break(self, reason: str) -> None:
+        """Forwarding is impossible: say so once; intake answers 503 from now on and the worker exits."""
+        if self.broken_reason is None:
+            self.broken_reason = reason
+            log.error("%s: %s; %d queued heartbeats lost; exiting so that a fresh worker takes over", self.name, reason, len(self._pending))
+            self.broken.set()
 
     async def flush(self) -> None:
         """Send everything queued, in batches, as far as the parent's queue lets us."""
@@ -261,7 +285,11 @@ class WorkerLink:
         while True:
             await self._has_items.wait()
             await asyncio.sleep(self.flush_interval)
-            self._send_batches(partial=True)
+            try:
+                self._send_batches(partial=True)
+            except Exception as exc:  # never a silently dead flush loop: that was issue 8's wedged intake
+                self._break(f"the heartbeat flush failed: {exc!r}")
+                return
             if not self._pending:
                 self._has_items.clear()
 

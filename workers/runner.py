@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from supervisor.config import ConfigError, load_config
 from supervisor.logging_setup import setup_logging
+from supervisor.rate_limited_log import RateLimitedLog
 
 from .link import WorkerLink, die_with_parent
 
@@ -107,15 +108,30 @@ def load_worker_settings(args: argparse.Namespace, model, from_config, *, sectio
     return run_dir, settings
 
 
-async def serve_intake(link: WorkerLink, server, sock, where: str) -> None:
+async def serve_intake(link: WorkerLink, server, sock, where: str) -> int:
     """Serve an intake on `sock` once the first snapshot is in (else every heartbeat would be refused;
-    the parent's backlog holds connections meanwhile), until SIGTERM or SIGINT."""
+    the parent's backlog holds connections meanwhile), until SIGTERM or SIGINT: exit code 0.
+
+    If forwarding to the parent breaks, the intake stops and returns 1: a worker that cannot forward must
+    not go on answering, and its exit makes the pool start a fresh one on the same socket (issue 8)."""
     stop = stop_event()
+    limited = RateLimitedLog(log)
+    # What escapes to the loop (a failed accept inside asyncio's own server, an unretrieved task error) is
+    # logged once per kind and period, never once per connection (issue 8: 168k lines in 15 s).
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: limited.emit("loop:" + str(context.get("message"))[:80], logging.ERROR, "%s",
+                                           context.get("message"), exc_info=context.get("exception") or False))
     if not await start_link(link, stop):
-        return
+        return 0
     await server.start(sock)
     log.info("%s: serving heartbeats on %s (%d agents known)", link.name, where, len(link.agents))
-    await stop.wait()
-    log.info("%s: stopping", link.name)
+    stopping = asyncio.create_task(stop.wait())
+    broken = asyncio.create_task(link.broken.wait())
+    await asyncio.wait({stopping, broken}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    broken.cancel()
+    code = 1 if link.broken.is_set() else 0
+    log.info("%s: stopping%s", link.name, f" ({link.broken_reason})" if code else "")
     await server.close()
     await link.close()
+    return code
