@@ -27,6 +27,42 @@ log = logging.getLogger(__name__)
 Dispatcher = Callable[[Request], Awaitable[Reply]]
 
 
+class BadRequest(Exception):
+    """A control message that is not a valid request: the sentence for its `bad_request` reply, and its id if readable."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+def parse_request(payload: bytes) -> Request:
+    """One control payload to a `Request`, or BadRequest saying why not; nothing else escapes (issue 8).
+
+    json raises ValueError for integers over 4300 digits and RecursionError for deep nesting; both are input
+    errors like any other. (MAX_MESSAGE_BYTES bounds the work.)"""
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("payload is not usable JSON: nested too deeply") from None
+    except ValueError:
+        raise BadRequest("payload is not usable JSON: a number has too many digits") from None
+    request_id = None
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        # Echoed in the reply, so only an id the reply can carry (printable, not too long) is kept.
+        if isinstance(rid, str) and 0 < len(rid) <= 64 and rid.isprintable():
+            request_id = rid
+    try:
+        return Request.model_validate(raw)
+    except ValidationError as exc:
+        raise BadRequest(f"malformed request: {describe_validation_error(exc)}", request_id) from None
+    except RecursionError:
+        raise BadRequest("malformed request: nested too deeply", request_id) from None
+
+
 class ControlServer:
     """Serves control requests on a ROUTER socket until closed."""
 
@@ -62,17 +98,15 @@ class ControlServer:
             self._reject(identity, None, f"expected one payload frame, got {len(frames) - 1}")
             return
         try:
-            raw = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._reject(identity, None, f"payload is not JSON: {exc}")
+            request = parse_request(payload)
+        except BadRequest as exc:
+            self._reject(identity, exc.request_id, exc.message)
             return
-        request_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
         try:
-            request = Request.model_validate(raw)
-        except ValidationError as exc:
-            self._reject(identity, request_id, f"malformed request: {describe_validation_error(exc)}")
-            return
-        reply = await self.dispatch(request)
+            reply = await self.dispatch(request)
+        except Exception:  # the dispatcher answers its own errors; this is a bug, and the client still gets a reply
+            self._garbage.exception("dispatch", "control: %s failed", request.verb)
+            reply = error_reply(request.id, ErrorCode.INTERNAL, f"internal error while running '{request.verb}'; see the agentd log")
         await self._send(identity, reply)
 
     def _reject(self, identity: bytes | None, request_id: str | None, message: str) -> None:
@@ -83,7 +117,12 @@ class ControlServer:
 
     async def _send(self, identity: bytes, reply: Reply) -> None:
         try:
-            await self.sock.send_multipart([identity, reply.model_dump_json().encode()])
+            data = reply.model_dump_json().encode()
+        except ValueError as exc:  # e.g. a lone surrogate in a string from the request; answer with that instead
+            self._garbage.exception("encode", "control: cannot encode a reply: %s", exc)
+            data = error_reply(reply.id, ErrorCode.INTERNAL, "the reply could not be encoded as JSON; see the agentd log").model_dump_json().encode()
+        try:
+            await self.sock.send_multipart([identity, data])
         except zmq.ZMQError as exc:  # client gone; nothing to do but note it
             log.debug("control: could not send reply: %s", exc)
 
