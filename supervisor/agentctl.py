@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .config import ConfigError, load_config
 from .control_client import ClientError, ControlClient, DaemonTimeout
-from .tables import render_table
+from .tables import printable, render_table
 from .units import format_bytes, format_duration
 from .verbs import events as events_verb
 from .verbs import logs as logs_verb
@@ -47,7 +47,7 @@ class Ctx:
             fail(str(exc), exc.exit_code, self.as_json, getattr(exc, "code", None))
 
     def emit(self, result: dict[str, Any], human: str) -> None:
-        click.echo(json.dumps(result, indent=2) if self.as_json else human)
+        click.echo(json.dumps(result, indent=2) if self.as_json else printable(human))  # JSON escapes controls itself
 
 
 def fail(message: str, code: int, as_json: bool = False, error_code: str | None = None) -> None:
@@ -55,7 +55,7 @@ def fail(message: str, code: int, as_json: bool = False, error_code: str | None 
     if as_json:
         click.echo(json.dumps({"ok": False, "error": {"code": error_code or "client_error", "message": message}}))
     else:
-        click.echo(f"agentctl: {message}", err=True)
+        click.echo(printable(f"agentctl: {message}"), err=True)
     sys.exit(code)
 
 
@@ -315,7 +315,7 @@ def events(click_ctx: click.Context, ids: tuple[str, ...], limit: int, follow: b
 
 def _print_events(items: list[dict[str, Any]], as_json: bool) -> None:
     for e in items:
-        click.echo(json.dumps(e) if as_json else _event_line(e))
+        click.echo(json.dumps(e) if as_json else printable(_event_line(e), keep=""))
 
 
 # ----------------------------------------------------------------------------- workers
@@ -450,7 +450,7 @@ def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, as_
     lines.append(render_table(["TIME", "CPU", "RSS", "VMS", "FDS", "THREADS", "PROCS", "READ_B", "WRITE_B"], rows))
     if len(samples) > 50:
         lines.append(f"(last 50 of {len(samples)} rows; --json for all)")
-    click.echo("\n".join(lines))
+    click.echo(printable("\n".join(lines)))
 
 
 # ----------------------------------------------------------------------------- heartbeat (for scripts)
@@ -471,7 +471,7 @@ def heartbeat(agent_id: str | None, hb_status: str | None, agent_version: str | 
         message = send_heartbeat(agent_id, socket_path=socket_path, url=url, token=token, status=hb_status, version=agent_version)
     except HeartbeatError as exc:
         fail(str(exc), EXIT_FAILED)
-    click.echo(message)
+    click.echo(printable(message))
 
 
 # ----------------------------------------------------------------------------- small verbs
