@@ -154,6 +154,8 @@ def heartbeat_payload(args: argparse.Namespace, seq: int) -> dict:
         "version": "helper-1",
         "seq": seq,
     }
+    if args.fields_json:  # a buggy or hostile agent: any fields, written as JSON so they can hold "\ud800"
+        payload.update(json.loads(args.fields_json))
     if "AGENTD_AGENT_ID" in os.environ:
         payload["agent_id"] = os.environ["AGENTD_AGENT_ID"]
     return payload
@@ -375,6 +377,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--beats", type=int, default=3, help="heartbeats before heartbeat-then-stall stalls")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between heartbeats")
     parser.add_argument("--claim-pid", type=int, default=0, help="pid to claim in heartbeats (default: own pid)")
+    parser.add_argument("--fields-json", default="", help="JSON object merged into every heartbeat (e.g. a bad version)")
     parser.add_argument("--mb", type=int, default=64, help="MiB memory-balloon grows to")
     parser.add_argument("--step-mb", type=int, default=16, help="MiB memory-balloon adds per second")
     parser.add_argument("--seconds", type=float, default=0.0, help="cpu-burn duration (0 = forever)")
