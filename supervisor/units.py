@@ -48,6 +48,8 @@ def describe_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and not -10**20 < value < 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"  # bounded: never echo a 4000-digit number
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, (int, float)):

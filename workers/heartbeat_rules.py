@@ -88,13 +88,6 @@ def decode_json(data: bytes | bytearray, what: str = "body") -> object:
         raise _invalid(f"{what}: a number has too many digits") from None
 
 
-def _number(value: int | float) -> str:
-    """A number for an error message, bounded: a 4000-digit integer is named by its size, not printed."""
-    if isinstance(value, int) and not -10**20 < value < 10**20:
-        return f"an integer of {len(str(abs(value)))} digits"
-    return describe_value(value)
-
-
 # ----------------------------------------------------------------------------------------------- fields
 
 
@@ -204,7 +197,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
     elif isinstance(pid, bool) or not isinstance(pid, int):
         problems.append(f"pid: expected an integer, got {describe_value(pid)}")
     elif not 0 < pid <= MAX_PID:
-        problems.append(f"pid: must be a positive process id, got {_number(pid)}")
+        problems.append(f"pid: must be a positive process id, got {describe_value(pid)}")
     else:
         out["pid"] = pid
 
@@ -240,7 +233,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
         if isinstance(cpu, bool) or not isinstance(cpu, (int, float)):
             problems.append(f"cpu: expected a number, got {describe_value(cpu)}")
         elif not 0 <= cpu <= CPU_LIMIT:  # also refuses NaN, which Python's json accepts
-            problems.append(f"cpu: must be between 0 and {CPU_LIMIT} (100 × {NCPU} CPUs), got {_number(cpu)}")
+            problems.append(f"cpu: must be between 0 and {CPU_LIMIT} (100 × {NCPU} CPUs), got {describe_value(cpu)}")
         else:
             out["cpu"] = float(cpu)
 
@@ -251,7 +244,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
         if isinstance(memory, bool) or not isinstance(memory, int):
             problems.append(f"memory: expected an integer number of bytes, got {describe_value(memory)}")
         elif not 0 <= memory <= MAX_MEMORY:
-            problems.append(f"memory: must be between 0 and {MAX_MEMORY} bytes, got {_number(memory)}")
+            problems.append(f"memory: must be between 0 and {MAX_MEMORY} bytes, got {describe_value(memory)}")
         else:
             out["memory"] = memory
 

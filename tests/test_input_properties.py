@@ -1,0 +1,123 @@
+"""Property tests for the parsers an outsider can reach (issue 8): the heartbeat parser and the control
+request parser, fed arbitrary JSON (surrogates, control characters, huge integers, deep nesting, wrong
+types). No exception escapes but the typed rejection, every rejection says why, and whatever is
+accepted can be sent on (the lone surrogate that wedged an intake could not be)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pydantic_core
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisor.control_server import BadRequest, parse_request
+from supervisor.messages import AgentView, Heartbeat
+from supervisor.protocol import Reply
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, parse_heartbeat
+
+NASTY_TEXT = ["\ud800", "\udfff", "\x00", "\x1b[2J", "\x1b]0;t\x07", "\u202e", "\u200b", "\x7f", "\x85", "é", "🙂", ""]
+FIELDS = ["agent_id", "pid", "timestamp", "status", "version", "cpu", "memory", "token", "generation"]
+
+texts = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(NASTY_TEXT) | st.text(max_size=5), max_size=6).map("".join),
+    st.text(min_size=250, max_size=300),
+)
+numbers = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.just(2**31), st.just(2**63), st.just(10**4000),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4), max_leaves=12)
+heartbeat_like = st.dictionaries(st.sampled_from(FIELDS) | texts, values, max_size=8)
+
+
+def _dumps(obj: object) -> bytes:
+    # ensure_ascii writes a lone surrogate as the \ud800 escape, exactly what a hostile client sends.
+    return json.dumps(obj, allow_nan=True).encode()
+
+
+raw_json = st.one_of(
+    heartbeat_like.map(_dumps),
+    values.map(_dumps),
+    st.integers(1, 30_000).map(lambda n: b"[" * n + b"]" * n),  # deeper than the interpreter's stack
+    st.integers(1, 30_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+    st.integers(4000, 6000).map(lambda n: b'{"agent_id": "a", "pid": 1, "memory": ' + b"9" * n + b"}"),
+    st.binary(max_size=200),
+)
+
+AGENT = AgentView(id="a", type="custom", state="running", pid=os.getpid(), generation=3)
+DIRECTORY = AgentDirectory(lambda: {"a": AGENT})
+PROFILE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _rejection_is_typed(exc: HeartbeatRejected) -> None:
+    assert exc.status in (400, 401, 404) and exc.reason and exc.message.strip()
+    json.dumps({"message": exc.message})  # a reply can always carry it
+    assert len(exc.message) < 4000  # a 4000-digit number is named by its size, never echoed
+
+
+def _accepted_can_be_forwarded(fields: dict) -> None:
+    pydantic_core.to_json(fields)  # what the link does at submit: this raised for "\ud800"
+    Heartbeat(**{"agent_id": "a", **fields})  # the socket path names the agent by peer credentials instead
+    for key in ("status", "version"):
+        if key in fields:
+            assert fields[key].isprintable() and len(fields[key]) <= 256
+
+
+@PROFILE
+@given(raw_json, st.booleans())
+def test_heartbeat_parser_answers_every_input(data, agent_id_required):
+    try:
+        doc = decode_json(data)
+    except HeartbeatRejected as exc:
+        _rejection_is_typed(exc)
+        return
+    try:
+        fields = parse_heartbeat(doc, agent_id_required=agent_id_required, received_at=time.time())
+    except HeartbeatRejected as exc:
+        _rejection_is_typed(exc)
+        return
+    _accepted_can_be_forwarded(fields)
+
+
+@PROFILE
+@given(heartbeat_like, st.sampled_from([None, "tok"]), st.sampled_from([None, os.getpid(), 1]))
+def test_directory_check_answers_every_heartbeat(doc, token, peer_pid):
+    try:
+        fields = DIRECTORY.check(doc, agent_id_required=peer_pid is None, token=token, peer_pid=peer_pid, received_at=time.time())
+    except HeartbeatRejected as exc:
+        _rejection_is_typed(exc)
+        return
+    _accepted_can_be_forwarded(fields)
+    assert fields["agent_id"] == "a" and fields["generation"] == 3
+
+
+request_like = st.fixed_dictionaries(
+    {}, optional={"v": values, "id": values | texts, "verb": values | texts, "args": values | st.dictionaries(texts, values, max_size=3)}
+)
+raw_requests = st.one_of(
+    request_like.map(_dumps),
+    values.map(_dumps),
+    st.integers(1, 30_000).map(lambda n: b'{"id": "x", "verb": "status", "args": {"a": ' + b"[" * n + b"]" * n + b"}}"),
+    st.integers(4300, 9000).map(lambda n: b'{"id": "x", "verb": "status", "args": {"a": ' + b"1" * n + b"}}"),
+    st.binary(max_size=200),
+)
+
+
+@PROFILE
+@given(raw_requests)
+def test_control_request_parser_answers_every_payload(payload):
+    try:
+        request = parse_request(payload)
+    except BadRequest as exc:
+        assert exc.message.strip()
+        Reply(id=exc.request_id, ok=False).model_dump_json()  # the echoed id can always be sent back
+        return
+    assert 1 <= len(request.id) <= 64 and 1 <= len(request.verb) <= 64
+    Reply(id=request.id, ok=True, result={}).model_dump_json()
