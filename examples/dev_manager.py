@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """A development Manager: the Manager side of DESIGN section 8, recording what it receives in SQLite.
 
+It behaves as the original project's Manager does where agentd can tell (docs/manager.md): it reads node
+metrics by the original daemon's keys, re-creates a lost node as "unknown" on its next heartbeat, and dials
+the node API at `<registered ip>:<daemon port>` in plaintext, without a token, pinging every 45 s.
+
 Run `python examples/dev_manager.py --help`; its first stdout line is "LISTENING host:port".
 """
 
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sqlite3
 import sys
@@ -28,6 +33,24 @@ import grpc  # noqa: E402
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc  # noqa: E402
 
 UNKNOWN_NODE = "unknown node"
+UNKNOWN = "unknown"  # the Manager's placeholder for the facts of a node it re-creates from a heartbeat
+# How the original Manager dials a node's DaemonService (manager/internal/grpc/daemon_client.go).
+DAEMON_PORT = 9091
+KEEPALIVE_SECONDS = 45.0
+KEEPALIVE_TIMEOUT_SECONDS = 15.0
+LIST_TIMEOUT = 30.0
+OPERATE_TIMEOUT = 90.0
+METRIC_TYPE_MAX = 20  # the Manager's metrics.type column is VARCHAR(20): a longer type fails the whole batch
+# Agent statuses the Manager's UI has a colour for; anything else shows as an unknown grey badge.
+AGENT_STATUSES = frozenset({"running", "stopped", "error", "failed", "starting", "stopping", "restarting"})
+# The Manager's cluster overview: per node, these keys of the latest row of each type, 0 when missing.
+OVERVIEW_KEYS = {
+    "cpu_usage": ("cpu", "usage_percent"), "memory_usage": ("memory", "usage_percent"),
+    "memory_total": ("memory", "total_bytes"), "disk_usage": ("disk", "usage_percent"),
+    "disk_total": ("disk", "total_bytes"), "network_rx": ("network", "rx_bytes"), "network_tx": ("network", "tx_bytes"),
+}
+# What the Manager writes into an agent's row after a successful OperateAgent, before any sync.
+EXPECTED_AFTER = {"start": "running", "stop": "stopped", "restart": "running"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -116,6 +139,9 @@ class DevManager:
         *,
         fail_sync: int = 0,
         unknown_node_once: bool = False,
+        refuse_unknown: bool = False,
+        daemon_port: int = DAEMON_PORT,
+        keepalive: float = KEEPALIVE_SECONDS,
         out: TextIO | None = None,
     ):
         self.db_path = str(db_path)
@@ -132,6 +158,12 @@ class DevManager:
         self._registered = {row["node_id"] for row in self._db.execute("SELECT node_id FROM nodes")}
         self._fail_sync_left = fail_sync
         self._forget_pending = unknown_node_once
+        # The real Manager re-creates an unknown node from its heartbeat; refusing instead is for other Managers.
+        self._refuse_unknown = refuse_unknown or unknown_node_once
+        self.daemon_port = daemon_port
+        self.keepalive = keepalive
+        self._channels: dict[str, tuple[str, grpc.Channel]] = {}  # node_id -> (address, channel)
+        self._channel_states: dict[str, list[str]] = {}
         self._server: grpc.Server | None = None
 
     # -- output -------------------------------------------------------------------------------------
@@ -171,13 +203,22 @@ class DevManager:
         return manager_pb2.RegisterNodeResponse(success=True, message="node registered")
 
     def heartbeat(self, req: manager_pb2.HeartbeatRequest) -> manager_pb2.HeartbeatResponse:
-        """Accept a node heartbeat, or answer "unknown node" so the daemon registers again."""
-        forgot = False
+        """Accept a node heartbeat. An unknown node is re-created with "unknown" facts and accepted, as the
+        real Manager does; with refuse_unknown it is answered "unknown node" instead."""
+        forgot = created = False
         with self._lock, self._db:
             if self._forget_pending and req.node_id in self._registered:
                 self._forget_pending = False
                 self._registered.clear()
                 forgot = True
+            if req.node_id and req.node_id not in self._registered and not self._refuse_unknown:
+                now = time.time()
+                self._db.execute(
+                    "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING",
+                    (req.node_id, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, "{}", UNKNOWN, UNKNOWN, now, now, 0),
+                )
+                self._registered.add(req.node_id)
+                created = True
             accepted = req.node_id in self._registered
             self._db.execute(
                 "INSERT INTO node_heartbeats (node_id, timestamp, accepted, received_at) VALUES (?, ?, ?, ?)",
@@ -185,13 +226,29 @@ class DevManager:
             )
         if forgot:
             self.say("forgetting every node registration once (--unknown-node-once)")
+        if created:
+            self.say(f"node {req.node_id} heartbeat from an unknown node: created it with {UNKNOWN} facts")
         if not accepted:
             self.say(f"node {req.node_id or '<empty>'} heartbeat refused: {UNKNOWN_NODE}, it must register again")
             return manager_pb2.HeartbeatResponse(success=False, message=UNKNOWN_NODE)
         return manager_pb2.HeartbeatResponse(success=True, message="heartbeat received")
 
+    def forget_node(self, node_id: str) -> None:
+        """Lose a node's row, as after a database restore: its next heartbeat re-creates it as unknown."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+            self._registered.discard(node_id)
+        self.say(f"node {node_id} forgotten")
+
     def report_metrics(self, req: manager_pb2.ReportMetricsRequest) -> manager_pb2.ReportMetricsResponse:
-        """Store a batch of node metrics; like the real Manager it does not require a registration."""
+        """Store a batch of node metrics as JSON, like the real Manager (no registration needed); a type
+        longer than its column or a value JSON cannot hold (NaN, infinity) fails the whole batch, as there."""
+        for m in req.metrics:
+            if len(m.type) > METRIC_TYPE_MAX:
+                return self._refuse_metrics(req, f"type {m.type!r} is longer than {METRIC_TYPE_MAX} characters")
+            bad = sorted(k for k, v in m.values.items() if not math.isfinite(v))
+            if bad:
+                return self._refuse_metrics(req, f"{m.type}: values are not finite numbers: {', '.join(bad)}")
         now = time.time()
         with self._lock, self._db:
             self._db.executemany(
@@ -200,10 +257,21 @@ class DevManager:
                  for m in req.metrics],
             )
         parts = [
-            f"{m.type}{{{', '.join(f'{k}={v:g}' for k, v in sorted(m.values.items()))}}}" for m in req.metrics
+            f"{m.type}{{{', '.join(f'{k}={v:g}' for k, v in sorted(m.values.items()) if not k.startswith('details['))}}}"
+            for m in req.metrics
         ]
         self.say(f"node {req.node_id} metrics: {' '.join(parts) or '(none)'}")
+        ov = self.overview(req.node_id)
+        self.say(
+            f"node {req.node_id} overview: cpu {ov['cpu_usage']:.1f}%, memory {ov['memory_usage']:.1f}% of"
+            f" {ov['memory_total'] / 2**30:.1f} GiB, disk {ov['disk_usage']:.1f}% of {ov['disk_total'] / 2**30:.1f} GiB,"
+            f" network rx {ov['network_rx']:.0f} B tx {ov['network_tx']:.0f} B"
+        )
         return manager_pb2.ReportMetricsResponse(success=True, message=f"{len(req.metrics)} metrics saved")
+
+    def _refuse_metrics(self, req: manager_pb2.ReportMetricsRequest, why: str) -> manager_pb2.ReportMetricsResponse:
+        self.say(f"node {req.node_id} metrics refused: {why}")
+        return manager_pb2.ReportMetricsResponse(success=False, message=f"failed to save metrics: {why}")
 
     # -- DaemonService ------------------------------------------------------------------------------
 
@@ -244,6 +312,9 @@ class DevManager:
         for line in changes:
             if line:
                 self.say(line)
+        for st in req.states:
+            if st.status not in AGENT_STATUSES:
+                self.say(f"{req.node_id}/{st.agent_id}: status {st.status!r} is not one the Manager can show")
         return daemon_pb2.SyncAgentStatesResponse(success=True, message=f"synced {len(req.states)} states")
 
     @staticmethod
@@ -288,8 +359,72 @@ class DevManager:
         self._server = server
         return server, port
 
+    # -- dialing the node API, as the Manager does ---------------------------------------------------
+
+    def _daemon_stub(self, node_id: str) -> daemon_pb2_grpc.DaemonServiceStub:
+        """A stub on the node's cached channel to <registered ip>:<daemon port>: plaintext, no token, keepalive."""
+        rows = self._query("SELECT ip FROM nodes WHERE node_id = ?", (node_id,))
+        if not rows:
+            raise LookupError(f"node {node_id} is not registered")
+        ip = rows[0]["ip"]
+        address = f"[{ip}]:{self.daemon_port}" if ":" in ip else f"{ip}:{self.daemon_port}"
+        with self._lock:
+            cached = self._channels.get(node_id)
+            if cached is not None and cached[0] != address:
+                cached[1].close()
+                cached = None
+            if cached is None:
+                channel = grpc.insecure_channel(address, options=[
+                    ("grpc.keepalive_time_ms", int(self.keepalive * 1000)),
+                    ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    # Go's client pings on an idle connection without limit; C-core stops after 2 unless told.
+                    ("grpc.http2.max_pings_without_data", 0),
+                ])
+                states = self._channel_states.setdefault(node_id, [])
+                channel.subscribe(lambda state: states.append(state.name), try_to_connect=False)
+                cached = self._channels[node_id] = (address, channel)
+        return daemon_pb2_grpc.DaemonServiceStub(cached[1])
+
+    def connection_states(self, node_id: str) -> list[str]:
+        """The connectivity states the channel to the node went through (a GOAWAY shows as READY -> IDLE)."""
+        return list(self._channel_states.get(node_id, []))
+
+    def list_agents(self, node_id: str) -> list[daemon_pb2.AgentInfo]:
+        """ListAgents on the node, with the Manager's 30 s deadline."""
+        return list(self._daemon_stub(node_id).ListAgents(daemon_pb2.ListAgentsRequest(), timeout=LIST_TIMEOUT).agents)
+
+    def operate_agent(self, node_id: str, agent_id: str, operation: str, timeout: float = OPERATE_TIMEOUT) -> tuple[bool, str]:
+        """OperateAgent as the Manager calls it (90 s deadline); on success the agent's row gets the expected
+        status at once (pid 0 after a stop), as the Manager writes it. Returns (success, message)."""
+        started = time.monotonic()
+        try:
+            response = self._daemon_stub(node_id).OperateAgent(
+                daemon_pb2.AgentOperationRequest(agent_id=agent_id, operation=operation), timeout=timeout)
+        except grpc.RpcError as exc:
+            message = f"{exc.code().name}: {exc.details()}"
+            self.say(f"{node_id}/{agent_id}: {operation} failed: {message}")
+            return False, message
+        took = time.monotonic() - started
+        if not response.success:
+            self.say(f"{node_id}/{agent_id}: {operation} failed after {took:.1f}s: {response.error_message}")
+            return False, response.error_message
+        expected = EXPECTED_AFTER[operation]
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE agent_states SET status = ?, pid = CASE WHEN ? THEN 0 ELSE pid END, updated_at = ?"
+                " WHERE node_id = ? AND agent_id = ?",
+                (expected, operation == "stop", time.time(), node_id, agent_id),
+            )
+        self.say(f"{node_id}/{agent_id}: {operation} done in {took:.1f}s, recorded as {expected}")
+        return True, ""
+
     def stop(self, grace: float = 2.0) -> None:
         """Stop serving (waiting up to grace seconds for calls in flight) and close the database."""
+        with self._lock:
+            for _address, channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
@@ -312,6 +447,20 @@ class DevManager:
     def heartbeats(self, node_id: str) -> int:
         """How many heartbeats of node_id were accepted."""
         return self._query("SELECT COUNT(*) FROM node_heartbeats WHERE node_id = ? AND accepted = 1", (node_id,))[0][0]
+
+    def overview(self, node_id: str) -> dict[str, float]:
+        """The node's line of the Manager's cluster overview: fixed keys of the newest row of each type, 0 if absent."""
+        latest: dict[str, dict] = {}
+        for row in self._query(
+            "SELECT type, values_json FROM metrics m WHERE node_id = ? AND id = (SELECT id FROM metrics WHERE"
+            " node_id = m.node_id AND type = m.type ORDER BY timestamp DESC, id DESC LIMIT 1)", (node_id,)
+        ):
+            latest[row["type"]] = json.loads(row["values_json"])
+        out = {}
+        for name, (kind, key) in OVERVIEW_KEYS.items():
+            value = latest.get(kind, {}).get(key)
+            out[name] = float(value) if isinstance(value, (int, float)) else 0.0
+        return out
 
     def metrics(self, node_id: str) -> list[dict]:
         """The node's metric records in arrival order: type, timestamp, values, received_at."""
@@ -378,7 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-sync", type=int, default=0, metavar="N",
                         help="answer success=false to the first N syncs")
     parser.add_argument("--unknown-node-once", action="store_true",
-                        help="forget every registration at the first heartbeat, once, so the daemon re-registers")
+                        help="forget every registration at the first heartbeat, once, and refuse it, so the daemon re-registers")
+    parser.add_argument("--refuse-unknown-nodes", action="store_true",
+                        help="answer success=false to heartbeats of unknown nodes (the real Manager re-creates them)")
+    parser.add_argument("--daemon-port", type=int, default=DAEMON_PORT,
+                        help=f"port of the nodes' DaemonService, dialed at their registered IP (default {DAEMON_PORT})")
     opts = parser.parse_args(argv)
 
     tls = None
@@ -398,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    mgr = DevManager(opts.db, fail_sync=opts.fail_sync, unknown_node_once=opts.unknown_node_once)
+    mgr = DevManager(opts.db, fail_sync=opts.fail_sync, unknown_node_once=opts.unknown_node_once,
+                     refuse_unknown=opts.refuse_unknown_nodes, daemon_port=opts.daemon_port)
     try:
         _, port = mgr.serve(opts.listen, tls)
     except OSError as exc:

@@ -31,6 +31,8 @@ __all__ = [
     "AgentDefaults",
     "AgentHeartbeat",
     "AgentSpec",
+    "CollectorSettings",
+    "CollectorsSettings",
     "Config",
     "ConfigError",
     "ControlSettings",
@@ -146,7 +148,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_cidr(value: Any) -> Any:
+    # A bare address is that one host; host bits set (10.0.0.5/8) are refused rather than silently widened.
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address or CIDR like 10.0.0.5/32, got {describe_value(value)}")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError as exc:
+        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+
+
+def _check_ip(value: Any) -> Any:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {describe_value(value)}") from None
+
+
 PathT = Annotated[Path, BeforeValidator(_to_path)]
+Cidr = Annotated[str, BeforeValidator(_check_cidr)]
+IPAddress = Annotated[str, BeforeValidator(_check_ip)]
 Str = Annotated[str, BeforeValidator(_to_str)]
 Listen = Annotated[str, BeforeValidator(_check_listen)]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
@@ -266,6 +289,11 @@ class ManagerSettings(_Section):
     sync_interval: PositiveDuration = 30.0
     timeout: PositiveDuration = 10.0
     labels: dict[str, Str] = Field(default_factory=dict)
+    # The Manager re-creates a node it lost as "unknown" on the next heartbeat and still answers success,
+    # so registering again on a schedule is the only way its facts come back (docs/manager.md).
+    register_interval: PositiveDuration = 300.0
+    # The address registered as the node's IP; the Manager dials it (port 9091) to operate agents.
+    advertise_ip: IPAddress | None = None
 
     @field_validator("address")
     @classmethod
@@ -281,18 +309,64 @@ class ManagerAPISettings(_Section):
     listen: Listen | None = None
     token: Str | None = None
     tls: TLSSettings = Field(default_factory=TLSSettings)
+    # Peers allowed to connect at all (CIDRs), checked on every call whatever the auth; empty = any peer.
+    allow_from: list[Cidr] = Field(default_factory=list)
+    # Plaintext without a token, as the original Manager dials: only together with allow_from (docs/manager.md).
+    insecure: bool = False
+    # The original Manager pings every 45 s on idle connections; gRPC's default policy answers GOAWAY.
+    min_ping_interval: PositiveDuration = 10.0
 
     @model_validator(mode="after")
     def _protected(self) -> ManagerAPISettings:
         if self.tls.enabled and (self.tls.cert_file is None or self.tls.key_file is None):
             raise ValueError("tls.enabled needs tls.cert_file and tls.key_file to serve TLS")
+        if self.insecure and not self.allow_from:
+            raise ValueError("insecure: true needs allow_from: the Manager's addresses (CIDRs) that may connect")
         if self.listen is not None and not _is_loopback(split_listen(self.listen)[0]):
             # Anyone who can reach this port could stop every agent on the node.
-            if not self.tls.enabled and not self.token:
+            if not self.tls.enabled and not self.token and not self.insecure:
                 raise ValueError(
                     f"listen {self.listen!r} is not loopback: set manager_api.token or enable manager_api.tls"
+                    " (or, for the original Manager, insecure: true with allow_from)"
                 )
         return self
+
+
+class CollectorSettings(_Section):
+    """One node-metrics collector of `collectors:` (the original daemon's section)."""
+
+    enabled: bool = True
+    interval: PositiveDuration = 60.0
+
+
+class DiskCollectorSettings(CollectorSettings):
+    mount_points: list[Str] = Field(default_factory=list)  # empty = every mounted filesystem
+
+
+class NetworkCollectorSettings(CollectorSettings):
+    interfaces: list[Str] = Field(default_factory=list)  # empty = every interface
+
+
+class CollectorsSettings(_Section):
+    """`collectors:` node metrics for the Manager. Without the section all four run; with it, only those listed."""
+
+    cpu: CollectorSettings
+    memory: CollectorSettings
+    disk: DiskCollectorSettings
+    network: NetworkCollectorSettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unlisted_are_off(cls, data: Any) -> Any:
+        # As in the original daemon, a collector left out of a written section does not run.
+        if isinstance(data, dict):
+            return {name: {"enabled": False} for name in ("cpu", "memory", "disk", "network")} | data
+        return data
+
+    @classmethod
+    def all_on(cls) -> CollectorsSettings:
+        return cls(cpu=CollectorSettings(), memory=CollectorSettings(), disk=DiskCollectorSettings(),
+                   network=NetworkCollectorSettings())
 
 
 class ShutdownSettings(_Section):
@@ -523,6 +597,7 @@ class Config(_Section):
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
     manager: ManagerSettings = Field(default_factory=ManagerSettings)
     manager_api: ManagerAPISettings = Field(default_factory=ManagerAPISettings)
+    collectors: CollectorsSettings = Field(default_factory=CollectorsSettings.all_on)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     agent_defaults: AgentDefaults = Field(default_factory=AgentDefaults)
     agents: list[AgentSpec] = Field(default_factory=list)
@@ -853,8 +928,18 @@ def parse_config(data: dict, source: str, base_dir: Path) -> Config:
                 "heartbeat.http and heartbeat.unix are both disabled, but these agents expect heartbeats "
                 f"and will be restarted for no_heartbeat: {', '.join(silent)}"
             )
+    api = config.manager_api
+    if api.listen and api.insecure and not api.token and not _tls_on(api.tls):
+        warnings.append(
+            f"manager_api is insecure: plaintext without a token on {api.listen}; whoever can connect from "
+            f"{', '.join(api.allow_from)} can list, start and stop every agent (docs/manager.md)"
+        )
     config.warnings = warnings
     return config
+
+
+def _tls_on(tls: TLSSettings) -> bool:
+    return tls.enabled or any(getattr(tls, k) is not None for k in ("ca_file", "cert_file", "key_file"))
 
 
 def _agent_entries(data: dict, section_raw: dict, problems: _Problems, warnings: list[str]) -> list:

@@ -236,7 +236,8 @@ class Daemon:
         health_settings = json.dumps({"resources": self.config.resources.model_dump(mode="json")})
         specs.append(WorkerSpec("health", "health", ["--settings", health_settings]))
         if self.config.manager.address:
-            sync_settings = json.dumps({"manager": self.config.manager.model_dump(mode="json"), "node_id": self.node_id, "data_dir": str(self.data_dir)})
+            sync_settings = json.dumps({"manager": self.config.manager.model_dump(mode="json"), "node_id": self.node_id, "data_dir": str(self.data_dir),
+                                        "collectors": self.config.collectors.model_dump(mode="json"), "api_listen": self.config.manager_api.listen})
             specs.append(WorkerSpec("sync", "sync", ["--settings", sync_settings]))
         if self.config.manager_api.listen:
             api_settings = json.dumps({"manager_api": self.config.manager_api.model_dump(mode="json"), "node_id": self.node_id})

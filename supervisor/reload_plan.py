@@ -9,7 +9,8 @@ from .config import AgentSpec, Config
 # Sections the running daemon cannot switch live; a change there needs `agentd` restarted.
 # These are read once at start: sockets, worker settings, agents' AGENTD_HEARTBEAT_*, the history
 # store, the Manager link. Changing them needs an agentd restart (agents keep running across it).
-RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat", "resources", "history", "metadata", "manager", "manager_api")
+RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat", "resources", "history", "metadata", "manager", "manager_api",
+                         "collectors")
 
 
 class AgentChange(BaseModel):

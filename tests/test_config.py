@@ -353,7 +353,8 @@ def test_listen_accepts_ipv6_and_names(tmp_path):
 
 def test_manager_api_off_loopback_needs_token_or_tls(tmp_path):
     found = problems(tmp_path, "manager_api: {listen: '0.0.0.0:9000'}\n")
-    assert found == ["manager_api: listen '0.0.0.0:9000' is not loopback: set manager_api.token or enable manager_api.tls"]
+    assert found == ["manager_api: listen '0.0.0.0:9000' is not loopback: set manager_api.token or enable manager_api.tls"
+                     " (or, for the original Manager, insecure: true with allow_from)"]
     config = load(tmp_path, "manager_api: {listen: '0.0.0.0:9000', token: s3cret}\n")
     assert config.manager_api.token == "s3cret"
 

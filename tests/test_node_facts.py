@@ -1,23 +1,23 @@
-"""Node facts and metrics reported to the Manager: real values, and the fall-backs of the primary IP."""
+"""Node facts registered with the Manager: real values, Go's arch names, the advertised IP and its fall-backs."""
 
 from __future__ import annotations
 
 import ipaddress
 import platform
 import socket
-import time
 from types import SimpleNamespace
 
 import pytest
 
 from workers import node_facts
-from workers.node_facts import NodeMetrics, primary_ip
+from workers.node_facts import advertised_ip, go_arch, primary_ip
 
 
 def test_facts_are_the_machine_s_own():
     facts = node_facts.node_facts()
     assert facts.hostname == socket.gethostname()
-    assert facts.os == platform.system().lower() and facts.arch == platform.machine()
+    assert facts.os == platform.system().lower() and facts.arch == go_arch(platform.machine())
+    assert facts.arch in ("amd64", "arm64", "386", "arm", "ppc64le", "s390x", "riscv64")
     ipaddress.ip_address(facts.ip)  # a real address, whatever it is
 
 
@@ -55,26 +55,22 @@ def test_os_release_pretty_name(tmp_path):
     assert node_facts.distro(tmp_path / "missing") == ""
 
 
-def test_metrics_are_numbers_grouped_by_type(tmp_path):
-    collector = NodeMetrics(tmp_path)
-    time.sleep(0.05)  # cpu percent is measured between two calls
-    metrics = collector.collect()
-    by_type = {m.type: dict(m.values) for m in metrics}
-    assert set(by_type) == {"cpu", "memory", "disk", "network", "system"}
-    assert all(isinstance(v, float) for values in by_type.values() for v in values.values())
-    assert len({m.timestamp for m in metrics}) == 1 and abs(metrics[0].timestamp - time.time()) < 5
-    assert 0 <= by_type["cpu"]["percent"] <= 100 and by_type["cpu"]["count"] >= 1
-    memory = by_type["memory"]
-    assert memory["total"] >= memory["available"] > 0 and "swap_total" in memory
-    disk = by_type["disk"]
-    assert disk["root_total"] > 0 and disk["data_dir_total"] > 0 and 0 <= disk["data_dir_percent"] <= 100
-    assert {"bytes_sent", "bytes_recv", "packets_sent", "packets_recv"} <= set(by_type["network"])
-    assert by_type["system"]["process_count"] > 1 and by_type["system"]["uptime"] > 0
+@pytest.mark.parametrize("machine, go", [
+    ("x86_64", "amd64"), ("aarch64", "arm64"), ("armv7l", "arm"), ("i686", "386"), ("ppc64le", "ppc64le"),
+    ("s390x", "s390x"), ("riscv64", "riscv64"), ("loongarch64", "loong64"), ("AMD64", "amd64"), ("sparc64", "sparc64"),
+    ("", "unknown"),
+])
+def test_arch_is_named_as_go_names_it(machine, go):
+    assert go_arch(machine) == go
 
 
-def test_a_missing_data_dir_only_drops_its_own_disk_values(tmp_path):
-    disk = {m.type: dict(m.values) for m in NodeMetrics(tmp_path / "not-yet").collect()}["disk"]
-    assert "root_total" in disk and not any(k.startswith("data_dir") for k in disk)
+def test_the_advertised_ip_is_the_configured_one_then_a_concrete_listen_host_then_the_primary():
+    probe = ("192.0.2.1", 53)  # connect() on UDP sends nothing
+    assert advertised_ip("10.9.9.9", "10.1.1.1:9091", probe) == "10.9.9.9"
+    assert advertised_ip(None, "10.1.1.1:9091", probe) == "10.1.1.1"
+    assert advertised_ip(None, "[2001:db8::5]:9091", probe) == "2001:db8::5"
+    for unusable in ("0.0.0.0:9091", "[::]:9091", "127.0.0.1:9091", "localhost:9091", None):
+        assert advertised_ip(None, unusable, probe) == primary_ip(probe)
 
 
 @pytest.mark.parametrize("ip, usable", [("10.0.0.1", True), ("127.0.0.1", False), ("0.0.0.0", False), ("fe80::1", False), ("x", False)])

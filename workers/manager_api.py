@@ -34,10 +34,15 @@ logging.getLogger("grpc._cython.cygrpc").setLevel(logging.INFO)
 
 OPERATIONS = ("start", "stop", "restart")
 CONTROL_TIMEOUT = 10.0
+# OperateAgent waits for the action like the original (the Manager gives it 90 s). The state machine bounds
+# the wait by the agent's own stop_timeout (then SIGKILL) and start_seconds; this only caps it below the
+# caller's deadline, so the answer arrives before the Manager gives up.
+OPERATE_WAIT_MAX = 85.0
+DEADLINE_MARGIN = 2.0
 DEFAULT_METRICS_SECONDS = 3600
 MAX_DATA_POINTS = 10_000
 STOP_GRACE = 1.0
-COUNTERS = ("list_agents", "operate_agent", "get_agent_metrics", "unauthenticated", "errors")
+COUNTERS = ("list_agents", "operate_agent", "get_agent_metrics", "unauthenticated", "denied_peers", "errors")
 # The parent's typed errors as gRPC status codes.
 STATUS_OF = {
     ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -98,9 +103,9 @@ class DaemonAPI(daemon_pb2_grpc.DaemonServiceServicer):
         self.link = link
         self.counters = link.counters
 
-    async def _call(self, context: grpc.aio.ServicerContext, verb: str, args: dict) -> dict:
+    async def _call(self, context: grpc.aio.ServicerContext, verb: str, args: dict, timeout: float = CONTROL_TIMEOUT) -> dict:
         try:
-            return await control(self.link, verb, args)
+            return await control(self.link, verb, args, timeout)
         except ControlFailure as exc:
             self.counters["errors"] += 1
             status = STATUS_OF.get(exc.code, grpc.StatusCode.UNAVAILABLE if exc.code == "unavailable" else grpc.StatusCode.INTERNAL)
@@ -128,11 +133,16 @@ class DaemonAPI(daemon_pb2_grpc.DaemonServiceServicer):
         if operation not in OPERATIONS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unknown operation {request.operation!r}: use start, stop or restart")
-        result = await self._call(context, operation, {"ids": [request.agent_id], "wait": False})
+        wait = operate_wait(context.time_remaining())
+        result = await self._call(context, operation, {"ids": [request.agent_id], "wait": True, "timeout": wait},
+                                  timeout=wait + CONTROL_TIMEOUT)
         outcome = (result.get("results") or [{}])[0]
-        ok = bool(outcome.get("ok"))
-        log.info("Manager asked to %s %s: %s", operation, request.agent_id, outcome.get("message", ""))
-        return daemon_pb2.AgentOperationResponse(success=ok, error_message="" if ok else outcome.get("message", "failed"))
+        # Still stopping or starting when the wait ran out is not a success: the Manager would record the
+        # expected status at once. agentd carries on, and the state sync reports where the agent ends up.
+        ok = bool(outcome.get("ok")) and not result.get("pending")
+        message = outcome.get("message", "")
+        log.info("Manager asked to %s %s: %s", operation, request.agent_id, message)
+        return daemon_pb2.AgentOperationResponse(success=ok, error_message="" if ok else message or "failed")
 
     async def GetAgentMetrics(self, request, context):
         self.counters["get_agent_metrics"] += 1
@@ -171,6 +181,73 @@ class DaemonAPI(daemon_pb2_grpc.DaemonServiceServicer):
 
     async def SyncAgentStates(self, request, context):
         await self._unimplemented(context, "SyncAgentStates")
+
+
+def operate_wait(time_remaining: float | None) -> float:
+    """How long OperateAgent waits for the agent to settle: up to OPERATE_WAIT_MAX, within the caller's deadline."""
+    if time_remaining is None:
+        return OPERATE_WAIT_MAX
+    return max(0.0, min(OPERATE_WAIT_MAX, time_remaining - DEADLINE_MARGIN))
+
+
+def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a gRPC peer string ("ipv4:10.0.0.5:1234", "ipv6:[::1]:1234"); IPv4-mapped IPv6 as IPv4."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        host = rest.rpartition(":")[0]
+    elif kind == "ipv6":
+        host = rest.rpartition(":")[0].strip("[]").split("%", 1)[0]
+    else:
+        return None  # unix sockets and the like: never a listed network
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class PeerFilter(grpc.aio.ServerInterceptor):
+    """Every call must come from an address in allow_from; others get PERMISSION_DENIED before any work."""
+
+    def __init__(self, allow_from: list[str], counters) -> None:
+        self.networks = [ipaddress.ip_network(c) for c in allow_from]
+        self.counters = counters
+
+    def allowed(self, peer: str) -> bool:
+        addr = peer_ip(peer)
+        return addr is not None and any(addr.version == n.version and addr in n for n in self.networks)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # every DaemonService method is unary; anything else is UNIMPLEMENTED anyway
+        inner = handler.unary_unary
+
+        async def guarded(request, context):
+            peer = context.peer()
+            if not self.allowed(peer):
+                self.counters["denied_peers"] += 1
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this address may not use the node API (allow_from)")
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+def server_options(settings: ManagerAPISettings) -> list[tuple[str, int]]:
+    """gRPC server options: no SO_REUSEPORT, and a ping policy that accepts the original Manager's keepalive."""
+    min_ping_ms = int(settings.min_ping_interval * 1000)
+    return [
+        # SO_REUSEPORT would let a stale second server share the port unnoticed.
+        ("grpc.so_reuseport", 0),
+        # The Manager pings every 45 s, also between calls; gRPC's default (5 min, none without calls)
+        # answers such pings with GOAWAY too_many_pings and drops the connection.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -228,10 +305,12 @@ def server_credentials(tls: TLSSettings) -> grpc.ServerCredentials | None:
 
 
 def check_exposure(settings: ManagerAPISettings) -> None:
-    """Refuse a non-loopback listen without a token or TLS: whoever reaches it could stop every agent."""
+    """Refuse a non-loopback listen without a token or TLS, unless it is explicitly insecure and limited by allow_from."""
     assert settings.listen is not None
     host, _port = split_listen(settings.listen)
-    if not _is_loopback(host) and not settings.token and not tls_wanted(settings.tls):
+    if settings.insecure and not settings.allow_from:
+        raise StartupError("manager_api.insecure needs manager_api.allow_from: the Manager's addresses")
+    if not _is_loopback(host) and not settings.token and not tls_wanted(settings.tls) and not settings.insecure:
         raise StartupError(f"manager_api.listen {settings.listen!r} is not loopback: set manager_api.token or enable manager_api.tls")
 
 
@@ -245,9 +324,12 @@ async def _run(run_dir: Path, name: str, settings: ManagerAPISettings, creds, no
     link = WorkerLink(run_dir, name, want_state=False)
     for key in COUNTERS:
         link.counters[key] += 0
-    interceptors = [TokenAuth(settings.token, link.counters)] if settings.token else []
-    # SO_REUSEPORT would let a stale second server share the port unnoticed.
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.allow_from:  # first: an unlisted peer learns nothing, not even whether a token is needed
+        interceptors.append(PeerFilter(settings.allow_from, link.counters))
+    if settings.token:
+        interceptors.append(TokenAuth(settings.token, link.counters))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     daemon_pb2_grpc.add_DaemonServiceServicer_to_server(DaemonAPI(link), server)
     assert settings.listen is not None
     try:
@@ -262,12 +344,17 @@ async def _run(run_dir: Path, name: str, settings: ManagerAPISettings, creds, no
     host, _ = split_listen(settings.listen)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     link.info.update(listen=listen, auth="token" if settings.token else "none",
-                     tls=("mtls" if settings.tls.ca_file else "tls") if creds is not None else "off")
+                     tls=("mtls" if settings.tls.ca_file else "tls") if creds is not None else "off",
+                     allow_from=",".join(settings.allow_from) or "any")
     if node_id:
         link.info["node_id"] = node_id
     await server.start()
     await link.start()
-    log.info("%s: serving proto.DaemonService on %s (auth %s, tls %s)", name, listen, link.info["auth"], link.info["tls"])
+    log.info("%s: serving proto.DaemonService on %s (auth %s, tls %s, from %s)", name, listen, link.info["auth"],
+             link.info["tls"], link.info["allow_from"])
+    if settings.insecure and not settings.token and creds is None:
+        log.warning("%s: insecure: plaintext without a token; any process able to connect from %s can stop every agent",
+                    name, link.info["allow_from"])
     await stop.wait()
     log.info("%s: stopping", name)
     await server.stop(STOP_GRACE)

@@ -1,21 +1,17 @@
-"""Facts about this node for the Manager: hostname, primary IP, OS, architecture, and numeric node metrics.
+"""Facts about this node for the Manager's RegisterNode: hostname, IP, OS and architecture (as Go names them).
 
-Everything here is plain and blocking (psutil, statvfs); the sync worker calls it in a thread.
+Everything here is plain and blocking; the sync worker calls it in a thread. Node metrics are in node_metrics.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import platform
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-
-from supervisor.proto import manager_pb2
 
 # Only used to pick the outgoing interface: connect() on a UDP socket sends no packet.
 PROBE_ADDRESS = ("8.8.8.8", 53)
@@ -71,8 +67,24 @@ def os_name() -> str:
     return platform.system().lower()
 
 
+# platform.machine() (uname -m) to Go's GOARCH, which the original daemon reports and the Manager shows.
+GO_ARCH = {
+    "x86_64": "amd64", "amd64": "amd64", "i386": "386", "i486": "386", "i586": "386", "i686": "386", "x86": "386",
+    "aarch64": "arm64", "arm64": "arm64", "armv8b": "arm64be", "aarch64_be": "arm64be",
+    "armv5l": "arm", "armv6l": "arm", "armv7l": "arm", "armv8l": "arm", "arm": "arm",
+    "ppc64le": "ppc64le", "ppc64": "ppc64", "ppc": "ppc", "s390x": "s390x", "riscv64": "riscv64",
+    "mips": "mips", "mipsel": "mipsle", "mips64": "mips64", "mips64el": "mips64le", "loongarch64": "loong64",
+}
+
+
+def go_arch(machine: str) -> str:
+    """Go's name for a uname machine string; an unknown one is passed on lower-cased."""
+    machine = machine.strip().lower()
+    return GO_ARCH.get(machine, machine or "unknown")
+
+
 def arch() -> str:
-    return platform.machine()
+    return go_arch(platform.machine())
 
 
 def distro(path: Path = Path("/etc/os-release")) -> str:
@@ -89,62 +101,23 @@ def distro(path: Path = Path("/etc/os-release")) -> str:
     return fields.get("PRETTY_NAME") or " ".join(v for v in (fields.get("NAME"), fields.get("VERSION_ID")) if v)
 
 
-def node_facts(probe: tuple[str, int] = PROBE_ADDRESS) -> NodeFacts:
-    return NodeFacts(hostname=hostname(), ip=primary_ip(probe), os=os_name(), arch=arch(), distro=distro())
-
-
-# ----------------------------------------------------------------------------------------------- metrics
-
-
-def _disk_values(prefix: str, path: Path | str, values: dict[str, float]) -> None:
-    try:
-        usage = psutil.disk_usage(str(path))
-    except OSError:
-        return  # e.g. data_dir not created yet: report what we can
-    values[f"{prefix}_total"] = float(usage.total)
-    values[f"{prefix}_used"] = float(usage.used)
-    values[f"{prefix}_free"] = float(usage.free)
-    values[f"{prefix}_percent"] = float(usage.percent)
-
-
-class NodeMetrics:
-    """Collects node metrics; keep one instance so cpu percent is measured between two calls."""
-
-    def __init__(self, data_dir: Path | None = None) -> None:
-        self.data_dir = data_dir
-        psutil.cpu_percent(interval=None)  # the first call only sets the reference point
-
-    def values(self) -> dict[str, dict[str, float]]:
-        """Metric type -> name -> number."""
-        cpu: dict[str, float] = {"percent": float(psutil.cpu_percent(interval=None)), "count": float(psutil.cpu_count() or 0)}
+def advertised_ip(configured: str | None, api_listen: str | None, probe: tuple[str, int] = PROBE_ADDRESS) -> str:
+    """The IP to register, which the Manager dials for the node API: manager.advertise_ip, else a concrete
+    non-loopback manager_api.listen host, else the primary IP."""
+    if configured:
+        return configured
+    if api_listen:
+        host = api_listen.rpartition(":")[0].strip("[]")
         try:
-            load1, load5, load15 = os.getloadavg()
-            cpu.update(load1=load1, load5=load5, load15=load15)
-        except OSError:
-            pass
-        vm = psutil.virtual_memory()
-        sw = psutil.swap_memory()
-        memory = {
-            "total": float(vm.total), "used": float(vm.used), "available": float(vm.available), "percent": float(vm.percent),
-            "swap_total": float(sw.total), "swap_used": float(sw.used), "swap_percent": float(sw.percent),
-        }
-        disk: dict[str, float] = {}
-        _disk_values("root", "/", disk)
-        if self.data_dir is not None:
-            _disk_values("data_dir", self.data_dir, disk)
-        network: dict[str, float] = {}
-        net = psutil.net_io_counters()
-        if net is not None:
-            network = {
-                "bytes_sent": float(net.bytes_sent), "bytes_recv": float(net.bytes_recv),
-                "packets_sent": float(net.packets_sent), "packets_recv": float(net.packets_recv),
-                "errin": float(net.errin), "errout": float(net.errout), "dropin": float(net.dropin), "dropout": float(net.dropout),
-            }
-        boot = psutil.boot_time()
-        system = {"process_count": float(len(psutil.pids())), "uptime": max(0.0, time.time() - boot), "boot_time": float(boot)}
-        return {"cpu": cpu, "memory": memory, "disk": disk, "network": network, "system": system}
+            addr = ipaddress.ip_address(host)
+        except ValueError:  # a host name: the Manager wants an address
+            addr = None
+        if addr is not None and not addr.is_unspecified and not addr.is_loopback:
+            return host
+    return primary_ip(probe)
 
-    def collect(self) -> list[manager_pb2.MetricData]:
-        """One MetricData per type, all stamped with the same unix second."""
-        now = int(time.time())
-        return [manager_pb2.MetricData(type=kind, timestamp=now, values=values) for kind, values in self.values().items() if values]
+
+def node_facts(probe: tuple[str, int] = PROBE_ADDRESS, *, advertise_ip: str | None = None,
+               api_listen: str | None = None) -> NodeFacts:
+    ip = advertised_ip(advertise_ip, api_listen, probe)
+    return NodeFacts(hostname=hostname(), ip=ip, os=os_name(), arch=arch(), distro=distro())

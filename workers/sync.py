@@ -21,13 +21,14 @@ import grpc.aio
 from pydantic import ValidationError
 
 from supervisor import __version__
-from supervisor.config import ConfigError, ManagerSettings, TLSSettings, load_config
+from supervisor.config import CollectorsSettings, ConfigError, ManagerSettings, TLSSettings, load_config
 from supervisor.messages import AgentView
 from supervisor.metadata_store import iso_utc
 from supervisor.node_identity import node_id as stored_node_id
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 from workers.link import WorkerLink
-from workers.node_facts import NodeMetrics, node_facts
+from workers.node_facts import node_facts
+from workers.node_metrics import collectors_for, reading, system_values
 from workers.tls_files import read_pem, tls_wanted
 from workers.runner import StartupError, begin_process, start_link, stop_event, worker_arg_parser
 
@@ -42,11 +43,13 @@ JITTER = 0.2  # ±20 %, so a fleet that lost its Manager does not come back in l
 MAX_BATCH = 500  # states per SyncAgentStates call
 FINAL_SYNC_TIMEOUT = 1.0  # the best-effort sync at SIGTERM; the parent kills us after 5 s
 ERROR_TEXT_MAX = 200
-REMOVED = "removed"
+# The Manager cannot delete an agent row over the wire and knows no "removed" status: an agent removed by
+# reload is last reported as stopped with pid 0 (docs/manager.md).
+REMOVED_STATUS = "stopped"
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 COUNTERS = (
     "register_ok", "register_failed", "heartbeat_ok", "heartbeat_failed", "sync_ok", "sync_failed",
-    "states_sent", "metrics_ok", "metrics_failed",
+    "states_sent", "metrics_ok", "metrics_failed", "collect_failed", "reregistered",
 )
 
 
@@ -133,8 +136,9 @@ class ManagerSync:
         node_id: str,
         channel: grpc.aio.Channel,
         *,
-        data_dir: Path | None = None,
         tls: str = "off",
+        collectors: CollectorsSettings | None = None,
+        api_listen: str | None = None,
     ) -> None:
         self.link = link
         self.settings = settings
@@ -142,7 +146,10 @@ class ManagerSync:
         self.channel = channel
         self.manager = manager_pb2_grpc.ManagerServiceStub(channel)
         self.daemon = daemon_pb2_grpc.DaemonServiceStub(channel)
-        self.metrics = NodeMetrics(data_dir)
+        self.collectors = collectors_for(collectors if collectors is not None else CollectorsSettings.all_on())
+        self.latest: dict[str, manager_pb2.MetricData] = {}  # type -> newest reading, reported every heartbeat
+        self.api_listen = api_listen
+        self._register_due = math.inf
         self.counters = link.counters
         self.info = link.info
         # agent id -> newest state not yet accepted by the Manager; a newer state replaces an older one.
@@ -162,7 +169,8 @@ class ManagerSync:
         for key in COUNTERS:
             self.counters[key] += 0  # visible as a zero from the first beat
         self.info.update(manager=settings.address or "", node_id=node_id, connected="no", registered="no",
-                         pending="0", last_sync="", last_error="", tls=tls)
+                         pending="0", last_sync="", last_error="", tls=tls,
+                         collectors=",".join(c.type for c in self.collectors) or "none")
         link.on_change.append(self._on_change)
 
     # ----------------------------------------------------------------- lifecycle
@@ -171,6 +179,8 @@ class ManagerSync:
         self._full_due = time.monotonic()  # the whole snapshot goes out at once: nothing the parent knows is lost
         for name, coro in (("node", self._node_loop()), ("metrics", self._metrics_loop()), ("states", self._sync_loop())):
             self._tasks.append(asyncio.create_task(coro, name=name))
+        for collector in self.collectors:
+            self._tasks.append(asyncio.create_task(self._collect_loop(collector), name=f"collect-{collector.type}"))
 
     async def close(self) -> None:
         """Stop the loops, try one last short sync of what is pending, and close the channel."""
@@ -219,7 +229,7 @@ class ManagerSync:
     # ----------------------------------------------------------------- node: register + heartbeat
 
     async def register(self) -> bool:
-        facts = await asyncio.to_thread(node_facts)
+        facts = await asyncio.to_thread(node_facts, advertise_ip=self.settings.advertise_ip, api_listen=self.api_listen)
         request = manager_pb2.RegisterNodeRequest(
             node_id=self.node_id, hostname=facts.hostname, ip=facts.ip, os=facts.os, arch=facts.arch,
             labels=dict(self.settings.labels), daemon_version=__version__, agent_version="",
@@ -232,10 +242,14 @@ class ManagerSync:
             return False
         self.counters["register_ok"] += 1
         self._ok("RegisterNode")
+        periodic = self.registered
+        if periodic:
+            self.counters["reregistered"] += 1
+        self._register_due = time.monotonic() + self.settings.register_interval
         self.registered = True
         self.info["registered"] = "yes"
-        log.info("registered node %s with the Manager at %s (%s, %s, %s/%s)", self.node_id, self.settings.address,
-                 facts.hostname, facts.ip, facts.os, facts.arch)
+        log.log(logging.DEBUG if periodic else logging.INFO, "registered node %s with the Manager at %s (%s, %s, %s/%s)", self.node_id, self.settings.address,
+                facts.hostname, facts.ip, facts.os, facts.arch)
         return True
 
     async def heartbeat(self) -> bool:
@@ -266,6 +280,10 @@ class ManagerSync:
                 # A registration is a sign of life too; beating at once could spin against a Manager that refuses beats.
                 await asyncio.sleep(self.settings.heartbeat_interval)
                 continue
+            if time.monotonic() >= self._register_due:
+                # A Manager that lost the node re-creates it as "unknown" at the next heartbeat and answers
+                # success: only a fresh registration brings its facts back. A failure is retried next beat.
+                await self.register()
             if await self.heartbeat():
                 self._manager_reachable()
             if self.registered:
@@ -279,15 +297,30 @@ class ManagerSync:
 
     # ----------------------------------------------------------------- metrics
 
+    async def _collect_loop(self, collector) -> None:
+        """Run one collector now and then every its interval, keeping only its newest reading (as the original)."""
+        while True:
+            started = time.monotonic()
+            try:
+                values = await asyncio.to_thread(collector.collect)
+            except Exception:  # psutil trouble must not end the loop
+                log.exception("collecting %s metrics failed", collector.type)
+                self.counters["collect_failed"] += 1
+            else:
+                self.latest[collector.type] = reading(collector.type, values)
+            await asyncio.sleep(max(0.0, collector.interval - (time.monotonic() - started)))
+
     async def _metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
+            if not self.latest:
+                continue  # every collector is off, or none has finished its first run yet
+            metrics = list(self.latest.values())
             try:
-                metrics = await asyncio.to_thread(self.metrics.collect)
-            except Exception:  # psutil trouble must not end the loop
-                log.exception("collecting node metrics failed")
-                self.counters["metrics_failed"] += 1
-                continue
+                metrics.append(reading("system", await asyncio.to_thread(system_values)))
+            except Exception:
+                log.exception("collecting system metrics failed")
+                self.counters["collect_failed"] += 1
             request = manager_pb2.ReportMetricsRequest(node_id=self.node_id, metrics=metrics)
             response, _code = await self._rpc("ReportMetrics", self.manager.ReportMetrics, request)
             if response is not None and response.success:
@@ -311,7 +344,7 @@ class ManagerSync:
                                      type=view.type, version=view.version or "")
 
     def _removed_state(self, view: AgentView) -> daemon_pb2.AgentState:
-        return daemon_pb2.AgentState(agent_id=view.id, status=REMOVED, pid=0, last_heartbeat=self._last_hb.pop(view.id, 0),
+        return daemon_pb2.AgentState(agent_id=view.id, status=REMOVED_STATUS, pid=0, last_heartbeat=self._last_hb.pop(view.id, 0),
                                      type=view.type, version=view.version or "")
 
     def _on_change(self) -> None:
@@ -401,15 +434,16 @@ class ManagerSync:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return worker_arg_parser("sync", __doc__, "sync", 'JSON: {"manager": {...}, "node_id": "...", "data_dir": "..." (optional)}',
+    return worker_arg_parser("sync", __doc__, "sync", 'JSON: {"manager": {...}, "node_id": "...", "collectors": {...}, "api_listen": "host:port"}',
                              config_help="standalone: read manager settings, node id and run_dir from the config").parse_args(argv)
 
 
-async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str, creds, data_dir: Path | None) -> None:
+async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str, creds, collectors: CollectorsSettings, api_listen: str | None) -> None:
     stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
     channel = open_channel(settings, creds)
-    sync = ManagerSync(link, settings, node_id, channel, data_dir=data_dir, tls=tls_mode(settings.tls))
+    sync = ManagerSync(link, settings, node_id, channel, tls=tls_mode(settings.tls),
+                       collectors=collectors, api_listen=api_listen)
     if not await start_link(link, stop):
         await channel.close(grace=None)
         return
@@ -423,13 +457,16 @@ async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str
     await link.close()
 
 
-def _load(args: argparse.Namespace) -> tuple[Path | None, ManagerSettings, str | None, Path | None]:
+def _load(args: argparse.Namespace) -> tuple[Path | None, ManagerSettings, str | None, CollectorsSettings, str | None]:
     run_dir = args.run_dir
     settings = ManagerSettings()
-    node_id = data_dir = None
+    collectors = CollectorsSettings.all_on()
+    node_id = data_dir = api_listen = None
     if args.config is not None:
         config = load_config(args.config)
         settings = config.manager
+        collectors = config.collectors
+        api_listen = config.manager_api.listen
         run_dir = run_dir or config.daemon.run_dir
         data_dir = config.daemon.data_dir
         if settings.address:  # no node_id file is created for a config that has no Manager
@@ -438,13 +475,15 @@ def _load(args: argparse.Namespace) -> tuple[Path | None, ManagerSettings, str |
         doc = json.loads(args.settings)
         if not isinstance(doc, dict):
             raise ValueError("must be a JSON object")
-        unknown = set(doc) - {"manager", "node_id", "data_dir"}
+        unknown = set(doc) - {"manager", "node_id", "data_dir", "collectors", "api_listen"}
         if unknown:
             log.warning("--settings: ignoring unknown keys %s", ", ".join(sorted(unknown)))
         settings = ManagerSettings.model_validate(doc.get("manager") or {})
+        if doc.get("collectors") is not None:
+            collectors = CollectorsSettings.model_validate(doc["collectors"])
+        api_listen = doc.get("api_listen") or api_listen
         node_id = doc.get("node_id") or node_id
-        data_dir = Path(doc["data_dir"]) if doc.get("data_dir") else data_dir
-    return run_dir, settings, node_id, data_dir
+    return run_dir, settings, node_id, collectors, api_listen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     begin_process(args)
     try:
-        run_dir, settings, node_id, data_dir = _load(args)
+        run_dir, settings, node_id, collectors, api_listen = _load(args)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -470,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    asyncio.run(_run(run_dir, args.name, settings, node_id, creds, data_dir))
+    asyncio.run(_run(run_dir, args.name, settings, node_id, creds, collectors, api_listen))
     return 0
 
 
