@@ -40,6 +40,7 @@ from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request,
 from .registry import Registry
 from .reload_plan import ReloadPlan, plan_reload
 from .sd_notify import sd_notify
+from .stall_watch import Stall, StallWatch
 from .state_feed import StateFeed
 from .states import DOWN_STATES, PROCESS_STATES, UP_STATES, AgentState
 from .validation_text import describe_validation_error
@@ -95,6 +96,10 @@ class Daemon:
         # Heartbeat deadlines never end before start + timeout: while agentd was down (or starting),
         # nobody could take heartbeats in, and that is not the agents' fault.
         self.intake_restarted_wall: float | None = time.time()
+        self.intake_restarted_mono: float = self.started_mono  # what deadlines use; the wall one is for display
+        # Our own loop stalls (SIGSTOP, VM pause, swap): nobody is blamed for silence across them.
+        self.stalls = StallWatch("agentd")
+        self.stalls.listeners.append(self._on_stall)
         self._intake_outage_since: float | None = None
         self._grace_expired_logged = False
         self.state_feed: StateFeed | None = None
@@ -162,9 +167,10 @@ class Daemon:
                 self._keep_running(self.intake.serve, "events"),
                 self._keep_running(self._rotate_logs_forever, "log-rotation"),
                 self._keep_running(self._heartbeat_housekeeping, "heartbeat-feed"),
+                self._keep_running(self.stalls.run, "stall-watch"),
             ]
             # Workers start once the endpoints they connect to are up.
-            self.pool = WorkerPool(loop, self.run_dir, self._worker_specs(), self.config.daemon.log_level, self.config.daemon.log_format, self._on_worker_respawn)
+            self.pool = WorkerPool(loop, self.run_dir, self._worker_specs(), self.config.daemon.log_level, self.config.daemon.log_format, self._on_worker_respawn, stalls=self.stalls)
             self.pool.start_all()
             self._tasks.append(self._keep_running(self.pool.run_checks, "worker-checks"))
             log.info("agentd %s running (pid %d, %d agents, %d workers, run_dir %s)", __version__, self.pid, len(self.registry), len(self.pool.workers), self.run_dir)
@@ -450,8 +456,16 @@ class Daemon:
     def heartbeat_times(self) -> dict[str, float]:
         return {a.spec.id: a.last_heartbeat_wall for a in self.registry if a.last_heartbeat_wall is not None}
 
+    def heartbeat_times_mono(self) -> dict[str, float]:
+        return {a.spec.id: a.last_heartbeat_mono for a in self.registry if a.last_heartbeat_mono is not None}
+
+    def _on_stall(self, stall: Stall) -> None:
+        """After our own stall, heartbeat deadlines count from its end: we could not take any in."""
+        self.intake_restarted_mono = max(self.intake_restarted_mono, stall.end)
+        self.intake_restarted_wall = self.wall()
+
     def intake_counters(self) -> dict[str, int]:
-        return {**self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}}
+        return {**self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}, **self.stalls.counters()}
 
     def _on_worker_message(self, msg) -> None:
         if isinstance(msg, HeartbeatBatch):
@@ -478,9 +492,28 @@ class Daemon:
         if agent is None:
             return
         reason = f"{verdict.verdict}: {verdict.detail}"
+        refusal = self._verdict_refusal(agent, verdict)
+        if refusal:
+            # The health worker sees why on the state feed and judges again from fresh evidence.
+            self.heartbeat_counters["verdicts_refused"] += 1
+            log.info("%s: health verdict %s not acted on: %s", verdict.agent_id, reason, refusal)
+            return
         result = agent.verdict(self.now(), verdict.generation, reason)
         log.log(logging.WARNING if result.ok else logging.INFO, "%s: health verdict %s -> %s", verdict.agent_id, reason, result.message)
         self.after_action()
+
+    def _verdict_refusal(self, agent: AgentProcess, verdict: Verdict) -> str | None:
+        """Why a verdict must not be acted on although it names the current process, or None.
+
+        The parent is the authority on liveness: a verdict whose evidence spans our own stall, or a
+        no_heartbeat verdict about an agent we have heard from since, was formed on stale data."""
+        if verdict.since is None:
+            return None
+        if self.stalls.ended_after(verdict.since):
+            return f"agentd itself was stalled ({self.stalls.last_end - verdict.since:.1f}s ago at most); judging again"
+        if verdict.verdict == "no_heartbeat" and agent.last_heartbeat_mono is not None and agent.last_heartbeat_mono > verdict.since:
+            return f"a heartbeat arrived {self.now() - agent.last_heartbeat_mono:.1f}s ago"
+        return None
 
     def _intake_outage(self) -> bool:
         """An intake worker is not running, or has not beaten for a few seconds (hung or starved)."""
@@ -498,6 +531,7 @@ class Daemon:
         if name.startswith("heartbeat-"):
             # Heartbeats sent during the outage were lost through no fault of the agents.
             self.intake_restarted_wall = self.wall()
+            self.intake_restarted_mono = self.now()
 
     async def _heartbeat_housekeeping(self) -> None:
         """Once a second publish heartbeat times; every flush_interval write heartbeat-only changes."""
@@ -513,13 +547,15 @@ class Daemon:
                 self._intake_outage_since = self._intake_outage_since or self.now()
                 if self.now() - self._intake_outage_since <= MAX_INTAKE_GRACE:
                     self.intake_restarted_wall = self.wall()
+                    self.intake_restarted_mono = self.now()
                 elif not self._grace_expired_logged:
                     self._grace_expired_logged = True
                     log.error("a heartbeat intake worker has been down for %.0fs; heartbeat deadlines apply again", MAX_INTAKE_GRACE)
             else:
                 self._intake_outage_since = None
                 self._grace_expired_logged = False
-            self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall)
+            self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall, self.heartbeat_times_mono(),
+                                            self.intake_restarted_mono, self.stalls.last_end)
             if self.now() - last_flush >= flush_every:
                 last_flush = self.now()
                 self._persist_dirty(heartbeats_too=True)

@@ -64,7 +64,11 @@ class Verdict(BaseModel):
     generation: int  # the process generation judged; a verdict about a replaced process is ignored
     verdict: VerdictKind
     detail: str  # for people: "no heartbeat for 95 s (timeout 90 s)", "rss 612 MiB > 500 MiB for 60 s"
-    time: float  # wall clock
+    time: float  # wall clock, for people
+    # Monotonic (CLOCK_MONOTONIC is one clock for every process of the node): when the evidence began
+    # and when the verdict was formed. The parent refuses a verdict whose evidence spans its own stall.
+    since: float | None = None
+    formed: float | None = None
 
 
 class AgentHealth(BaseModel):
@@ -89,6 +93,7 @@ class ResourceSample(BaseModel):
 
     agent_id: str  # agent id, or "agentd/<process>" for agentd's own processes ("agentd/parent", "agentd/health")
     ts: float  # wall clock
+    mono: float | None = None  # monotonic time of the sample: threshold durations are measured on it
     cpu: float | None = None  # percent of one core, summed over the tree; None on the first sample
     rss: int = 0
     vms: int = 0
@@ -129,7 +134,8 @@ class AgentView(BaseModel):
     token: str | None = None  # per-agent heartbeat bearer token
     expects_heartbeat: bool = False
     operator_stopped: bool = False
-    started_at: float | None = None  # wall clock start of the current process
+    started_at: float | None = None  # wall clock start of the current process (for display)
+    started_mono: float | None = None  # monotonic start: what deadlines count from
     version: str | None = None  # as last reported by the agent's heartbeats
     restarts: int = 0
     health_check: dict[str, Any] = Field(default_factory=dict)
@@ -163,6 +169,12 @@ class HeartbeatTimes(BaseModel):
     # Wall time an intake worker last came back after dying: heartbeats missed during the outage
     # are the daemon's fault, so heartbeat deadlines count from here at the earliest.
     intake_restarted_at: float | None = None
+    # The same on the monotonic clock, which is what deadlines use (wall times are for display and the
+    # Manager). intake_restarted_mono also moves to the end of each stall of the parent: heartbeats it
+    # could not take in are not the agents' fault.
+    last_heartbeat_mono: dict[str, float] = Field(default_factory=dict)
+    intake_restarted_mono: float | None = None
+    parent_stalled_until: float | None = None  # monotonic end of the parent's latest stall
 
 
 StateMessage = Annotated[Union[AgentUpdate, AgentRemoved, HeartbeatTimes], Field(discriminator="kind")]

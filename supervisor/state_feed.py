@@ -32,6 +32,7 @@ def agent_view(agent: AgentProcess) -> AgentView:
         expects_heartbeat=agent.spec.expects_heartbeat,
         operator_stopped=agent.operator_stopped,
         started_at=h.started_wall if h else None,
+        started_mono=h.started_mono if h else None,
         version=agent.reported.get("version"),
         restarts=agent.total_restarts,
         health_check=agent.spec.health_check.model_dump(mode="json"),
@@ -62,10 +63,14 @@ class StateFeed:
         self.seq += 1
         self._send(AgentRemoved(seq=self.seq, agent_id=agent_id))
 
-    def heartbeat_times(self, times: dict[str, float], intake_restarted_at: float | None = None) -> None:
+    def heartbeat_times(self, times: dict[str, float], intake_restarted_at: float | None = None,
+                        mono_times: dict[str, float] | None = None, intake_restarted_mono: float | None = None,
+                        parent_stalled_until: float | None = None) -> None:
         """Also the feed's keep-alive: a subscriber that missed something sees the gap within a second."""
         self.seq += 1
-        self._send(HeartbeatTimes(seq=self.seq, last_heartbeat=times, intake_restarted_at=intake_restarted_at))
+        self._send(HeartbeatTimes(seq=self.seq, last_heartbeat=times, intake_restarted_at=intake_restarted_at,
+                                  last_heartbeat_mono=mono_times or {}, intake_restarted_mono=intake_restarted_mono,
+                                  parent_stalled_until=parent_stalled_until))
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -24,6 +24,7 @@ from .exit_watch import ExitWatch, watch_exit
 from .lifecycle import describe_exit
 from .messages import WorkerBeat
 from .metadata_store import iso_utc
+from .stall_watch import Stall, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Worker:
     watch: ExitWatch | None = None
     started_mono: float = 0.0
     last_beat_mono: float | None = None
+    silent_since: float = 0.0  # silence is counted from here: the last beat, moved on by our own stalls
     restarts: int = 0
     consecutive: int = 0
     causes: Counter = field(default_factory=Counter)
@@ -92,7 +94,8 @@ class _Worker:
 class WorkerPool:
     """Keeps every configured worker running; the parent's event loop drives it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, run_dir: Path, specs: list[WorkerSpec], log_level: str, log_format: str, on_respawn=None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, run_dir: Path, specs: list[WorkerSpec], log_level: str, log_format: str, on_respawn=None,
+                 stalls: StallWatch | None = None) -> None:
         self.loop = loop
         self.run_dir = run_dir
         self.log_level = log_level
@@ -100,6 +103,9 @@ class WorkerPool:
         self.workers = {s.name: _Worker(s) for s in specs}
         self.on_respawn = on_respawn or (lambda name, cause: None)
         self.stopping = False
+        self.stalls = stalls
+        if stalls is not None:
+            stalls.listeners.append(self._credit_stall)
 
     # ----------------------------------------------------------------- spawn / exit
 
@@ -122,7 +128,7 @@ class WorkerPool:
             self._schedule_respawn(worker, f"cannot start: {exc}")
             return
         worker.popen = popen
-        worker.started_mono = time.monotonic()
+        worker.started_mono = worker.silent_since = time.monotonic()
         worker.last_beat_mono = None
         worker.heartbeats_received = 0
         worker.stalled_since = None
@@ -168,7 +174,10 @@ class WorkerPool:
         worker = self.workers.get(beat.worker)
         if worker is None or worker.popen is None or worker.popen.pid != beat.pid:
             return  # a beat from a previous incarnation still in the queue
-        worker.last_beat_mono = now = time.monotonic()
+        now = time.monotonic()
+        if self.stalls is not None:
+            self.stalls.observe(now)  # beats queued across our stall are handled before the stall ticker runs
+        worker.last_beat_mono = worker.silent_since = now
         worker.counters = beat.counters
         worker.queue_depth = beat.queue_depth
         worker.info = beat.info
@@ -206,14 +215,15 @@ class WorkerPool:
 
     def check(self, now: float) -> None:
         """Respawn what is due; SIGKILL workers that went silent (the exit path respawns them)."""
+        if self.stalls is not None:
+            self.stalls.observe(now)  # a stall of ours that just ended is credited before anyone is judged
         for worker in self.workers.values():
             if worker.popen is None:
                 if worker.respawn_at is not None and now >= worker.respawn_at and not self.stopping:
                     self._spawn(worker)
                 continue
-            last = worker.last_beat_mono
-            silent_for = now - (last if last is not None else worker.started_mono)
-            limit = SILENCE_TIMEOUT if last is not None else START_GRACE
+            silent_for = now - worker.silent_since
+            limit = SILENCE_TIMEOUT if worker.last_beat_mono is not None else START_GRACE
             if silent_for > limit and worker.killing_cause is None:
                 worker.killing_cause = f"silent for {silent_for:.0f}s (no liveness beat)"
                 log.error("worker %s (pid %d) is %s; killing it", worker.spec.name, worker.popen.pid, worker.killing_cause)
@@ -221,6 +231,14 @@ class WorkerPool:
                     worker.popen.send_signal(signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def _credit_stall(self, stall: Stall) -> None:
+        """Worker silence is judged net of our own stall: we could not read their beats meanwhile."""
+        for worker in self.workers.values():
+            if worker.popen is not None:
+                worker.silent_since = min(stall.end, worker.silent_since + stall.duration)
+                if worker.stalled_since is not None:
+                    worker.stalled_since = min(stall.end, worker.stalled_since + stall.duration)
 
     async def run_checks(self) -> None:
         while True:

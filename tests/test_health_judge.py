@@ -16,7 +16,7 @@ def view(agent_id: str = "a", *, state: str = "running", generation: int = 1, op
     settings = {"heartbeat_timeout": 90.0, "cpu_threshold": 50.0, "memory_threshold": 500 * MIB, "threshold_duration": 60.0, **hc}
     return AgentView(
         id=agent_id, type="custom", state=state, pid=1234, pgid=1234, create_time=T0, generation=generation,
-        operator_stopped=operator_stopped, started_at=T0, health_check=HealthCheck(**settings).model_dump(mode="json"),
+        operator_stopped=operator_stopped, started_at=T0, started_mono=T0, health_check=HealthCheck(**settings).model_dump(mode="json"),
     )
 
 
@@ -338,3 +338,61 @@ def test_rules_missing_keys_take_config_defaults():
     agent = AgentView(id="a", type="custom", state="running", health_check={"interval": 5})
     rules = rules_of(agent)
     assert (rules.interval, rules.heartbeat_timeout, rules.startup_grace, rules.memory_threshold, rules.endpoint_failures) == (5.0, 90.0, 90.0, 500 * MIB, 3)
+
+
+# ----------------------------------------------------------------------------- agentd's own trouble (issue 10)
+
+
+def test_verdict_carries_monotonic_evidence_window():
+    b = Bench(view(heartbeat_timeout=10.0))
+    b.beat(T0 + 5)
+    (v,), _ = b.round(T0 + 16, wall=42.0)
+    assert (v.verdict, v.since, v.formed, v.time) == ("no_heartbeat", T0 + 5, T0 + 16, 42.0)
+
+
+def test_wall_clock_plays_no_part_in_deadlines():
+    """Every input is monotonic; `wall` only stamps the verdict, so a wall step an hour ahead changes nothing."""
+    b = Bench(view(heartbeat_timeout=10.0))
+    b.beat(T0 + 5)
+    verdicts, report = b.round(T0 + 8, wall=T0 + 8 + 3600)
+    assert verdicts == [] and report["a"].health == "healthy"
+
+
+def test_verdict_reopened_after_a_parent_stall_and_judged_on_fresh_evidence():
+    b = Bench(view(heartbeat_timeout=10.0))
+    b.beat(T0 + 5)
+    (v,), _ = b.round(T0 + 30)  # formed while the parent was stalled: heartbeat times were frozen
+    assert b.round(T0 + 31) == ([], b.round(T0 + 31)[1]) and b.judge.reopened == []  # once per generation
+    # The parent refused it: it stalled from T0 + 6 to T0 + 31 and says so on the feed.
+    b.intake = T0 + 31
+    verdicts, report = b.round(T0 + 32, stalled_until=T0 + 31)
+    assert b.judge.reopened == ["a"] and verdicts == [] and report["a"].health == "healthy"
+    b.beat(T0 + 33)
+    assert b.round(T0 + 40, stalled_until=T0 + 31)[0] == []
+    # A real hang after the stall is still caught, once.
+    (v2,), _ = b.round(T0 + 44, stalled_until=T0 + 31)
+    assert v2.verdict == "no_heartbeat" and v2.since == T0 + 33
+
+
+def test_no_heartbeat_verdict_reopened_when_a_heartbeat_arrives_after_its_evidence():
+    b = Bench(view(heartbeat_timeout=10.0))
+    b.beat(T0 + 5)
+    (v,), _ = b.round(T0 + 16)
+    b.beat(T0 + 15.5)  # the parent had it; our copy of the times was a moment behind
+    verdicts, report = b.round(T0 + 17)
+    assert b.judge.reopened == ["a"] and verdicts == [] and report["a"].health == "healthy"
+
+
+def test_over_threshold_reopened_by_a_stall_rebuilds_its_evidence():
+    b = Bench(view(heartbeat_timeout=None, threshold_duration=10.0))
+    for t in range(0, 12, 2):
+        b.judge.observe(T0 + t, b.agents, {"a": sample(T0 + t, rss=600 * MIB)})
+    (v,), _ = b.round(T0 + 11)
+    assert v.verdict == "over_threshold" and v.since == T0
+    # An intake outage says nothing about memory: not reopened. A parent stall after the evidence is.
+    b.intake = T0 + 12
+    assert b.round(T0 + 12)[0] == [] and b.judge.reopened == []
+    b.round(T0 + 13, stalled_until=T0 + 12.5)
+    assert b.judge.reopened == ["a"]
+    b.samples["a"] = sample(T0 + 14, rss=600 * MIB)
+    assert b.round(T0 + 14, stalled_until=T0 + 12.5)[0] == []  # the streak starts again from the stall

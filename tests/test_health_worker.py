@@ -76,7 +76,7 @@ class StandInParent:
                     with self._lock:
                         self.last_heartbeat.update({a: time.time() for a in self.fresh})
                         self.seq += 1
-                        msg = HeartbeatTimes(seq=self.seq, last_heartbeat=dict(self.last_heartbeat))
+                        msg = HeartbeatTimes(seq=self.seq, last_heartbeat=dict(self.last_heartbeat), last_heartbeat_mono=_mono(self.last_heartbeat))
                     pub.send_multipart([STATE_TOPIC, msg.model_dump_json().encode()])
                 for sock, _ in poller.poll(20):
                     if sock is pull:
@@ -90,7 +90,8 @@ class StandInParent:
                             self.requests.append(req.verb)
                             if req.verb == "snapshot":
                                 result = {"seq": self.seq, "agents": [a.model_dump() for a in self.agents],
-                                          "last_heartbeat": dict(self.last_heartbeat), "intake_restarted_at": None}
+                                          "last_heartbeat": dict(self.last_heartbeat), "intake_restarted_at": None,
+                                          "last_heartbeat_mono": _mono(self.last_heartbeat)}
                             else:
                                 result = {"workers": [], "parent": {}}
                         router.send_multipart([identity, Reply(id=req.id, ok=True, result=result).model_dump_json().encode()])
@@ -109,12 +110,21 @@ class StandInParent:
         self._thread.join(5)
 
 
+_SHIFT = time.monotonic() - time.time()  # taken once: the same instant must map to the same number
+
+
+def _mono(wall_times: dict[str, float]) -> dict[str, float]:
+    """The same instants on the monotonic clock, which is what the judge's deadlines use."""
+    return {k: t + _SHIFT for k, t in wall_times.items()}
+
+
 def agent_view(agent_id: str, pid: int, started_at: float | None = None, **health) -> AgentView:
     proc = psutil.Process(pid) if psutil.pid_exists(pid) else None
     create_time = proc.create_time() if proc else time.time() - 1
     return AgentView(
         id=agent_id, type="custom", state="running", pid=pid, pgid=pid, create_time=create_time, generation=1,
         expects_heartbeat=health.get("heartbeat_timeout", 1.0) is not None, started_at=started_at or create_time,
+        started_mono=_mono({"t": started_at or create_time})["t"],
         health_check=HealthCheck(**{**FAST, **health}).model_dump(mode="json"),
     )
 

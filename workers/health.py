@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from supervisor.config import ResourcesSettings
 from supervisor.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
+from supervisor.stall_watch import StallWatch
 from workers.health_judge import UP_STATES, HealthJudge, rules_of
 from workers.link import WorkerLink
 from workers.tree_sampler import TreeSampler
@@ -98,6 +99,9 @@ class HealthWorker:
         self._processes: list[tuple[str, int]] = []  # agentd's workers from the last `workers` reply
         self._wake = asyncio.Event()
         self._views: dict[str, AgentView] = {}
+        # Our own stalls: after one, the heartbeat times we hold may be stale, so they count like an intake
+        # outage (and like a parent stall for the other verdicts).
+        self.stalls = StallWatch(f"health worker {link.name}")
         link.on_change.append(self._on_change)
 
     def _on_change(self) -> None:
@@ -110,7 +114,7 @@ class HealthWorker:
     async def run(self) -> None:
         """Run both loops until cancelled."""
         try:
-            await asyncio.gather(self._judge_loop(), self._sample_loop())
+            await asyncio.gather(self._judge_loop(), self._sample_loop(), self.stalls.run())
         finally:
             for task in self._endpoint_tasks.values():
                 task.cancel()
@@ -165,10 +169,18 @@ class HealthWorker:
             if done is not None and done[0] == agent.generation:
                 results[agent.id] = done[1]
             self._judged_at[agent.id] = (agent.generation, now)
+        self.stalls.observe(now)
+        own = self.stalls.last_end
         verdicts, report = self.judge.judge(
-            time.time(), agents, dict(self.link.last_heartbeat), self._samples, results, self.link.intake_restarted_at,
-            due={a.id for a in due},
+            now, agents, dict(self.link.last_heartbeat_mono), self._samples, results, _latest(self.link.intake_restarted_mono, own),
+            due={a.id for a in due}, wall=time.time(), stalled_until=_latest(self.link.parent_stalled_until, own),
         )
+        if self.judge.reopened:
+            self._unsent = [v for v in self._unsent if v.agent_id not in self.judge.reopened]
+        for agent_id in self.judge.reopened:
+            self._verdict_gen.pop(agent_id, None)  # judged again from fresh evidence
+            self.counters["verdicts_reopened"] += 1
+            log.info("%s: verdict reopened: agentd could not take in what would refute it (stall, intake outage or a later heartbeat)", agent_id)
         self.counters["judged"] += sum(1 for a in due if a.id in agents)
         for verdict in verdicts:
             self._verdict_gen[verdict.agent_id] = verdict.generation
@@ -262,7 +274,7 @@ class HealthWorker:
         samples, errors = await loop.run_in_executor(self._pool, self._sample_everything, agents, processes)
         self._count(samples, errors)
         self._keep(samples, time.monotonic())
-        self.judge.observe(time.time(), dict(self.link.agents), {s.agent_id: s for s in samples if s.generation is not None})
+        self.judge.observe(time.monotonic(), dict(self.link.agents), {s.agent_id: s for s in samples if s.generation is not None})
         await self.link.send(ResourceSamples(worker=self.name, samples=samples))
 
     async def _agentd_processes(self) -> list[tuple[str, int]]:
@@ -289,7 +301,7 @@ class HealthWorker:
         out, errors = [], 0
         for agent in agents:
             try:
-                out.append(self.sampler.sample(agent, time.time()))
+                out.append(_stamped(self.sampler.sample(agent, time.time())))
             except Exception:
                 errors += 1
                 log.exception("%s: sampling failed", agent.id)
@@ -300,7 +312,7 @@ class HealthWorker:
         out, errors = self._sample_agents(agents)
         for name, pid in processes:
             try:
-                out.append(self.sampler.sample_pid(name, pid, time.time()))
+                out.append(_stamped(self.sampler.sample_pid(name, pid, time.time())))
             except Exception:
                 errors += 1
                 log.exception("%s: sampling failed", name)
@@ -310,6 +322,17 @@ class HealthWorker:
         # Counted here on the loop thread: the beat loop copies the counters, never mid-update.
         self.counters["samples"] += len(samples)
         self.counters["sample_errors"] += errors
+
+
+def _latest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def _stamped(sample: ResourceSample) -> ResourceSample:
+    """The sample with its monotonic time: threshold durations must not move with the wall clock."""
+    sample.mono = time.monotonic()
+    return sample
 
 
 # ----------------------------------------------------------------------------------------------- process

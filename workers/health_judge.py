@@ -1,6 +1,10 @@
 """Health rules of DESIGN section 5 as a pure state machine: the caller supplies the clock and every input.
 
-Each non-healthy verdict is emitted once per (agent, generation); cpu_threshold is percent of ONE core.
+The clock is the monotonic one (heartbeat times, starts and the intake restart time too), so a wall-clock
+step moves no deadline. Each non-healthy verdict is emitted once per (agent, generation), unless the
+parent could not have taken in what would have refuted it: an intake outage or a stall of the parent that
+ended after the verdict's evidence began, or (for no_heartbeat) a heartbeat received since. The verdict is
+then reopened and judged again on fresh evidence. cpu_threshold is percent of ONE core.
 """
 
 from __future__ import annotations
@@ -70,8 +74,19 @@ class _AgentState:
     over_what: str = ""
     last_sample_ts: float | None = None  # each sample is counted once, however often it is passed in
     endpoint_streak: int = 0
+    endpoint_since: float | None = None  # when the current failure streak began
     health: AgentHealth | None = None
     verdict_sent: bool = False
+    verdict_kind: str = ""
+    verdict_since: float = 0.0  # start of the evidence behind the sent verdict
+
+    def reopen(self) -> None:
+        """Forget the sent verdict and the evidence behind it: judge again from fresh evidence."""
+        self.verdict_sent = False
+        self.over_since = self.over_last = None
+        self.over_what = ""
+        self.endpoint_streak = 0
+        self.endpoint_since = None
 
 
 def _fmt_bytes(n: int) -> str:
@@ -90,13 +105,14 @@ class HealthJudge:
     def __init__(self, worker: str = "health") -> None:
         self.worker = worker
         self._state: dict[str, _AgentState] = {}
+        self.reopened: list[str] = []  # agents whose verdict was reopened in the last round
 
     def __len__(self) -> int:
         return len(self._state)
 
     def judge(
         self,
-        now_wall: float,
+        now: float,
         agents: dict[str, AgentView],
         last_heartbeat: dict[str, float],
         samples: dict[str, ResourceSample],
@@ -104,17 +120,24 @@ class HealthJudge:
         intake_restarted_at: float | None,
         *,
         due: Collection[str] | None = None,
+        wall: float | None = None,
+        stalled_until: float | None = None,
     ) -> tuple[list[Verdict], dict[str, AgentHealth]]:
         """One judging round of the `due` agents (None = all; the others keep their last health).
 
-        Returns the new verdicts and every agent's health."""
+        `now`, `last_heartbeat` and `intake_restarted_at` are monotonic; `wall` only stamps verdicts for
+        people; `stalled_until` is the end of the parent's latest stall (or ours). Returns the new verdicts and every agent's health."""
         # endpoint_results: the result of a check finished since the last round, or None; each counts once.
         # samples may repeat one already seen (by ts): it counts once too.
         self._forget_missing(agents)
         verdicts: list[Verdict] = []
         report: dict[str, AgentHealth] = {}
+        self.reopened = []
         for agent_id, agent in agents.items():
-            st = self._state_for(now_wall, agent)
+            st = self._state_for(now, agent)
+            if st is not None and st.verdict_sent and self._refuted(st, last_heartbeat.get(agent_id), intake_restarted_at, stalled_until):
+                st.reopen()
+                self.reopened.append(agent_id)
             if st is None:
                 report[agent_id] = AgentHealth(health=self._down_health(agent), generation=agent.generation, detail=agent.state)
                 continue
@@ -124,40 +147,53 @@ class HealthJudge:
             rules = rules_of(agent)
             sample = self._sample_of(agent, samples)
             self._take_sample(st, rules, sample)
-            self._take_endpoint(st, rules, endpoint_results.get(agent_id))
-            kind, detail = self._evaluate(now_wall, agent, st, rules, sample, last_heartbeat.get(agent_id), intake_restarted_at)
+            self._take_endpoint(st, rules, endpoint_results.get(agent_id), now)
+            kind, detail, since = self._evaluate(now, agent, st, rules, sample, last_heartbeat.get(agent_id), intake_restarted_at)
             if kind == "healthy" and agent.state == "starting":
                 kind = "starting"  # nothing wrong yet, but not ready either
             st.health = AgentHealth(health=kind, generation=agent.generation, detail=detail)
             report[agent_id] = st.health
             if kind not in ("healthy", "starting"):
                 st.verdict_sent = True  # once per generation: the parent's restart brings a new one
-                verdicts.append(Verdict(worker=self.worker, agent_id=agent_id, generation=agent.generation, verdict=kind, detail=detail, time=now_wall))
+                st.verdict_kind, st.verdict_since = kind, since
+                verdicts.append(Verdict(worker=self.worker, agent_id=agent_id, generation=agent.generation, verdict=kind, detail=detail,
+                                        time=now if wall is None else wall, since=since, formed=now))
         return verdicts, report
 
-    def observe(self, now_wall: float, agents: dict[str, AgentView], samples: dict[str, ResourceSample]) -> None:
+    def observe(self, now: float, agents: dict[str, AgentView], samples: dict[str, ResourceSample]) -> None:
         """Feed samples taken between judgements into the threshold timers, so every sample counts."""
         self._forget_missing(agents)
         for agent_id, sample in samples.items():
             agent = agents.get(agent_id)
             if agent is None:
                 continue
-            st = self._state_for(now_wall, agent)
+            st = self._state_for(now, agent)
             if st is not None and not st.verdict_sent:
                 self._take_sample(st, rules_of(agent), self._sample_of(agent, samples))
+
+    @staticmethod
+    def _refuted(st: _AgentState, last_hb: float | None, intake_restarted_at: float | None, stalled_until: float | None) -> bool:
+        """The parent may have refused the sent verdict: it stalled after the evidence began, or (for
+        no_heartbeat) it could not take heartbeats in for part of it or one arrived since. The parent
+        refuses only in these cases (Daemon.apply_verdict), so a refused verdict is always judged again."""
+        if stalled_until is not None and stalled_until > st.verdict_since:
+            return True
+        if st.verdict_kind != "no_heartbeat":
+            return False
+        return any(t is not None and t > st.verdict_since for t in (intake_restarted_at, last_hb))
 
     def _forget_missing(self, agents: dict[str, AgentView]) -> None:
         for gone in self._state.keys() - agents.keys():
             del self._state[gone]  # removed agents: keep the map bounded
 
-    def _state_for(self, now_wall: float, agent: AgentView) -> _AgentState | None:
+    def _state_for(self, now: float, agent: AgentView) -> _AgentState | None:
         """This generation's state; None (and nothing kept) for agents that are not judged."""
         if agent.operator_stopped or agent.state not in UP_STATES:
             self._state.pop(agent.id, None)  # a new process will have a new generation
             return None
         st = self._state.get(agent.id)
         if st is None or st.generation != agent.generation:
-            st = self._state[agent.id] = _AgentState(agent.generation, first_seen=now_wall)
+            st = self._state[agent.id] = _AgentState(agent.generation, first_seen=now)
         return st
 
     @staticmethod
@@ -177,9 +213,10 @@ class HealthJudge:
 
     @staticmethod
     def _take_sample(st: _AgentState, rules: HealthRules, sample: ResourceSample | None) -> None:
-        if sample is None or (st.last_sample_ts is not None and sample.ts <= st.last_sample_ts):
+        t = _sample_time(sample) if sample is not None else None
+        if sample is None or (st.last_sample_ts is not None and t <= st.last_sample_ts):
             return
-        st.last_sample_ts = sample.ts
+        st.last_sample_ts = t
         if sample.procs == 0:
             return  # nothing measured; the dead rule handles it
         over = []
@@ -189,8 +226,8 @@ class HealthJudge:
             over.append(f"rss {_fmt_bytes(sample.rss)} > {_fmt_bytes(rules.memory_threshold)}")
         if over:
             if st.over_since is None:
-                st.over_since = sample.ts
-            st.over_last = sample.ts
+                st.over_since = t
+            st.over_last = t
             st.over_what = ", ".join(over)
             return
         # Unknown cpu (first sample of a process) says nothing about cpu: it cannot prove "below".
@@ -200,10 +237,14 @@ class HealthJudge:
             st.over_what = ""
 
     @staticmethod
-    def _take_endpoint(st: _AgentState, rules: HealthRules, result: bool | None) -> None:
+    def _take_endpoint(st: _AgentState, rules: HealthRules, result: bool | None, now: float) -> None:
         if rules.http_endpoint is None or result is None:
             return
-        st.endpoint_streak = 0 if result else st.endpoint_streak + 1
+        if result:
+            st.endpoint_streak, st.endpoint_since = 0, None
+        else:
+            st.endpoint_streak += 1
+            st.endpoint_since = now if st.endpoint_since is None else st.endpoint_since
 
     @staticmethod
     def _evaluate(
@@ -214,25 +255,33 @@ class HealthJudge:
         sample: ResourceSample | None,
         last_hb: float | None,
         intake_restarted_at: float | None,
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, float]:
+        """(kind, detail, since): since is when the evidence for a verdict began (monotonic)."""
         if sample is not None and sample.procs == 0:
-            return "dead", f"process {agent.pid} is gone"
+            return "dead", f"process {agent.pid} is gone", now
         timeout = rules.heartbeat_timeout
         if timeout is not None:
-            started = agent.started_at if agent.started_at is not None else st.first_seen
+            started = agent.started_mono if agent.started_mono is not None else st.first_seen
             if last_hb is not None and last_hb >= started:
-                deadline = last_hb + timeout
+                since, deadline = last_hb, last_hb + timeout
                 detail = f"no heartbeat for {_fmt_s(now - last_hb)} (timeout {_fmt_s(timeout)})"
             else:  # heartbeat times from an older generation predate this process's start
-                deadline = started + rules.startup_grace
+                since, deadline = started, started + rules.startup_grace
                 detail = f"no heartbeat since start {_fmt_s(now - started)} ago (startup_grace {_fmt_s(rules.startup_grace)})"
-            if intake_restarted_at is not None:
-                # Heartbeats lost while an intake worker was down are the daemon's fault, not the agent's.
-                deadline = max(deadline, intake_restarted_at + timeout)
+            if intake_restarted_at is not None and intake_restarted_at + timeout > deadline:
+                # Heartbeats lost while an intake worker was down (or the parent stalled) are the
+                # daemon's fault, not the agent's.
+                since, deadline = intake_restarted_at, intake_restarted_at + timeout
             if now > deadline:
-                return "no_heartbeat", detail
+                return "no_heartbeat", detail, since
         if st.over_since is not None and st.over_last is not None and st.over_last - st.over_since >= rules.threshold_duration:
-            return "over_threshold", f"{st.over_what} for {_fmt_s(st.over_last - st.over_since)}"
+            return "over_threshold", f"{st.over_what} for {_fmt_s(st.over_last - st.over_since)}", st.over_since
         if rules.http_endpoint is not None and st.endpoint_streak >= rules.endpoint_failures:
-            return "endpoint_failed", f"GET {rules.http_endpoint} failed {st.endpoint_streak} times in a row"
-        return "healthy", ""
+            since = st.endpoint_since if st.endpoint_since is not None else now
+            return "endpoint_failed", f"GET {rules.http_endpoint} failed {st.endpoint_streak} times in a row", since
+        return "healthy", "", now
+
+
+def _sample_time(sample: ResourceSample) -> float:
+    """Monotonic when the sampler stamped it (always, in agentd); wall time for older senders."""
+    return sample.mono if sample.mono is not None else sample.ts

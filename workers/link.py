@@ -95,6 +95,10 @@ class WorkerLink:
         self.agents: dict[str, AgentView] = {}
         self.last_heartbeat: dict[str, float] = {}
         self.intake_restarted_at: float | None = None
+        # Monotonic versions: what the health judge's deadlines use (a wall-clock step moves nothing).
+        self.last_heartbeat_mono: dict[str, float] = {}
+        self.intake_restarted_mono: float | None = None
+        self.parent_stalled_until: float | None = None
         self.seq = 0
         self.counters: Counter[str] = Counter()
         self.info: dict[str, str] = {}
@@ -169,6 +173,9 @@ class WorkerLink:
         self.agents = {a["id"]: AgentView.model_validate(a) for a in snap["agents"]}
         self.last_heartbeat = dict(snap.get("last_heartbeat", {}))
         self.intake_restarted_at = snap.get("intake_restarted_at")
+        self.last_heartbeat_mono = dict(snap.get("last_heartbeat_mono") or {})
+        self.intake_restarted_mono = snap.get("intake_restarted_mono")
+        self.parent_stalled_until = snap.get("parent_stalled_until")
         self.seq = snap["seq"]
         self.snapshots += 1
         self._changed()
@@ -195,9 +202,13 @@ class WorkerLink:
             elif isinstance(msg, AgentRemoved):
                 self.agents.pop(msg.agent_id, None)
                 self.last_heartbeat.pop(msg.agent_id, None)
+                self.last_heartbeat_mono.pop(msg.agent_id, None)
             elif isinstance(msg, HeartbeatTimes):
                 self.last_heartbeat.update(msg.last_heartbeat)
                 self.intake_restarted_at = msg.intake_restarted_at
+                self.last_heartbeat_mono.update(msg.last_heartbeat_mono)
+                self.intake_restarted_mono = msg.intake_restarted_mono
+                self.parent_stalled_until = msg.parent_stalled_until
             self._changed()
 
     def _changed(self) -> None:

@@ -18,7 +18,12 @@ class Result(BaseModel):
     agents: list[AgentView]
     last_heartbeat: dict[str, float]
     intake_restarted_at: float | None = None
+    last_heartbeat_mono: dict[str, float] = {}
+    intake_restarted_mono: float | None = None
+    parent_stalled_until: float | None = None
 
 
 async def handle(daemon, args: Args) -> Result:
-    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeat_times(), intake_restarted_at=daemon.intake_restarted_wall)
+    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeat_times(),
+                  intake_restarted_at=daemon.intake_restarted_wall, last_heartbeat_mono=daemon.heartbeat_times_mono(),
+                  intake_restarted_mono=daemon.intake_restarted_mono, parent_stalled_until=daemon.stalls.last_end)
