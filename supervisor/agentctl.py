@@ -142,13 +142,16 @@ def _info(agent: dict[str, Any]) -> str:
 
 def render_status(result: dict[str, Any]) -> str:
     rows = []
+    named = any(a.get("name") for a in result["agents"])  # the NAME column only when the config gives names
     for a in result["agents"]:
         hb = _age(a["heartbeat_age_s"]) if a["expects_heartbeat"] or a["heartbeat_age_s"] is not None else "n/a"
         rows.append([
-            a["id"], a["type"], a["state"], a["pid"], format_duration(a["uptime_s"]) if a["uptime_s"] is not None else None,
+            a["id"], *([a.get("name")] if named else []), a["type"], a["state"], a["pid"],
+            format_duration(a["uptime_s"]) if a["uptime_s"] is not None else None,
             a["restarts"], a["health"], hb, a["version"], _info(a),
         ])
-    table = render_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "HEARTBEAT", "VERSION", "INFO"], rows, max_last=90) if rows else "no agents configured"
+    headers = ["ID", *(["NAME"] if named else []), "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "HEARTBEAT", "VERSION", "INFO"]
+    table = render_table(headers, rows, max_last=90) if rows else "no agents configured"
     link = result.get("manager")
     if link:
         state = "connected" if link["connected"] else "not connected"
@@ -163,12 +166,13 @@ def render_status(result: dict[str, Any]) -> str:
 
 @cli.command()
 @click.argument("ids", nargs=-1)
+@click.option("--type", "types", multiple=True, type=click.Choice(["filebeat", "telegraf", "node_exporter", "custom"]), help="Only agents of this type (repeatable).")
 @json_option
 @click.pass_context
-def status(click_ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
+def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...], as_json: bool) -> None:
     """Show agents: state, pid, uptime, restarts, health, heartbeat age."""
     c = _ctx(click_ctx, as_json)
-    result = c.call(status_verb.NAME, status_verb.Args(ids=list(ids)))
+    result = c.call(status_verb.NAME, status_verb.Args(ids=list(ids), types=list(types)))
     c.emit(result, render_status(result))
 
 

@@ -36,7 +36,11 @@ def run(config_path: str, log_level: str | None) -> None:
     if tls_problems:
         click.echo("agentd: invalid configuration, not starting:\n" + "\n".join(f"{config.source}: {p}" for p in tls_problems), err=True)
         sys.exit(2)
-    setup_logging(log_level or config.daemon.log_level, config.daemon.log_format)
+    try:
+        setup_logging(log_level or config.daemon.log_level, config.daemon.log_format, log_file=config.daemon.log_file)
+    except OSError as exc:
+        click.echo(f"agentd: daemon.log_file {config.daemon.log_file}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
     for warning in config.warnings:
         log.warning("config: %s", warning)
     from .daemon import Daemon  # imported late so check-config stays light
@@ -71,6 +75,31 @@ def check_config(config_path: str, quiet: bool) -> None:
         sys.exit(1)
     if not quiet:
         click.echo(dump_effective(config))
+
+
+@cli.command("migrate-config")
+@click.argument("config_path", type=click.Path(dir_okay=False))
+def migrate_config(config_path: str) -> None:
+    """Print the agentd-native equivalent of the original daemon's config file, with a comment on every changed key."""
+    from pathlib import Path
+
+    from .config import _SECTIONS, parse_config, read_config_file
+    from .original_config import is_original, render, translate
+
+    path = Path(config_path)
+    try:
+        data, duplicates = read_config_file(path)
+        if duplicates:
+            raise ConfigError(duplicates)
+        if not is_original(data):
+            click.echo(f"{path}: already in agentd's native form (no key of the original daemon's format); nothing to migrate", err=True)
+            sys.exit(1)
+        translation = translate(data, frozenset(_SECTIONS))
+        parse_config(data, str(path), path.resolve().parent)  # every problem, worded as for `check-config`
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(render(translation, str(path)), nl=False)
 
 
 def main() -> None:

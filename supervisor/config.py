@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from supervisor.original_config import ORIGINAL_DAEMON_KEYS, apply_env, is_original, translate
 from supervisor.units import Duration, OptionalDuration, OptionalSize, Size, describe_value, format_bytes
 
 __all__ = [
@@ -62,6 +64,8 @@ _AGENT_ID = re.compile(AGENT_ID_PATTERN)
 AgentType = Literal["filebeat", "telegraf", "node_exporter", "custom"]
 NON_HEARTBEAT_TYPES = frozenset({"filebeat", "telegraf", "node_exporter"})
 NODE_EXPORTER_ENDPOINT = "http://127.0.0.1:9100/metrics"
+# The original daemon's node_exporter command line (docs/migration.md): /proc and /sys are explicit.
+NODE_EXPORTER_ARGS = ("--web.listen-address=:9100", "--path.procfs=/proc", "--path.sysfs=/sys")
 STOP_SIGNALS = ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")
 IPC_PATH_LIMIT = 100  # ZeroMQ refuses longer ipc:// paths
 UNIX_PATH_LIMIT = 107  # sun_path is 108 bytes including the trailing NUL
@@ -198,6 +202,8 @@ class DaemonSettings(_Section):
     log_dir: PathT = Path("/var/log/agentd")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    log_file: PathT | None = None  # agentd's own log, also written here and rotated (stderr stays)
+    pid_file: PathT | None = None  # a plain pid file for scripts; the lock stays run_dir/agentd.pid
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -384,7 +390,8 @@ class HealthCheck(_Section):
 
     interval: PositiveDuration = 30.0
     heartbeat_timeout: OptionalDuration = 90.0
-    cpu_threshold: float | None = Field(50.0, gt=0, le=100)
+    # Percent of one core summed over the process tree: a busy multi-threaded agent may use several cores.
+    cpu_threshold: float | None = Field(50.0, gt=0, le=100 * 4096)
     memory_threshold: OptionalSize = Field(500 * _MIB, gt=0)
     threshold_duration: Duration = 60.0
     http_endpoint: str | None = None
@@ -451,6 +458,7 @@ class _AgentFields(_Section):
     """Fields shared by an agent and `agent_defaults`."""
 
     type: AgentType = "custom"
+    name: Str | None = None  # a display name for people (agentctl shows it); the id stays the key
     enabled: bool = True
     binary_path: PathT | None = None
     args: list[Str] | None = None
@@ -512,7 +520,7 @@ def _apply_type_defaults(merged: dict, own: dict) -> None:
         return
     wanted: dict[str, Any] = {"heartbeat_timeout": None}
     if kind == "node_exporter":
-        wanted["http_endpoint"] = NODE_EXPORTER_ENDPOINT
+        wanted["http_endpoint"] = node_exporter_endpoint(merged.get("args"))
     own_hc = own.get("health_check")
     if isinstance(own_hc, HealthCheck):
         explicit = set(own_hc.model_fields_set)
@@ -526,6 +534,26 @@ def _apply_type_defaults(merged: dict, own: dict) -> None:
         merged["health_check"] = hc.model_copy(update=wanted)
     elif hc is None or isinstance(hc, dict):
         merged["health_check"] = {**(hc or {}), **wanted}
+
+
+def node_exporter_endpoint(args: Any) -> str:
+    """node_exporter's /metrics URL on the port of its last --web.listen-address in `args` (default :9100)."""
+    host, port = "127.0.0.1", 9100
+    if isinstance(args, list):
+        words = [str(a) for a in args]
+        for i, word in enumerate(words):
+            if word.startswith("--web.listen-address="):
+                address = word.split("=", 1)[1]
+            elif word == "--web.listen-address" and i + 1 < len(words):
+                address = words[i + 1]
+            else:
+                continue
+            bind, _, tail = address.rpartition(":")
+            if tail.isdigit() and 0 < int(tail) <= 65535:
+                port = int(tail)
+                # A wildcard bind answers on loopback; a specific address only there.
+                host = "127.0.0.1" if bind in ("", "0.0.0.0", "[::]") else bind
+    return f"http://{host}:{port}/metrics"
 
 
 class AgentSpec(_AgentFields):
@@ -577,12 +605,12 @@ class AgentSpec(_AgentFields):
                 args += ["-path.home", str(self.work_dir)]
             return args
         if self.type == "node_exporter":
-            return ["--web.listen-address=:9100"]
+            return list(NODE_EXPORTER_ARGS)
         return config
 
     def fingerprint(self) -> str:
-        """A stable hash of the whole spec; reload restarts an agent only when this changes."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the spec; reload restarts an agent only when this changes (a new display name does not)."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"name"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -838,9 +866,27 @@ def _read_yaml(text: str, label: str) -> tuple[Any, list[str]]:
             loader.dispose()
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Read, validate and resolve a config file; raises ConfigError listing every problem found."""
+def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve a config file; raises ConfigError listing every problem found.
+
+    `env` (default: os.environ) supplies the original daemon's overrides, see original_config.apply_env.
+    """
     path = Path(path)
+    label = str(path)
+    data, duplicates = read_config_file(path)
+    absolute = Path(os.path.abspath(path))
+    try:
+        config = parse_config(data, label, absolute.parent, os.environ if env is None else env)
+    except ConfigError as exc:
+        raise ConfigError(duplicates + exc.problems) from None
+    if duplicates:
+        raise ConfigError(duplicates)
+    config.source = absolute
+    return config
+
+
+def read_config_file(path: Path) -> tuple[Any, list[str]]:
+    """The parsed YAML of a config file and its duplicate-key problems; ConfigError if it cannot be read."""
     label = str(path)
     try:
         raw = path.read_bytes()
@@ -856,20 +902,15 @@ def load_config(path: str | os.PathLike) -> Config:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{label}: not valid UTF-8 (bad byte at offset {exc.start})"]) from None
-    data, duplicates = _read_yaml(text, label)
-    absolute = Path(os.path.abspath(path))
-    try:
-        config = parse_config(data, label, absolute.parent)
-    except ConfigError as exc:
-        raise ConfigError(duplicates + exc.problems) from None
-    if duplicates:
-        raise ConfigError(duplicates)
-    config.source = absolute
-    return config
+    return _read_yaml(text, label)
 
 
-def parse_config(data: dict, source: str, base_dir: Path) -> Config:
-    """Validate already-parsed YAML; relative paths are taken from base_dir. `source` labels problems."""
+def parse_config(data: dict, source: str, base_dir: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Validate already-parsed YAML; relative paths are taken from base_dir. `source` labels problems.
+
+    A file in the original daemon's format is translated first (original_config.py, docs/migration.md);
+    `env` holds the environment overrides to apply (none by default).
+    """
     source = str(source)
     base_dir = Path(os.path.abspath(base_dir))
     if data is None or data == {}:
@@ -879,6 +920,17 @@ def parse_config(data: dict, source: str, base_dir: Path) -> Config:
 
     problems = _Problems(source)
     warnings: list[str] = []
+    original = is_original(data)
+    if env:
+        daemon_keys = frozenset(DaemonSettings.model_fields) | (ORIGINAL_DAEMON_KEYS if original else frozenset())
+        data, applied = apply_env(data, env, daemon_keys)
+        warnings += applied
+    if original:
+        translation = translate(data, frozenset(_SECTIONS))
+        for path, problem in translation.problems:
+            problems.add(path.split(".")[0].split("[")[0], path, problem)
+        data = translation.data
+        warnings += translation.warnings
     section_raw: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SECTIONS:

@@ -34,7 +34,7 @@ from .metadata_store import ExitRecord, MetadataStore, iso_utc, parse_iso
 from .metadata_writer import MetadataWriter
 from .history_store import HistoryStore
 from .node_identity import node_id
-from .pidfile import PidFile
+from .pidfile import PidFile, write_plain_pid
 from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
 from .registry import Registry
@@ -147,6 +147,8 @@ class Daemon:
         self.sync_zctx = zmq.Context()
         self._closers: list = []
         try:
+            if self.config.daemon.pid_file is not None:
+                self._closers.append(write_plain_pid(self.config.daemon.pid_file, self.pid))
             env = self._open_listeners()
             self.ops = RealProcessOps(loop, self.log_dir, env, self._on_exit)
             self.control = ControlServer(self.zctx, self.run_dir / ipc.CONTROL, self._dispatch, self.config.control.group)

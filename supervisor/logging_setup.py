@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
+
+LOG_FILE_MAX_BYTES = 50 * 1024 * 1024
+LOG_FILE_KEEP = 5
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,13 +29,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
-def setup_logging(level: str = "info", fmt: str = "text", process_name: str = "agentd") -> None:
-    """Configure the root logger once for this process."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {process_name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+def setup_logging(level: str = "info", fmt: str = "text", process_name: str = "agentd", log_file: Path | None = None) -> None:
+    """Configure the root logger once for this process: stderr, plus `log_file` rotated by size (daemon.log_file)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_KEEP, encoding="utf-8"))
+    for handler in handlers:
+        if fmt == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter(f"%(asctime)s {process_name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())

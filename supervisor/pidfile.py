@@ -22,6 +22,28 @@ _PID_READ_DELAY = 0.02
 _ACQUIRE_ATTEMPTS = 5
 
 
+def write_plain_pid(path: Path, pid: int):
+    """Write `pid` to a plain pid file (daemon.pid_file, for scripts); returns the function that removes it.
+
+    The removal leaves a file that no longer holds our pid alone: something else owns it by then.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{pid}.tmp")
+    tmp.write_text(f"{pid}\n")
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+
+    def remove() -> None:
+        try:
+            if path.read_text().strip() == str(pid):
+                path.unlink()
+        except OSError:
+            pass
+
+    return remove
+
+
 class AlreadyRunning(Exception):
     """Another process holds the lock on the pid file."""
 

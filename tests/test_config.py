@@ -190,7 +190,20 @@ def test_error_text_is_all_problems_one_per_line(tmp_path):
 # --- messages for bad values ------------------------------------------------------------------------------
 
 
-def test_cpu_threshold_over_100_message(tmp_path):
+def test_cpu_threshold_may_exceed_100_percent_of_one_core(tmp_path):
+    # Percent of one core summed over the tree: a multi-threaded agent legitimately uses several cores.
+    config = load(tmp_path, """
+        agents:
+          - id: telegraf
+            type: telegraf
+            binary_path: /bin/telegraf
+            health_check:
+              cpu_threshold: 350
+    """)
+    assert config.agents[0].health_check.cpu_threshold == 350
+
+
+def test_cpu_threshold_bounds_message(tmp_path):
     found = problems(tmp_path, """
         agents:
           - id: web
@@ -199,9 +212,9 @@ def test_cpu_threshold_over_100_message(tmp_path):
             type: telegraf
             binary_path: /bin/telegraf
             health_check:
-              cpu_threshold: 150
+              cpu_threshold: -5
     """)
-    assert found == ["agents[1] (telegraf).health_check.cpu_threshold: must be ≤ 100, got 150"]
+    assert found == ["agents[1] (telegraf).health_check.cpu_threshold: must be > 0, got -5"]
 
 
 def test_typo_key_gets_a_suggestion(tmp_path):
@@ -552,19 +565,23 @@ def test_legacy_agent_errors_name_the_agent_section(tmp_path):
     found = problems(tmp_path, """
         agent:
           binary_path: /bin/a
-          health_check: {cpu_threshold: 101}
+          health_check: {cpu_threshold: 0}
     """)
-    assert found == ["agent (legacy-agent).health_check.cpu_threshold: must be ≤ 100, got 101"]
+    assert found == ["agent (legacy-agent).health_check.cpu_threshold: must be > 0, got 0"]
 
 
-def test_agent_and_agents_together_is_an_error(tmp_path):
-    found = problems(tmp_path, """
+def test_agent_and_agents_together_read_as_the_original_did(tmp_path):
+    # The original's multi-agent files keep an `agent:` section for its socket_path; agents: wins.
+    config = load(tmp_path, """
         agent:
           binary_path: /bin/a
+          socket_path: /tmp/orig.sock
         agents:
-          - {id: b, binary_path: /bin/b}
+          - {id: b, binary_path: /bin/b, enabled: true}
     """)
-    assert found == ["'agent' and 'agents' cannot both be set"]
+    assert [s.id for s in config.agents] == ["b"]
+    assert config.heartbeat.unix.path == Path("/tmp/orig.sock")
+    assert any("agent: binary_path ignored because agents: is set" in w for w in config.warnings)
 
 
 # --- paths ------------------------------------------------------------------------------------------------
@@ -643,7 +660,7 @@ def test_check_binaries(tmp_path):
         ({"type": "filebeat"}, ["-path.home", "/data/work/x"]),
         ({"type": "telegraf", "config_file": "/e/tg.conf"}, ["-config", "/e/tg.conf"]),
         ({"type": "telegraf"}, []),
-        ({"type": "node_exporter", "config_file": "/e/ignored"}, ["--web.listen-address=:9100"]),
+        ({"type": "node_exporter", "config_file": "/e/ignored"}, ["--web.listen-address=:9100", "--path.procfs=/proc", "--path.sysfs=/sys"]),
         ({"type": "custom", "config_file": "/e/c.yml"}, ["-config", "/e/c.yml"]),
         ({"type": "custom"}, []),
         ({"type": "filebeat", "config_file": "/e/fb.yml", "args": ["--own"]}, ["--own"]),

@@ -17,6 +17,7 @@ HELP = "Show agents' state, pid, uptime, restarts and health."
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[str] = Field(default_factory=list)
+    types: list[str] = Field(default_factory=list)  # only agents of these types (filebeat, telegraf, ...)
 
 
 class AgentStatus(BaseModel):
@@ -24,6 +25,7 @@ class AgentStatus(BaseModel):
 
     id: str
     type: str
+    name: str | None = None  # display name from the config
     enabled: bool
     state: str
     reason: str
@@ -106,6 +108,7 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
     return AgentStatus(
         id=agent.spec.id,
         type=agent.spec.type,
+        name=agent.spec.name,
         enabled=agent.spec.enabled,
         state=agent.state.value,
         reason=agent.reason,
@@ -133,5 +136,8 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
 
 async def handle(daemon, args: Args) -> Result:
     agents = daemon.registry.select(args.ids, all_agents=not args.ids)
+    if args.types:
+        wanted = {t.strip().lower() for t in args.types}
+        agents = [a for a in agents if a.spec.type in wanted]
     now = daemon.now()
     return Result(daemon=daemon.status_info(), agents=[agent_status(a, now) for a in agents], manager=manager_link(daemon))
