@@ -212,6 +212,9 @@ def test_every_key_of_the_original_is_mapped_or_warned_about(tmp_path):
     assert custom.work_dir == Path("/srv/daemon/agents/custom-1")
     assert config.agent_defaults.health_check.cpu_threshold == 150  # percent of one core: may exceed 100
     assert has_warning(config, "update", "ignored")
+    c = config.collectors  # node metrics: taken as is; without `enabled: true` a collector is off, as in the original
+    assert (c.cpu.enabled, c.cpu.interval, c.disk.mount_points) == (True, 30, ["/"])
+    assert c.network.enabled is False and c.network.interfaces == ["eth0"]
 
 
 def test_legacy_conversion_uses_agent_defaults_for_zero_fields(tmp_path):
