@@ -414,9 +414,12 @@ class AgentProcess:
         try:
             handle = self.ops.spawn(self.spec, self.generation, now)
         except SpawnError as exc:
+            # A binary missing for a while (an upgrade, a late mount) is retried under the restart policy,
+            # as the original daemon did; `failed` comes only once max_retries is spent (docs/migration.md).
             self.handle = None
-            self._set(AgentState.FAILED, f"cannot start: {exc}")
-            return ActionResult(False, f"cannot start: {exc}")
+            self.pending_kind = "spawn"
+            self._after_failure(now, f"cannot start: {exc}", forced=True, clean_exit=False, never_is_failure=True)
+            return ActionResult(False, self.reason)
         self.handle = handle
         self.backoff_until = None
         self.stop_deadline = None
@@ -460,8 +463,11 @@ class AgentProcess:
         else:
             self._set(AgentState.STOPPED, reason)
 
-    def _after_failure(self, now: float, reason: str, forced: bool, clean_exit: bool) -> None:
+    def _after_failure(self, now: float, reason: str, forced: bool, clean_exit: bool, never_is_failure: bool = False) -> None:
         decision = decide(self.spec.restart, self.restart_count, clean_exit=clean_exit, forced=forced)
+        if decision.action == "stay_stopped" and never_is_failure:
+            self._set(AgentState.FAILED, f"{reason}; {decision.why}")  # nothing ran: not a stop but a failure
+            return
         if decision.action == "stay_stopped":
             self._set(AgentState.STOPPED, f"{reason}; {decision.why}")
             return

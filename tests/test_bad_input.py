@@ -23,7 +23,7 @@ def test_check_config_reports_each_problem_with_file_and_path(tmp_path):
         "  - id: web\n    binary_path: /bin/sleep\n    helth_check: {}\n"
         "  - id: web\n    binary_path: /bin/sleep\n"
         "  - id: a/b\n    binary_path: /bin/sleep\n"
-        "  - id: t\n    type: telegraf\n    binary_path: /bin/sleep\n    health_check: {cpu_threshold: 150}\n"
+        "  - id: t\n    type: telegraf\n    binary_path: /bin/sleep\n    health_check: {cpu_threshold: -1}\n"
         "  - id: n\n    binary_path: /bin/sleep\n    stop_timeout: soon\n"
     )
     result = agentd_cli("check-config", str(cfg))
@@ -33,30 +33,33 @@ def test_check_config_reports_each_problem_with_file_and_path(tmp_path):
     assert "did you mean 'health_check'" in err
     assert "duplicate agent id 'web'" in err
     assert "invalid agent id 'a/b'" in err
-    assert "agents[3] (t).health_check.cpu_threshold: must be ≤ 100, got 150" in err
+    assert "agents[3] (t).health_check.cpu_threshold: must be > 0, got -1" in err
     assert "agents[4] (n).stop_timeout" in err
     assert "Traceback" not in err
 
 
-def test_both_agent_and_agents_is_an_error_and_run_refuses(tmp_path):
+def test_both_agent_and_agents_is_read_as_the_original_daemon_did(tmp_path):
+    # The original's format: with agents: empty, the legacy agent: section is converted (docs/migration.md).
     cfg = tmp_path / "both.yaml"
     cfg.write_text("agent:\n  binary_path: /bin/sleep\nagents: []\n")
-    result = agentd_cli("run", "-c", str(cfg))
-    assert result.returncode == 2
-    assert "'agent' and 'agents' cannot both be set" in result.stderr
+    result = agentd_cli("check-config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "read as the original daemon's config format" in result.stderr
+    assert "id: legacy-agent" in result.stdout
 
 
 def test_missing_or_non_executable_binary_fails_that_agent_only(agentd, tmp_path):
     not_exec = agentd.base / "not-exec.sh"
     not_exec.write_text("#!/bin/sh\nsleep 100\n")
+    retry = {"backoff_steps": [0.2], "max_retries": 2}  # a failed spawn is retried under the policy first
     agentd.write_config([
-        {"id": "ghost", "binary_path": "/no/such/binary"},
-        {"id": "noexec", "binary_path": str(not_exec)},
+        {"id": "ghost", "binary_path": "/no/such/binary", "restart": retry},
+        {"id": "noexec", "binary_path": str(not_exec), "restart": retry},
         agentd.helper_agent("fine", "well-behaved"),
     ])
     agentd.start()
     ghost = agentd.wait_state("ghost", "failed")
-    assert "binary_path /no/such/binary does not exist" in ghost["reason"]
+    assert "binary_path /no/such/binary does not exist" in ghost["reason"] and "gave up after 2 restarts" in ghost["reason"]
     assert "is not executable" in agentd.wait_state("noexec", "failed")["reason"]
     agentd.wait_state("fine", "running")
     result = agentd.agentctl("start", "ghost")

@@ -144,12 +144,38 @@ def test_start_of_running_agent_is_a_noop(ops):
     assert res.ok and "already" in res.message and len(ops.spawned) == 1
 
 
-def test_spawn_error_makes_agent_failed_with_reason(ops):
+def test_spawn_error_is_retried_with_backoff_and_fails_only_after_max_retries(ops):
+    # A binary missing for a while (an upgrade, a late mount): retried as the original daemon did.
     ops.fail_spawn = "binary_path /nope does not exist"
-    a = new_agent(ops)
+    a = new_agent(ops, restart={"backoff_steps": [0, 10, 30], "max_retries": 3})
     res = a.start(0.0)
-    assert not res.ok and a.state == S.FAILED
-    assert "does not exist" in a.reason
+    assert not res.ok and "does not exist" in res.message
+    assert a.state == S.RESTARTING and a.backoff_until == 0.0 and a.restart_count == 1
+    a.tick(0.0)  # step 0: at once; fails again
+    assert a.state == S.RESTARTING and a.backoff_until == pytest.approx(10.0)
+    a.tick(9.9)
+    assert a.restart_count == 2
+    a.tick(10.0)
+    assert a.state == S.RESTARTING and a.backoff_until == pytest.approx(40.0)
+    a.tick(40.0)
+    assert a.state == S.FAILED and "does not exist" in a.reason and "gave up after 3 restarts" in a.reason
+    assert a.restarts_by_kind == {"spawn": 3}
+
+
+def test_spawn_retry_succeeds_once_the_binary_is_back(ops):
+    ops.fail_spawn = "binary_path /opt/a does not exist"
+    a = new_agent(ops)
+    a.start(0.0)
+    ops.fail_spawn = None
+    a.tick(0.0)
+    assert a.state == S.STARTING and len(ops.spawned) == 1
+
+
+def test_spawn_error_with_policy_never_fails_at_once(ops):
+    ops.fail_spawn = "exec of /opt/a failed: Permission denied"
+    a = new_agent(ops, restart={"policy": "never"})
+    assert not a.start(0.0).ok
+    assert a.state == S.FAILED and "Permission denied" in a.reason
 
 
 # ----------------------------------------------------------------------------- crash and backoff

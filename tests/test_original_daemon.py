@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
+from tests.support.daemon import HELPER
 from tests.support.wait import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "original"
@@ -64,3 +66,20 @@ def test_agentd_runs_the_originals_legacy_config_and_supervises_its_agent(agentd
 
     assert agentd.terminate() == 0
     assert not (base / "daemon.pid").exists()
+
+
+def test_a_binary_missing_for_a_while_is_retried_until_it_appears(agentd):
+    # An upgrade replaces the binary, or a mount comes late: the original retried under the restart policy.
+    late = agentd.base / "late-agent.sh"
+    agentd.write_config([agentd.helper_agent(
+        "late", "well-behaved", binary_path=str(late), args=[],
+        restart={"backoff_steps": [0, 0.5], "max_retries": 1000},
+    )])
+    agentd.start()
+    first = agentd.wait_state("late", "restarting")
+    assert "does not exist" in first["reason"]
+    wait_until(lambda: agentd.status("late")["restart_count"] >= 3, timeout=30, message="spawn retries")
+    late.write_text(f"#!/bin/sh\nexec {sys.executable} {HELPER} well-behaved --marker {agentd.marker('late')}\n")
+    late.chmod(0o755)
+    running = agentd.wait_state("late", "running", timeout=60)
+    assert running["pid"] is not None and running["restarts_by_reason"].get("spawn", 0) >= 3
