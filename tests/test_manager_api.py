@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor.config import ManagerAPISettings, TLSSettings
 from supervisor.proto import daemon_pb2, daemon_pb2_grpc
@@ -190,3 +193,162 @@ def test_serves_tls_when_configured(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0, proc.stderr.read()
+
+
+# ------------------------------------------------------------------------------------------- the original Manager's way in
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:  # the worker reports a port-0 choice only to its parent: pick one here
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class StandaloneAPI:
+    """The manager-api worker on its own (no parent): enough for calls that are refused or UNIMPLEMENTED."""
+
+    def __init__(self, tmp_path: Path, listen_host: str = "127.0.0.1", **api) -> None:
+        self.port = _free_port()
+        settings = {"manager_api": {"listen": f"{listen_host}:{self.port}", **api}}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.manager_api", "--run-dir", str(tmp_path), "--settings", json.dumps(settings)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+
+    def answer(self, channel, metadata=None) -> grpc.StatusCode:
+        stub = daemon_pb2_grpc.DaemonServiceStub(channel)
+
+        def answered():
+            try:
+                stub.GetConfig(daemon_pb2.ConfigRequest(), metadata=metadata, timeout=1)
+            except grpc.RpcError as exc:
+                return exc.code() if exc.code() != grpc.StatusCode.UNAVAILABLE else None
+
+        return wait_until(answered, timeout=30, message="an answer from the manager-api worker")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=10)
+        err = self.proc.stderr.read()
+        assert code == 0, err
+        return err
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    started: list[StandaloneAPI] = []
+
+    def start(**kw) -> StandaloneAPI:
+        api = StandaloneAPI(tmp_path, **kw)
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        if api.proc.poll() is None:
+            api.proc.kill()
+            api.proc.wait(timeout=10)
+
+
+def test_plaintext_without_a_token_on_all_interfaces_serves_only_allow_from(standalone):
+    # The original Manager's way: 0.0.0.0, no token, no TLS, stated as insecure and limited to its address.
+    allowed = standalone(listen_host="0.0.0.0", insecure=True, allow_from=["127.0.0.0/8"])
+    denied = standalone(listen_host="0.0.0.0", insecure=True, allow_from=["192.0.2.0/24", "2001:db8::/32"])
+    with grpc.insecure_channel(f"127.0.0.1:{allowed.port}") as channel:
+        assert allowed.answer(channel) == grpc.StatusCode.UNIMPLEMENTED
+    with grpc.insecure_channel(f"127.0.0.1:{denied.port}") as channel:
+        assert denied.answer(channel) == grpc.StatusCode.PERMISSION_DENIED
+    assert "insecure: plaintext without a token" in allowed.stop()
+    denied.stop()
+
+
+def test_allow_from_applies_before_the_token(standalone):
+    api = standalone(token=TOKEN, allow_from=["192.0.2.7/32"])
+    with grpc.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        assert api.answer(channel, AUTH) == grpc.StatusCode.PERMISSION_DENIED
+    api.stop()
+
+
+@pytest.mark.parametrize("min_ping_interval, survives", [(0.5, True), (10, False)], ids=["accepting", "default-vs-1s"])
+def test_keepalive_pings_between_calls_keep_the_connection(standalone, min_ping_interval, survives):
+    """A client pinging every second while idle, as the Manager does every 45 s against the default 10 s floor.
+    With the floor above the ping rate, the server's GOAWAY too_many_pings shows the check bites."""
+    api = standalone(min_ping_interval=min_ping_interval)
+    states: list[str] = []
+    options = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 5000),
+               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+    with grpc.insecure_channel(f"127.0.0.1:{api.port}", options=options) as channel:
+        channel.subscribe(lambda state: states.append(state.name), try_to_connect=False)
+        assert api.answer(channel) == grpc.StatusCode.UNIMPLEMENTED
+        ready = states.index("READY")
+        if survives:
+            time.sleep(6)
+            assert states[ready:] == ["READY"], states
+        else:
+            wait_until(lambda: "IDLE" in states[ready:] or "TRANSIENT_FAILURE" in states[ready:], timeout=20,
+                       message="the GOAWAY of a server that refuses pings this frequent")
+    api.stop()
+
+
+def test_the_defaults_accept_the_original_manager_s_45_s_pings():
+    from workers.manager_api import server_options
+
+    options = dict(server_options(ManagerAPISettings()))
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] * 4 <= 45_000  # a wide margin below 45 s
+
+
+def test_insecure_needs_allow_from_and_is_warned_about(tmp_path):
+    from supervisor.config import ConfigError, load_config
+
+    path = tmp_path / "agentd.yaml"
+    path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true}\n")
+    with pytest.raises(ConfigError, match="insecure: true needs allow_from"):
+        load_config(path)
+    path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true, allow_from: ['10.0.0.5', '10.8.0.0/16']}\n")
+    checked = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "check-config", str(path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert ("warning: manager_api is insecure: plaintext without a token on 0.0.0.0:9091; whoever can connect from"
+            " 10.0.0.5/32, 10.8.0.0/16 can list, start and stop every agent") in checked.stderr
+    path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true, allow_from: ['10.0.0.5/8']}\n")
+    with pytest.raises(ConfigError, match=r"allow_from\[0\]: invalid CIDR '10.0.0.5/8'"):
+        load_config(path)
+    for bad in ("0.0.0.0:0", "insecure"):  # the worker repeats the rule for settings that skipped validation
+        with pytest.raises(StartupError):
+            check_exposure(ManagerAPISettings.model_construct(
+                listen=bad if ":" in bad else "0.0.0.0:1", token=None, tls=TLSSettings(), insecure=bad == "insecure",
+                allow_from=[]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_peer_strings_never_crash_the_filter(peer):
+    from workers.manager_api import PeerFilter
+
+    assert PeerFilter(["127.0.0.0/8"], Counter()).allowed(peer) in (True, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.ip_addresses(), st.integers(min_value=1, max_value=65535))
+def test_peer_addresses_are_read_back_exactly(addr, port):
+    from workers.manager_api import peer_ip
+
+    peer = f"ipv4:{addr}:{port}" if addr.version == 4 else f"ipv6:[{addr}]:{port}"
+    expected = addr.ipv4_mapped if addr.version == 6 and addr.ipv4_mapped is not None else addr
+    assert peer_ip(peer) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.integers(), st.none(), st.ip_addresses().map(str)))
+def test_allow_from_entries_are_a_cidr_or_a_one_line_error(entry):
+    from pydantic import ValidationError
+
+    try:
+        parsed = ManagerAPISettings(allow_from=[entry]).allow_from[0]
+    except ValidationError as exc:
+        assert exc.error_count() == 1 and "\n" not in exc.errors()[0]["msg"]
+    else:
+        import ipaddress
+
+        assert ipaddress.ip_network(parsed) == ipaddress.ip_network(str(entry).strip())
