@@ -133,10 +133,15 @@ def _info(agent: dict[str, Any]) -> str:
         age = agent.get("last_restart_age_s")
         when = f"restarted {format_duration(age)} ago" if age is not None else "restarted"
         return f"{when}: {agent['last_restart_reason']}"
+    if state == "starting" and agent.get("ready") == "notify":
+        return "waiting for READY=1"
     if state == "starting" and agent.get("expects_heartbeat"):
         return "waiting for first heartbeat"
     if state in ("stopped", "failed", "stopping"):
         return agent["reason"]
+    if agent.get("notify_status"):
+        phase = f"[{agent['notify_phase']}] " if agent.get("notify_phase") else ""
+        return f"{phase}{agent['notify_status']}"
     return ""
 
 
@@ -161,6 +166,9 @@ def render_status(result: dict[str, Any]) -> str:
         if link["last_error"]:
             parts.append(f"last error: {link['last_error']}")
         table += "\n\n" + ", ".join(parts)
+    tracking = result.get("daemon", {}).get("tracking_detail")
+    if tracking:
+        table += f"\n\ntracking: {tracking}"
     return table
 
 

@@ -44,11 +44,12 @@ def run(config_path: str, log_level: str | None) -> None:
     for warning in config.warnings:
         log.warning("config: %s", warning)
     from .daemon import Daemon  # imported late so check-config stays light
+    from .cgroups import CgroupError
     from .listeners import ListenError
 
     try:
         code = asyncio.run(Daemon(config, config.source).run())
-    except (AlreadyRunning, ListenError, ValueError) as exc:
+    except (AlreadyRunning, ListenError, CgroupError, ValueError) as exc:
         click.echo(f"agentd: {exc}", err=True)
         sys.exit(1)
     except PermissionError as exc:
@@ -73,7 +74,15 @@ def check_config(config_path: str, quiet: bool) -> None:
     if tls_problems:
         click.echo("\n".join(f"{config.source}: {p}" for p in tls_problems), err=True)
         sys.exit(1)
+    from .cgroups import detect
+
+    # dry_run: a check creates no cgroup and moves no process.
+    tracking = detect(config.cgroups.mode, config.cgroups.root, dry_run=True)
+    if config.cgroups.mode == "required" and tracking.mode != "cgroup":
+        click.echo(f"{config.source}: cgroups.mode is required, but {tracking.reason}", err=True)
+        sys.exit(1)
     if not quiet:
+        click.echo(f"# process tracking on this machine: {tracking.describe()}")
         click.echo(dump_effective(config))
 
 

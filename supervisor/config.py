@@ -375,6 +375,35 @@ class CollectorsSettings(_Section):
                    network=NetworkCollectorSettings())
 
 
+class CgroupSettings(_Section):
+    """`cgroups:` a cgroup v2 per agent where the kernel allows it (docs/architecture.md, "Process tracking")."""
+
+    # auto: use a delegated cgroup or `root` when writable, else process groups; required: refuse to
+    # start without one; off: always process groups.
+    mode: Literal["auto", "required", "off"] = "auto"
+    root: PathT | None = None  # a directory inside a cgroup2 mount, created if missing
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"must be an absolute path inside a cgroup2 mount, got {str(value)!r}")
+        return value
+
+
+class AgentLimits(_Section):
+    """`limits:` written to the agent's cgroup where the controller is enabled."""
+
+    memory_max: OptionalSize = Field(None, gt=0)
+    cpu_max: float | None = Field(None, gt=0, le=1024)  # in CPUs: 0.5 is half of one CPU
+    pids_max: int | None = Field(None, ge=1)
+
+
 class ShutdownSettings(_Section):
     """`shutdown:` what happens to agents when agentd stops."""
 
@@ -474,6 +503,9 @@ class _AgentFields(_Section):
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     log: LogSettings = Field(default_factory=LogSettings)
     heartbeat: AgentHeartbeat = Field(default_factory=AgentHeartbeat)
+    # auto: running after start_seconds (or the first heartbeat); notify: only after sd_notify READY=1.
+    ready: Literal["auto", "notify"] = "auto"
+    limits: AgentLimits = Field(default_factory=AgentLimits)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -627,6 +659,7 @@ class Config(_Section):
     manager_api: ManagerAPISettings = Field(default_factory=ManagerAPISettings)
     collectors: CollectorsSettings = Field(default_factory=CollectorsSettings.all_on)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    cgroups: CgroupSettings = Field(default_factory=CgroupSettings)
     agent_defaults: AgentDefaults = Field(default_factory=AgentDefaults)
     agents: list[AgentSpec] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

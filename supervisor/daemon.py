@@ -21,6 +21,7 @@ import zmq.asyncio
 from pydantic import ValidationError
 
 from . import __version__
+from .cgroups import CgroupError, detect as detect_tracking
 from .config import Config, ConfigError, load_config
 from .control_server import ControlServer
 from .event_intake import EventIntake
@@ -34,6 +35,8 @@ from .metadata_store import ExitRecord, MetadataStore, iso_utc, parse_iso
 from .metadata_writer import MetadataWriter
 from .history_store import HistoryStore
 from .node_identity import node_id
+from .notify_socket import NotifyHub, Sender, parse_notify
+from .rate_limited_log import RateLimitedLog
 from .pidfile import PidFile, write_plain_pid
 from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
@@ -106,6 +109,7 @@ class Daemon:
         # Last generation of each agent removed while this agentd runs: a re-added agent continues from it,
         # so a verdict or heartbeat still in flight about the removed process never fits its successor.
         self._removed_generations: dict[str, int] = {}
+        self._notify_log = RateLimitedLog(log, 10.0)
 
     # ----------------------------------------------------------------- clocks and small views
 
@@ -130,6 +134,8 @@ class Daemon:
             uptime_s=round(self.uptime(), 3),
             config=str(self.config_path) if self.config_path else None,
             run_dir=str(self.run_dir),
+            tracking=self.tracking.mode,
+            tracking_detail=self.tracking.describe(),
         )
 
     # ----------------------------------------------------------------- run
@@ -150,7 +156,13 @@ class Daemon:
             if self.config.daemon.pid_file is not None:
                 self._closers.append(write_plain_pid(self.config.daemon.pid_file, self.pid))
             env = self._open_listeners()
-            self.ops = RealProcessOps(loop, self.log_dir, env, self._on_exit)
+            self.tracking = detect_tracking(self.config.cgroups.mode, self.config.cgroups.root)
+            if self.config.cgroups.mode == "required" and self.tracking.mode != "cgroup":
+                raise CgroupError(f"cgroups.mode is required, but {self.tracking.reason}")
+            log.info("process tracking: %s", self.tracking.describe())
+            self.notify = NotifyHub(loop, self.run_dir / "notify", self._on_notify)
+            self._closers.append(self.notify.close_all)
+            self.ops = RealProcessOps(loop, self.log_dir, env, self._on_exit, self.tracking, self.notify.path)
             self.control = ControlServer(self.zctx, self.run_dir / ipc.CONTROL, self._dispatch, self.config.control.group)
             self._closers.append(self.control.close)
             self.state_feed = StateFeed(self.sync_zctx, self.run_dir / ipc.STATE)
@@ -271,6 +283,8 @@ class Daemon:
             if record is not None and record.pid and record.status in PROCESS_STATES:
                 if self._adopt(agent, record, now):
                     continue
+            elif self._stop_cgroup_leftovers(agent, record, now):
+                continue
             if agent.operator_stopped and agent.state == AgentState.STOPPED:
                 agent.reason = "stopped by operator (before agentd restarted)"
             agent.start_if_wanted(now, "agentd start")
@@ -300,6 +314,14 @@ class Daemon:
         agent.stop_leftovers(leftovers, now)  # starts the agent (if wanted) once they are gone
         return True
 
+    def _stop_cgroup_leftovers(self, agent: AgentProcess, record, now: float) -> bool:
+        """Processes in the agent's cgroup that no record accounts for (metadata lost): stop them first."""
+        leftovers = self.ops.cgroup_leftovers(agent.spec.id, record, agent.generation + 1, now)
+        if leftovers is None:
+            return False
+        agent.stop_leftovers(leftovers, now)
+        return True
+
     def _finish_orphan(self, agent_id: str, record, now: float) -> None:
         """A removal (or stop) that an agentd restart interrupted, of an agent no longer configured:
         finish it, so the process does not live on unmanaged."""
@@ -320,6 +342,7 @@ class Daemon:
         agent.remove(now)
 
     def _new_agent(self, spec, record=None) -> AgentProcess:
+        self.notify.open(spec.id, self.ops.agent_uid(spec))
         agent = AgentProcess(spec, self.ops, on_transition=self._on_transition, record=record)
         agent.generation = self._removed_generations.get(spec.id, 0)
         return agent
@@ -346,6 +369,8 @@ class Daemon:
                 self._removed_generations[agent.spec.id] = agent.generation
                 self.registry.discard(agent.spec.id)
                 self.writer.delete(agent.spec.id)
+                self.notify.close(agent.spec.id)
+                self.ops.remove_cgroup(agent.spec.id)
                 if self.state_feed is not None:
                     self.state_feed.agent_removed(agent.spec.id)
                 agent.dirty = False
@@ -455,6 +480,50 @@ class Daemon:
         if transitioned:  # only transitions (first heartbeat) are written at once; no scan per batch otherwise
             self._persist_dirty()
 
+    def _on_notify(self, agent_id: str, sender: Sender | None, data: bytes) -> None:
+        """An sd_notify datagram on an agent's socket: act on it only if a process of that agent sent it."""
+        counters = self.notify.counters
+        agent = self.registry.find(agent_id)
+        if agent is None or agent.handle is None or agent.state not in PROCESS_STATES:
+            counters["dropped_not_running"] += 1
+            return
+        if sender is None:
+            counters["dropped_no_credentials"] += 1
+            return
+        member = self.ops.is_member(agent.handle, sender.pid)
+        if member is None:
+            # Gone before we looked (a one-shot sender): the kernel-checked uid must be the agent's
+            # (the socket is 0600 and owned by it) or root.
+            member = sender.uid in (0, self.notify.uid(agent_id))
+            counters["unverified_exited_sender"] += 1
+        if not member:
+            counters["dropped_foreign_sender"] += 1
+            self._notify_log("%s: sd_notify message from pid %d (uid %d), which is not a process of this agent; dropped", agent_id, sender.pid, sender.uid)
+            return
+        msg = parse_notify(data)
+        if msg.problems:
+            counters["bad_assignments"] += 1
+            self._notify_log("%s: sd_notify message from pid %d: %s", agent_id, sender.pid, "; ".join(msg.problems))
+        now, wall = self.now(), self.wall()
+        if msg.mainpid is not None:
+            why = self.ops.set_main_pid(agent_id, agent.handle, msg.mainpid)
+            if why:
+                self._notify_log("%s: %s; main process stays pid %d", agent_id, why, agent.handle.pid)
+            else:
+                agent.dirty = True
+                if self.state_feed is not None:
+                    self.state_feed.agent_changed(agent)  # heartbeat intakes check senders against the main pid
+        old_status = agent.notify_status
+        agent.on_notify(now, wall, msg)
+        if msg.watchdog:
+            counters["watchdog"] += 1
+        if msg.status is not None and msg.status != old_status:
+            log.info("%s: STATUS=%s", agent_id, msg.status)
+        if msg.stopping or msg.reloading:
+            log.info("%s: %s", agent_id, "STOPPING=1" if msg.stopping else "RELOADING=1")
+        self._persist_dirty()
+        self.wake()
+
     def heartbeat_times(self) -> dict[str, float]:
         return {a.spec.id: a.last_heartbeat_wall for a in self.registry if a.last_heartbeat_wall is not None}
 
@@ -467,7 +536,10 @@ class Daemon:
         self.intake_restarted_wall = self.wall()
 
     def intake_counters(self) -> dict[str, int]:
-        return {**self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}, **self.stalls.counters()}
+        return {
+            **self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}, **self.stalls.counters(),
+            **{f"notify_{k}": v for k, v in self.notify.counters.items()},
+        }
 
     def _on_worker_message(self, msg) -> None:
         if isinstance(msg, HeartbeatBatch):

@@ -46,6 +46,7 @@ class ProcessHandle:
     boot_id: str = ""
     # pid -> start ticks of every live process seen in the tree, so stop can wait for all of them.
     tree: dict[int, int] = field(default_factory=dict)
+    cgroup: str | None = None  # the agent's cgroup directory, in cgroup mode (supervisor/cgroups.py)
     os_state: object = None  # owned by the ProcessOps implementation (Popen, pidfd, ...)
 
 
@@ -134,6 +135,10 @@ class AgentProcess:
         self.pending_reason = ""
         self.pending_forced = False
         self.pending_clean = False
+        # sd_notify (supervisor/notify_socket.py): STATUS= text, and RELOADING=1/STOPPING=1 until READY=1.
+        self.notify_status: str | None = None
+        self.notify_phase: str | None = None
+        self.ready_deadline: float | None = None  # `ready: notify`: READY=1 is due by then
         self.dirty = False  # a change worth persisting at once
         self.hb_dirty = False  # heartbeat-only changes, persisted coalesced
         if record is not None:
@@ -152,6 +157,7 @@ class AgentProcess:
         self.last_exit = record.last_exit
         self.last_restart_reason = record.last_restart_reason
         self.health = record.health
+        self.notify_status = record.notify_status
         if record.version:
             self.reported["version"] = record.version
         if record.status == AgentState.FAILED:
@@ -169,7 +175,8 @@ class AgentProcess:
             self._set(AgentState.RUNNING, f"re-adopted pid {handle.pid}")
             self.stop(now, reason="operator stop (resumed after agentd restart)")
             return
-        new = AgentState.STARTING if recorded_state == AgentState.STARTING and self.spec.expects_heartbeat else AgentState.RUNNING
+        waits = self.spec.expects_heartbeat or self.spec.ready == "notify"
+        new = AgentState.STARTING if recorded_state == AgentState.STARTING and waits else AgentState.RUNNING
         self._set(new, f"re-adopted pid {handle.pid} after agentd restart")
 
     def stop_leftovers(self, handle: ProcessHandle, now: float) -> None:
@@ -295,6 +302,8 @@ class AgentProcess:
             return  # tick() finishes the stop once the whole tree is gone
         uptime = now - handle.started_mono
         reason = f"exited unexpectedly ({what}) after {uptime:.1f}s"
+        if self.notify_phase == "stopping":
+            reason = f"exited after announcing STOPPING=1 ({what}) after {uptime:.1f}s"
         self.last_exit.reason = reason
         if self.state not in UP_STATES:
             return
@@ -313,8 +322,39 @@ class AgentProcess:
         if fields:
             self.reported.update({k: v for k, v in fields.items() if v is not None})
         self.hb_dirty = True  # persisted at most once per metadata.flush_interval
-        if self.state == AgentState.STARTING:
+        if self.state == AgentState.STARTING and self.spec.ready != "notify":
             self._set(AgentState.RUNNING, "first heartbeat received")
+
+    def on_notify(self, now: float, wall: float, msg) -> None:
+        """An sd_notify message from a verified member of this agent (a notify_socket.NotifyMessage)."""
+        if self.handle is None or self.state not in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING):
+            return
+        if msg.status is not None and msg.status != self.notify_status:
+            self.notify_status = msg.status
+            self.hb_dirty = True
+        if msg.extend_timeout_usec is not None:
+            until = now + msg.extend_timeout_usec / 1e6
+            if self.state == AgentState.STARTING and self.ready_deadline is not None:
+                self.ready_deadline = max(self.ready_deadline, until)
+            elif self.state == AgentState.STOPPING and self.kill_sent_at is None and self.stop_deadline is not None:
+                self.stop_deadline = max(self.stop_deadline, until)
+        if msg.reloading:
+            self.notify_phase = "reloading"
+        if msg.stopping:
+            self.notify_phase = "stopping"
+        if msg.ready:
+            if self.notify_phase == "reloading":
+                self.notify_phase = None
+            if self.state == AgentState.STARTING:
+                self.ready_deadline = None
+                self._set(AgentState.RUNNING, "READY=1 received")
+        if msg.watchdog:
+            self.on_heartbeat(now, wall)
+        if msg.watchdog_trigger and self.state in UP_STATES and not self.operator_stopped:
+            reason = "watchdog: the agent asked for it (WATCHDOG=trigger)"
+            self.health, self.health_detail = "watchdog", "WATCHDOG=trigger"
+            if self.spec.restart.policy != "never":
+                self._begin_stop(now, reason, after="policy", forced=True, kind="watchdog")
 
     def verdict(self, now: float, generation: int, reason: str) -> ActionResult:
         """A health verdict ("no_heartbeat: ...") asks for a restart; stale generations and operator stops win."""
@@ -355,6 +395,8 @@ class AgentProcess:
             else:
                 return self.backoff_until
         if self.state == AgentState.STARTING and self.handle is not None:
+            if self.spec.ready == "notify":
+                return self._tick_not_ready(now)
             if self.spec.expects_heartbeat:
                 return None  # the first heartbeat (or the health worker's verdict) moves it on
             ready_at = self.handle.started_mono + self.spec.start_seconds
@@ -379,6 +421,18 @@ class AgentProcess:
         if self.state == AgentState.STOPPING:
             return self._tick_stopping(now)
         return None
+
+    def _tick_not_ready(self, now: float) -> float | None:
+        """`ready: notify`: no READY=1 by startup_grace (plus EXTEND_TIMEOUT_USEC) is a failed start."""
+        assert self.handle is not None
+        if self.ready_deadline is None:
+            self.ready_deadline = self.handle.started_mono + (self.spec.health_check.startup_grace or 30.0)
+        if now < self.ready_deadline:
+            return self.ready_deadline
+        waited = now - self.handle.started_mono
+        self.ready_deadline = None
+        self._begin_stop(now, f"not_ready: no READY=1 within {waited:.0f}s of start", after="policy", forced=True, kind="not_ready")
+        return now
 
     def _tick_stopping(self, now: float) -> float | None:
         handle = self.handle
@@ -430,6 +484,8 @@ class AgentProcess:
         self.health_detail = ""
         self.last_heartbeat_mono = None
         self.last_heartbeat_wall = None
+        self.notify_status = self.notify_phase = None
+        self.ready_deadline = None
         self._set(AgentState.STARTING, f"{reason} (pid {handle.pid})")
         return ActionResult(True, f"started (pid {handle.pid})")
 
@@ -513,6 +569,8 @@ class AgentProcess:
             start_ticks=h.start_ticks if h else None,
             boot_id=h.boot_id or None if h else None,
             pgid=h.pgid if h else None,
+            cgroup=h.cgroup if h else None,
+            notify_status=self.notify_status if h else None,
             start_time=iso_utc(h.started_wall) if h else None,
             restart_count=self.restart_count,
             total_restarts=self.total_restarts,

@@ -139,6 +139,7 @@ class AgentView(BaseModel):
     version: str | None = None  # as last reported by the agent's heartbeats
     restarts: int = 0
     health_check: dict[str, Any] = Field(default_factory=dict)
+    cgroup: str | None = None  # the agent's cgroup directory in cgroup mode: membership and figures come from it
 
 
 class AgentUpdate(BaseModel):

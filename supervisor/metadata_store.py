@@ -78,6 +78,8 @@ class AgentRecord(BaseModel):
     pid: int | None = None
     create_time: float | None = None
     start_ticks: int | None = None  # /proc start time in clock ticks since boot (identity across clock steps)
+    cgroup: str | None = None  # the agent's cgroup directory when agentd tracked it by cgroup
+    notify_status: str | None = None  # the agent's last sd_notify STATUS=
     boot_id: str | None = None
     # How to stop it, kept so a stop interrupted by an agentd restart can be finished even after the
     # agent left the configuration.

@@ -19,6 +19,7 @@ from typing import Callable
 
 import psutil
 
+from .cgroups import CONTROLLER_OF, AgentCgroup, Tracking, cgroup_name, limit_values
 from .config import AgentSpec
 from .exit_watch import ExitWatch, watch_exit
 from .lifecycle import ProcessHandle, SpawnError
@@ -29,6 +30,8 @@ from .proc_table import ProcessTable, boot_id, is_same_process, read_stat, start
 log = logging.getLogger(__name__)
 
 AgentExitCallback = Callable[[str, int, "int | None", "int | None"], None]
+# systemd's variables for agentd itself: an agent must never report to agentd's service manager.
+SYSTEMD_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID")
 
 
 def agent_log_path(log_dir: Path, agent_id: str) -> Path:
@@ -57,8 +60,14 @@ def process_matches(pid: int, ticks: int | None, recorded_boot: str | None = Non
 class RealProcessOps:
     """ProcessOps for real processes, bound to the daemon's asyncio loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, log_dir: Path, agent_env: dict[str, str], on_exit: AgentExitCallback) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, log_dir: Path, agent_env: dict[str, str], on_exit: AgentExitCallback,
+        tracking: Tracking | None = None, notify_path: Callable[[str], "Path | None"] | None = None,
+    ) -> None:
         self.loop = loop
+        self.tracking = tracking or Tracking("process-group", "not configured")
+        self.notify_path = notify_path or (lambda agent_id: None)
+        self._retired: dict[int, ExitWatch] = {}  # watches of former main processes (MAINPID=), kept to reap them
         self.log_dir = log_dir
         self.agent_env = agent_env
         self.on_exit = on_exit
@@ -78,11 +87,13 @@ class RealProcessOps:
             log_fd = open_agent_log(agent_log_path(self.log_dir, spec.id))
         except OSError as exc:
             raise SpawnError(f"cannot prepare work dir or log file: {exc}") from exc
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(self.agent_env)
-        env["AGENTD_AGENT_ID"] = spec.id
+        env = self._environment(spec)
         argv = [str(spec.binary_path), *spec.effective_args()]
+        cgroup, procs_fd = self._prepare_cgroup(spec)
+        preexec = None
+        if procs_fd is not None:
+            def preexec(fd=procs_fd) -> None:
+                os.write(fd, b"0")  # into the agent's cgroup before exec, so nothing it forks is outside
         try:
             popen = subprocess.Popen(
                 argv,
@@ -94,12 +105,17 @@ class RealProcessOps:
                 start_new_session=True,
                 close_fds=True,
                 restore_signals=True,
+                preexec_fn=preexec,
                 **kwargs,
             )
+        except subprocess.SubprocessError as exc:  # the preexec write failed
+            raise SpawnError(f"cannot move the new process into cgroup {cgroup.path}: {exc}") from exc
         except OSError as exc:
             raise SpawnError(f"exec of {argv[0]} failed: {exc.strerror or exc}") from exc
         finally:
             os.close(log_fd)
+            if procs_fd is not None:
+                os.close(procs_fd)
         # Our unreaped child: its stat is readable even if it already exited.
         ticks = start_ticks(popen.pid) or 0
         try:
@@ -116,6 +132,7 @@ class RealProcessOps:
             started_wall=time.time(),
             tree={popen.pid: ticks},
             boot_id=self.boot_id,
+            cgroup=str(cgroup.path) if cgroup else None,
         )
         if not self._watch(spec.id, handle, popen):
             popen.kill()
@@ -123,6 +140,47 @@ class RealProcessOps:
             raise SpawnError("cannot watch the new process (out of file descriptors?); killed it")
         log.info("%s: started pid %d: %s", spec.id, popen.pid, " ".join(argv))
         return handle
+
+    def _environment(self, spec: AgentSpec) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_ENV}
+        env.update(spec.env)
+        env.update(self.agent_env)
+        env["AGENTD_AGENT_ID"] = spec.id
+        notify = self.notify_path(spec.id)
+        if notify is not None:
+            env["NOTIFY_SOCKET"] = str(notify)
+            timeout = spec.health_check.heartbeat_timeout
+            if timeout:
+                # No WATCHDOG_PID: the pid is not known before fork, and sd_watchdog_enabled() then
+                # accepts any process; the sender check is agentd's (supervisor/daemon.py).
+                env["WATCHDOG_USEC"] = str(int(timeout * 1_000_000))
+        return env
+
+    def cgroup_of(self, agent_id: str) -> AgentCgroup | None:
+        """The agent's cgroup in cgroup mode; None in process-group mode."""
+        return self.tracking.agent(agent_id)
+
+    def _prepare_cgroup(self, spec: AgentSpec) -> tuple[AgentCgroup | None, int | None]:
+        cgroup = self.cgroup_of(spec.id)
+        if cgroup is None:
+            return None, None
+        try:
+            cgroup.create()
+            if cgroup.populated():
+                # Stops wait until the cgroup is empty, so this is a process that outlived them all.
+                pids = cgroup.pids()
+                cgroup.kill()
+                raise SpawnError(f"cgroup {cgroup.path} still held processes {pids} of an earlier run; killed them")
+            limits = limit_values(spec.limits.memory_max, spec.limits.cpu_max, spec.limits.pids_max)
+            missing = sorted({CONTROLLER_OF[k] for k in limits} - self.tracking.controllers)
+            if missing:
+                log.warning("%s: limits need the %s controller(s), not enabled in %s; not applied", spec.id, ", ".join(missing), self.tracking.base)
+            problems = cgroup.set_limits({k: v for k, v in limits.items() if CONTROLLER_OF[k] in self.tracking.controllers})
+            if problems:
+                raise SpawnError(f"cannot set limits in {cgroup.path}: {'; '.join(problems)}")
+            return cgroup, cgroup.open_procs()
+        except OSError as exc:
+            raise SpawnError(f"cannot prepare cgroup {cgroup.path}: {exc.strerror or exc}") from exc
 
     def adopt(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
         """Watch a process left by a previous agentd, if it is still the one recorded (pid + start ticks + boot)."""
@@ -145,9 +203,21 @@ class RealProcessOps:
             tree={record.pid: record.start_ticks},
             boot_id=self.boot_id,
         )
+        cgroup = self.cgroup_of(agent_id)
+        if cgroup is not None and cgroup.contains(record.pid):
+            handle.cgroup = str(cgroup.path)
+        elif cgroup is not None:
+            log.warning("%s: re-adopted pid %d is not in cgroup %s (started in process-group mode?); tracked by process group", agent_id, record.pid, cgroup.path)
         if not self._watch(agent_id, handle, None):
             return None
         return handle
+
+    def agent_uid(self, spec: AgentSpec) -> int:
+        """The uid the agent runs as."""
+        try:
+            return self._credentials(spec).get("user", os.geteuid())
+        except SpawnError:
+            return os.geteuid()
 
     def _credentials(self, spec: AgentSpec) -> dict:
         if not (spec.user or spec.group):
@@ -173,7 +243,12 @@ class RealProcessOps:
     # ----------------------------------------------------------------- exit detection
 
     def _watch(self, agent_id: str, handle: ProcessHandle, popen: subprocess.Popen | None) -> bool:
+        pid = handle.pid
+
         def exited(code: int | None, signum: int | None) -> None:
+            self._retired.pop(pid, None)
+            if handle.pid != pid:
+                return  # a former main process (MAINPID= moved on): reaped, not the agent's exit
             self.on_exit(agent_id, handle.generation, code, signum)
 
         handle.os_state = watch_exit(self.loop, handle.pid, popen, exited)
@@ -188,6 +263,58 @@ class RealProcessOps:
         if isinstance(handle.os_state, ExitWatch):
             handle.os_state.cancel()
 
+    # ----------------------------------------------------------------- membership (sd_notify senders)
+
+    def is_member(self, handle: ProcessHandle, pid: int) -> bool | None:
+        """Whether `pid` belongs to the agent: in its cgroup, else in its tree or process group.
+        None when the process is already gone, so membership cannot be checked."""
+        info = read_stat(pid)
+        if info is None or info.zombie:
+            return None
+        if handle.cgroup is not None:
+            cgroup = self._cgroup(handle)
+            return cgroup.contains(pid)
+        if pid == handle.pid or info.pgid == handle.pgid:
+            return True
+        self.table.invalidate()
+        return pid in self._refresh_tree(handle)
+
+    def set_main_pid(self, agent_id: str, handle: ProcessHandle, pid: int) -> str | None:
+        """MAINPID=: watch `pid` as the agent's main process; returns why not, or None when done."""
+        if pid == handle.pid:
+            return None
+        if self.is_member(handle, pid) is not True:
+            return f"MAINPID={pid} is not a live process of the agent"
+        ticks = start_ticks(pid)
+        old_pid, old_watch = handle.pid, handle.os_state
+        try:
+            create_time = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return f"MAINPID={pid} is gone"
+        handle.pid, handle.start_ticks, handle.create_time = pid, ticks, create_time
+        handle.tree[pid] = ticks or 0
+        if not self._watch(agent_id, handle, None):
+            handle.pid, handle.os_state = old_pid, old_watch
+            return f"cannot watch MAINPID={pid}"
+        if isinstance(old_watch, ExitWatch) and old_watch.pidfd is not None:
+            if old_watch.popen is not None:
+                self._retired[old_pid] = old_watch  # still our child: its exit must be reaped
+            else:
+                old_watch.cancel()
+        handle.adopted = True  # not our child: its exit status is unknown, the tree check decides
+        log.info("%s: main process is now pid %d (MAINPID=, was %d)", agent_id, pid, old_pid)
+        return None
+
+    def remove_cgroup(self, agent_id: str) -> None:
+        """rmdir an agent's cgroup once nothing runs in it (after removal from the config)."""
+        cgroup = self.cgroup_of(agent_id)
+        if cgroup is not None and cgroup.exists():
+            try:
+                if not cgroup.remove():
+                    log.warning("%s: cgroup %s still holds processes; left in place", agent_id, cgroup.path)
+            except OSError as exc:
+                log.warning("%s: cannot remove cgroup %s: %s", agent_id, cgroup.path, exc)
+
     # ----------------------------------------------------------------- trees
 
     def _refresh_tree(self, handle: ProcessHandle) -> dict[int, int]:
@@ -198,7 +325,22 @@ class RealProcessOps:
             del handle.tree[pid]  # gone: keeps the map bounded however much the tree churns
         return live
 
+    def _cgroup(self, handle: ProcessHandle) -> AgentCgroup:
+        path = Path(handle.cgroup)
+        mount = self.tracking.mount
+        name = cgroup_name(mount, path) if mount is not None and mount.path in path.parents else str(path)
+        return AgentCgroup(path, name)
+
     def signal_tree(self, handle: ProcessHandle, signum: int) -> None:
+        if handle.cgroup is not None:
+            cgroup = self._cgroup(handle)
+            # Every member, wherever it forked or setsid'd to; SIGKILL through cgroup.kill, which no fork outruns.
+            if signum == signal.SIGKILL:
+                cgroup.kill()
+            else:
+                sent = cgroup.signal(signum)
+                log.debug("sent %s to %d processes in %s", signal.Signals(signum).name, sent, cgroup.path)
+            return
         self.table.invalidate()
         live = self._refresh_tree(handle)  # list first, so a dying parent cannot hide its children
         try:
@@ -218,11 +360,33 @@ class RealProcessOps:
     def tree_alive(self, handle: ProcessHandle) -> bool:
         if not handle.exited and not handle.adopted:
             return True  # our child has not been reaped yet
+        if handle.cgroup is not None:
+            return self._cgroup(handle).populated()  # cgroup.events: empty means every process is gone
         return bool(self._refresh_tree(handle))
+
+    def cgroup_leftovers(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
+        """In cgroup mode, whatever still runs in the agent's cgroup is the agent's, recorded or not:
+        a handle to stop it before a new generation starts (so none runs twice)."""
+        cgroup = self.cgroup_of(agent_id)
+        if cgroup is None or not cgroup.exists() or not cgroup.populated():
+            return None
+        members = {p: t for p in cgroup.pids() if (t := start_ticks(p)) is not None}
+        pid = (record.pid if record is not None and record.pid else None) or min(members, default=0)
+        handle = ProcessHandle(
+            pid=pid, pgid=(record.pgid if record is not None and record.pgid else pid), create_time=time.time(), start_ticks=members.get(pid),
+            generation=generation, started_mono=now, started_wall=time.time(), adopted=True, exited=True, tree=members,
+            boot_id=self.boot_id, cgroup=str(cgroup.path),
+        )
+        log.warning("%s: %d processes live on in its cgroup %s without a main process agentd knows: stopping them first", agent_id, len(members), cgroup.path)
+        return handle
 
     def leftovers(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
         """The recorded main process is gone but members of its group may live on: a handle to stop them."""
-        if not record.pgid or record.start_ticks is None or (record.boot_id and record.boot_id != self.boot_id):
+        if self.cgroup_of(agent_id) is not None:
+            found = self.cgroup_leftovers(agent_id, record, generation, now)
+            if found is not None or record is None:
+                return found
+        if record is None or not record.pgid or record.start_ticks is None or (record.boot_id and record.boot_id != self.boot_id):
             return None
         leader = read_stat(record.pgid)
         if leader is not None and not leader.zombie and leader.start_ticks != record.start_ticks:

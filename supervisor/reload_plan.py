@@ -10,7 +10,7 @@ from .config import AgentSpec, Config
 # These are read once at start: sockets, worker settings, agents' AGENTD_HEARTBEAT_*, the history
 # store, the Manager link. Changing them needs an agentd restart (agents keep running across it).
 RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat", "resources", "history", "metadata", "manager", "manager_api",
-                         "collectors")
+                         "collectors", "cgroups")
 
 
 class AgentChange(BaseModel):

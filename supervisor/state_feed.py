@@ -36,6 +36,7 @@ def agent_view(agent: AgentProcess) -> AgentView:
         version=agent.reported.get("version"),
         restarts=agent.total_restarts,
         health_check=agent.spec.health_check.model_dump(mode="json"),
+        cgroup=h.cgroup if h else None,
     )
 
 

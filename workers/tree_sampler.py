@@ -10,9 +10,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
+from supervisor.cgroups import AgentCgroup
 from supervisor.messages import AgentView, ResourceSample
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class TreeSampler:
         self._cache: dict[int, _Entry] = {}
         self._noted_denied: set[str] = set()
         self._own_pgid = os.getpgrp()
+        self._cg_cpu: dict[str, tuple[float, int]] = {}  # cgroup -> (monotonic time, usage_usec) of the last sample
         self.scans = 0
         self.access_denied = 0
 
@@ -137,9 +140,34 @@ class TreeSampler:
 
     def sample(self, agent: AgentView, now_wall: float) -> ResourceSample:
         """The agent's whole tree; procs == 0 means nothing of this generation's process is left."""
+        if agent.cgroup:
+            return self._sample_cgroup(agent, now_wall)
         self._fresh_table()
         pids = self.tree_pids(agent.pid, agent.pgid, agent.create_time)
         return self._measure(agent.id, pids, now_wall, agent.generation)
+
+    def _sample_cgroup(self, agent: AgentView, now_wall: float) -> ResourceSample:
+        """Members from cgroup.procs (no /proc walk); CPU from cpu.stat, which also counts exited
+        members; memory.current and pids.current where those controllers are enabled."""
+        cgroup = AgentCgroup(Path(agent.cgroup), "")
+        sample = self._measure(agent.id, cgroup.pids(), now_wall, agent.generation)
+        usage = cgroup.usage()
+        updates: dict[str, object] = {}
+        if usage.cpu_usec is not None:
+            now = time.monotonic()
+            last = self._cg_cpu.get(agent.cgroup)
+            self._cg_cpu[agent.cgroup] = (now, usage.cpu_usec)
+            if last is not None and now > last[0] and usage.cpu_usec >= last[1]:
+                updates["cpu"] = round((usage.cpu_usec - last[1]) / 1e6 / (now - last[0]) * 100.0, 2)
+            else:
+                updates["cpu"] = None  # the first reading is only a baseline, as with psutil
+        if usage.memory is not None:
+            updates["rss"] = usage.memory
+        if usage.pids is not None and sample.procs:
+            updates["procs"] = usage.pids
+        if len(self._cg_cpu) > 4 * MAX_NOTED:
+            self._cg_cpu.clear()
+        return sample.model_copy(update=updates) if updates else sample
 
     def sample_pid(self, name: str, pid: int, now_wall: float) -> ResourceSample:
         """One process alone (agentd's own: the parent, a worker, this worker)."""

@@ -48,6 +48,10 @@ class AgentStatus(BaseModel):
     operator_stopped: bool
     expects_heartbeat: bool
     generation: int  # which process of this agent verdicts and heartbeats are about; never repeats in one agentd
+    ready: str = "auto"  # auto | notify (sd_notify READY=1)
+    notify_status: str | None = None  # the agent's last sd_notify STATUS=
+    notify_phase: str | None = None  # reloading | stopping, as the agent announced
+    cgroup: str | None = None  # the agent's cgroup directory in cgroup mode
 
 
 class DaemonStatus(BaseModel):
@@ -56,6 +60,8 @@ class DaemonStatus(BaseModel):
     uptime_s: float
     config: str | None
     run_dir: str
+    tracking: str = "process-group"  # cgroup | process-group
+    tracking_detail: str = ""  # where and why, e.g. "cgroup v2 under ... : cgroups.root is configured"
 
 
 class ManagerLink(BaseModel):
@@ -131,6 +137,10 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         operator_stopped=agent.operator_stopped,
         expects_heartbeat=agent.spec.expects_heartbeat,
         generation=agent.generation,
+        ready=agent.spec.ready,
+        notify_status=agent.notify_status if live else None,
+        notify_phase=agent.notify_phase if live else None,
+        cgroup=h.cgroup if live else None,
     )
 
 

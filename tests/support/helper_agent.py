@@ -259,6 +259,53 @@ def mode_setsid_grandchild(h: Helper) -> None:
     mode_well_behaved(h)
 
 
+def mode_daemonize_escape(h: Helper) -> None:
+    """Double fork + setsid with the middle process gone: the grandchild is in neither the agent's
+    process group nor its ancestry (it is reparented to init)."""
+    def grandchild() -> None:
+        os.setsid()
+        h.mark("GRANDCHILD", *ids())
+        h.say("grandchild escaped: own session, parent gone")
+        h.run_until_stop()
+        h.exit(0)
+
+    def middle() -> None:
+        h.mark("CHILD", *ids())
+        h.fork(grandchild)
+        os._exit(0)
+
+    h.fork(middle)
+    mode_well_behaved(h)
+
+
+def sd_notify(message: str) -> None:
+    """One datagram to $NOTIFY_SOCKET, as libsystemd's sd_notify() sends it."""
+    path = os.environ["NOTIFY_SOCKET"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), path)
+
+
+def mode_sd_notify(h: Helper) -> None:
+    """READY=1 after --after seconds, STATUS=, then WATCHDOG=1 every --interval for --beats beats
+    (0 = for ever); afterwards it stalls, still running. Reports NOTIFY_SOCKET and WATCHDOG_USEC."""
+    h.mark("ENV", os.environ.get("NOTIFY_SOCKET", "-"), os.environ.get("WATCHDOG_USEC", "-"))
+    if h.wait(h.args.after):
+        h.exit(0)
+    sd_notify(f"READY=1\nSTATUS=serving {h.args.status_text}")
+    h.mark("READY")
+    sent = 0
+    while h.args.interval > 0 and (h.args.beats == 0 or sent < h.args.beats):
+        if h.wait(h.args.interval):
+            sd_notify("STOPPING=1")
+            h.exit(0)
+        sd_notify("WATCHDOG=1")
+        sent += 1
+    h.mark("STALLED")
+    h.run_until_stop()
+    sd_notify("STOPPING=1")
+    h.exit(0)
+
+
 def mode_spew_output(h: Helper) -> None:
     rate, limit = h.args.rate, h.args.count
     start, written = time.monotonic(), 0
@@ -351,6 +398,8 @@ MODES = {
     "ignore-term": mode_ignore_term,
     "fork-children": mode_fork_children,
     "setsid-grandchild": mode_setsid_grandchild,
+    "daemonize-escape": mode_daemonize_escape,
+    "sd-notify": mode_sd_notify,
     "spew-output": mode_spew_output,
     "heartbeat-then-stall": mode_heartbeat_then_stall,
     "heartbeat-http": mode_heartbeat_http,
@@ -381,6 +430,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mb", type=int, default=64, help="MiB memory-balloon grows to")
     parser.add_argument("--step-mb", type=int, default=16, help="MiB memory-balloon adds per second")
     parser.add_argument("--seconds", type=float, default=0.0, help="cpu-burn duration (0 = forever)")
+    parser.add_argument("--status-text", default="requests", help="sd-notify: text after 'serving' in STATUS=")
     parser.add_argument("--show", action="append", default=[], help="extra env var for print-env (repeatable)")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.step_mb <= 0 or args.interval < 0:

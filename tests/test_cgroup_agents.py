@@ -1,0 +1,152 @@
+"""A cgroup per agent (cgroup mode): escaping processes are stopped, re-adoption keeps the cgroup, modes are reported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from supervisor.cgroups import flat_keyed, pid_cgroup
+from tests.support.cgroup_root import controllers_of, remove_tree, writable_cgroup2
+from tests.support.daemon import ROOT
+from tests.support.processes import pid_alive
+from tests.support.wait import read_markers, wait_for_marker, wait_until
+
+MOUNT, WHY_NOT = writable_cgroup2()
+needs_cgroup2 = pytest.mark.skipif(MOUNT is None, reason=f"no writable cgroup v2 hierarchy: {WHY_NOT}")
+
+
+def agentd_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def cgroup_root():
+    """A fresh cgroup directory for agentd's cgroups.root; removed, with everything in it, afterwards."""
+    root = MOUNT / f"agentd-test-{uuid.uuid4().hex[:10]}"
+    try:
+        yield root
+    finally:
+        remove_tree(root)
+
+
+def _pids(agentd, agent_id, kinds=("START", "CHILD", "GRANDCHILD")):
+    return {m[0]: int(m[1]) for m in read_markers(agentd.marker(agent_id)) if m[0] in kinds}
+
+
+def _populated(path) -> int:
+    return flat_keyed((path / "cgroup.events").read_text())["populated"]
+
+
+@needs_cgroup2
+def test_escaping_double_fork_setsid_agent_is_fully_stopped_in_cgroup_mode(agentd, cgroup_root):
+    agentd.write_config([agentd.helper_agent("escaper", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    st = agentd.wait_state("escaper", "running")
+    wait_for_marker(agentd.marker("escaper"), "GRANDCHILD")
+    pids = _pids(agentd, "escaper")
+    main, escaped = pids["START"], pids["GRANDCHILD"]
+    wait_until(lambda: not pid_alive(pids["CHILD"]), message="the middle process to exit")
+    # It really escaped: its own session and group, not a descendant of the main process.
+    stat = open(f"/proc/{escaped}/stat").read().rsplit(")", 1)[1].split()
+    assert int(stat[2]) == escaped and int(stat[1]) != main
+    cg = cgroup_root / "agent-escaper"
+    assert st["cgroup"] == str(cg)
+    assert pid_cgroup(escaped) == pid_cgroup(main)
+    assert sorted(int(p) for p in (cg / "cgroup.procs").read_text().split()) == sorted([main, escaped])
+
+    result = agentd.agentctl("stop", "escaper")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert agentd.status("escaper")["state"] == "stopped"
+    assert not pid_alive(escaped) and not pid_alive(main)
+    assert _populated(cg) == 0
+    assert agentd.agent_pids() == []
+    # The grandchild got the stop signal itself (it was signalled as a cgroup member, not through a group).
+    assert ("TERM", str(escaped)) in [tuple(m[:2]) for m in read_markers(agentd.marker("escaper"))]
+
+    out = agentd.agentctl("status").stdout
+    assert f"tracking: cgroup v2 under {cgroup_root}" in out
+    assert agentd.call("status")["daemon"]["tracking"] == "cgroup"
+
+
+@needs_cgroup2
+def test_agent_re_adopted_after_kill9_is_still_tracked_by_its_cgroup(agentd, cgroup_root):
+    agentd.write_config([agentd.helper_agent("keeper", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    before = agentd.wait_state("keeper", "running")
+    wait_for_marker(agentd.marker("keeper"), "GRANDCHILD")
+    escaped = _pids(agentd, "keeper")["GRANDCHILD"]
+    agentd.kill9()
+    agentd.start()
+    after = agentd.wait_state("keeper", "running")
+    assert after["pid"] == before["pid"] and after["restarts"] == 0
+    assert after["cgroup"] == str(cgroup_root / "agent-keeper")
+    assert "re-adopted" in after["reason"]
+    # Tracked by cgroup: the stop reaches the escaped grandchild the new agentd never saw being born.
+    assert agentd.agentctl("stop", "keeper").returncode == 0
+    assert not pid_alive(escaped) and not pid_alive(before["pid"])
+    assert _populated(cgroup_root / "agent-keeper") == 0
+
+
+@needs_cgroup2
+def test_cgroup_processes_without_metadata_are_stopped_before_a_new_start(agentd, cgroup_root):
+    """Metadata lost while agentd was down: what runs in the agent's cgroup is still the agent, and
+    stopping it first means the agent never runs twice."""
+    agentd.write_config([agentd.helper_agent("dup", "well-behaved")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    first = agentd.wait_state("dup", "running")
+    agentd.kill9()
+    for f in (agentd.data_dir / "metadata").glob("dup*"):
+        f.unlink()
+    agentd.start()
+    wait_until(lambda: not pid_alive(first["pid"]), timeout=30, message="the unrecorded old process to be stopped")
+    second = agentd.wait_state("dup", "running")
+    assert second["pid"] != first["pid"]
+    members = (cgroup_root / "agent-dup" / "cgroup.procs").read_text().split()
+    assert members == [str(second["pid"])]
+
+
+@needs_cgroup2
+def test_limits_need_controllers_and_are_written_where_enabled(agentd, cgroup_root):
+    cgroup_root.mkdir()
+    if not {"memory", "pids"} <= controllers_of(cgroup_root):
+        pytest.skip(f"memory and pids controllers are not available in {cgroup_root.parent} (offered: {sorted(controllers_of(cgroup_root)) or 'none'})")
+    agentd.write_config([agentd.helper_agent("lim", "well-behaved", limits={"memory_max": "256MiB", "pids_max": 64, "cpu_max": 0.5})],
+                        cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    agentd.wait_state("lim", "running")
+    cg = cgroup_root / "agent-lim"
+    assert (cg / "memory.max").read_text().strip() == str(256 << 20)
+    assert (cg / "pids.max").read_text().strip() == "64"
+
+
+def test_process_group_mode_is_reported_with_its_reason(agentd):
+    agentd.write_config([agentd.helper_agent("plain", "well-behaved")], cgroups={"mode": "off"})
+    agentd.start()
+    st = agentd.wait_state("plain", "running")
+    assert st["cgroup"] is None
+    daemon = agentd.call("status")["daemon"]
+    assert daemon["tracking"] == "process-group" and "cgroups.mode is off" in daemon["tracking_detail"]
+    assert "tracking: process groups: cgroups.mode is off" in agentd.agentctl("status").stdout
+
+
+def test_required_cgroups_refuse_to_start_without_a_usable_hierarchy(agentd, tmp_path):
+    agentd.write_config([agentd.helper_agent("x", "well-behaved")], cgroups={"mode": "required", "root": str(tmp_path / "not-a-cgroup")})
+    proc = agentd.start(wait=False)
+    assert proc.wait(timeout=30) == 1
+    assert "cgroups.mode is required, but cgroups.root" in agentd.log_text()
+    check = agentd_cli("check-config", str(agentd.config_path))
+    assert check.returncode == 1 and "cgroups.mode is required" in check.stderr
+
+
+@needs_cgroup2
+def test_check_config_says_which_mode_would_be_used(agentd, cgroup_root):
+    agentd.write_config([agentd.helper_agent("x", "well-behaved")], cgroups={"root": str(cgroup_root)})
+    check = agentd_cli("check-config", str(agentd.config_path))
+    assert check.returncode == 0, check.stderr
+    assert f"# process tracking on this machine: cgroup v2 under {cgroup_root}" in check.stdout
+    assert not cgroup_root.exists()  # a check creates nothing
+    agentd.write_config(cgroups={"mode": "off"})
+    assert "process groups: cgroups.mode is off" in agentd_cli("check-config", str(agentd.config_path)).stdout
