@@ -288,7 +288,7 @@ def sd_notify(message: str) -> None:
 def mode_sd_notify(h: Helper) -> None:
     """READY=1 after --after seconds, STATUS=, then WATCHDOG=1 every --interval for --beats beats
     (0 = for ever); afterwards it stalls, still running. Reports NOTIFY_SOCKET and WATCHDOG_USEC."""
-    h.mark("ENV", os.environ.get("NOTIFY_SOCKET", "-"), os.environ.get("WATCHDOG_USEC", "-"))
+    h.mark("NOTIFY_ENV", os.environ.get("NOTIFY_SOCKET", "-"), os.environ.get("WATCHDOG_USEC", "-"))
     if h.wait(h.args.after):
         h.exit(0)
     sd_notify(f"READY=1\nSTATUS=serving {h.args.status_text}")
