@@ -233,6 +233,10 @@ class HttpIntake(_Section):
     processes: int = Field(1, ge=1, le=64)
     max_body: Size = Field(64 * _KIB, gt=0)
     request_timeout: PositiveDuration = 10.0
+    # Fair capacity (docs/threat-model.md): open connections that have not delivered a valid heartbeat yet,
+    # per peer (uid on loopback, else address), and how long such a connection may take to deliver one.
+    max_unverified_per_peer: int = Field(32, ge=1)
+    unverified_timeout: PositiveDuration = 3.0
 
 
 class UnixIntake(_Section):
@@ -243,6 +247,8 @@ class UnixIntake(_Section):
     max_connections: int = Field(1024, ge=1)
     idle_timeout: PositiveDuration = 300.0
     max_line: Size = Field(64 * _KIB, gt=0)
+    max_unverified_per_peer: int = Field(8, ge=1)  # per uid, from processes in no agent's tree
+    unverified_timeout: PositiveDuration = 3.0
 
 
 class HeartbeatSettings(_Section):

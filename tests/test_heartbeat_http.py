@@ -600,11 +600,13 @@ def test_backpressure_503_with_bounded_memory_and_connection_cap(agent_procs):
         counted = stats(worker.port)
         assert counted["dropped"] >= 100 * 500 and counted["queue_depth"] > 0
 
-        # Connection cap: the 9th open connection gets a 503 and is closed.
-        for _ in range(8):
+        # Connection cap: connections that delivered no valid heartbeat get a quarter of max_connections (2 of
+        # 8), the rest is kept for agents; the next one gets a 503 and is closed.
+        for _ in range(2):
             held.append(socket.create_connection(("127.0.0.1", worker.port), timeout=5))
-        wait_until(lambda: stats_via(held[0])["connections_open"] == 8, timeout=30)
-        assert raw_exchange(worker.port, b"").startswith(b"HTTP/1.1 503 ")
+        wait_until(lambda: stats_via(held[0])["connections_open"] == 2, timeout=30)
+        refused = raw_exchange(worker.port, b"")
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"no valid heartbeat" in refused, refused
     finally:
         for s in held:
             s.close()

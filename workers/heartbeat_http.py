@@ -13,10 +13,10 @@ import asyncio
 import errno
 import json
 import logging
-import resource
 import socket
 import sys
 import time
+from collections import Counter
 from http import HTTPStatus
 from pathlib import Path
 from typing import Callable
@@ -27,9 +27,10 @@ import psutil
 from supervisor.config import HttpIntake, split_listen
 from supervisor.states import AgentState
 from supervisor.rate_limited_log import RateLimitedLog
+from workers.peer_socket import SockDiag, is_loopback
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json
 from workers.link import WorkerLink
-from workers.runner import begin_process, load_worker_settings, serve_intake, worker_arg_parser
+from workers.runner import FD_HEADROOM, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
 
 log = logging.getLogger("workers.heartbeat_http")
 
@@ -41,6 +42,7 @@ MAX_REPORTED = 100  # rejected items listed in a batch reply; the count is alway
 PARENT_METRICS_REFRESH = 5.0  # seconds between fetches of the parent's metrics text
 ACCEPT_BATCH = 4  # connections accepted per wake-up; small, so that workers sharing the socket share a burst
 ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long (as asyncio's own server does)
+UNVERIFIED_SHARE = 4  # at most 1/4 of max_connections may be connections that delivered no valid heartbeat yet
 REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large")
 JSON_TYPE = b"application/json"
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -153,6 +155,16 @@ class HeartbeatHttpServer:
         self.counters = link.counters
         self.limited = RateLimitedLog(log)
         self.connections: set[_Connection] = set()
+        # Fair capacity (docs/threat-model.md): connections that have not delivered a valid heartbeat yet,
+        # per peer ("uid:N" on loopback, from the kernel; else "addr:HOST") and in all.
+        self.unverified: Counter[str] = Counter()
+        self.unverified_total = 0
+        self.max_unverified = max(1, max_connections // UNVERIFIED_SHARE)
+        try:
+            self._diag: SockDiag | None = SockDiag()
+        except OSError as exc:  # no sock_diag (a container without it): peers are told apart by address only
+            log.warning("sock_diag netlink unavailable (%s): loopback peers are limited by address, not by user", exc)
+            self._diag = None
         self._sock: socket.socket | None = None
         self._accepting: dict[asyncio.Task, socket.socket] = {}  # accepted, transport not yet set up
         self._sweeper: asyncio.Task | None = None
@@ -251,6 +263,39 @@ class HeartbeatHttpServer:
             for conn in list(self.connections):
                 if conn.deadline <= now:
                     conn.expired()
+
+    # ------------------------------------------------------------------------------------------ peers
+
+    def peer_key(self, transport: asyncio.BaseTransport) -> str:
+        """Whom a new connection counts against: its owner's uid on loopback, else its address."""
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else "?"
+        if self._diag is not None and is_loopback(host):
+            sock = transport.get_extra_info("socket")
+            try:
+                found = self._diag.peer_of(sock) if sock is not None else None
+            except OSError as exc:
+                self.limited.warning("sock_diag", "sock_diag lookup failed: %s", exc)
+                found = None
+            if found is not None:
+                return f"uid:{found.uid}"
+        return f"addr:{host}"
+
+    def admit_unverified(self, key: str) -> str | None:
+        """Count a new connection against its peer; the refusal's sentence when it has no room."""
+        if self.unverified[key] >= self.settings.max_unverified_per_peer:
+            return f"{key} already has {self.unverified[key]} open connections that sent no valid heartbeat"
+        if self.unverified_total >= self.max_unverified:
+            return f"{self.unverified_total} connections that sent no valid heartbeat are open; the rest is kept for agents"
+        self.unverified[key] += 1
+        self.unverified_total += 1
+        return None
+
+    def release_unverified(self, key: str) -> None:
+        self.unverified[key] -= 1
+        if self.unverified[key] <= 0:
+            del self.unverified[key]
+        self.unverified_total -= 1
 
     # ------------------------------------------------------------------------------------------ requests
 
@@ -404,7 +449,8 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.deadline = self.loop.time() + self.settings.request_timeout
+        self.deadline = self.loop.time() + min(self.settings.request_timeout, self.settings.unverified_timeout)
+        self.peer_key: str | None = None  # set while this connection counts as unverified
         self.discarding = False  # a refusal was sent: read and drop until the client or LINGER ends it
         self.closed = False
         self.in_request = False
@@ -435,11 +481,32 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             return
+        key = server.peer_key(transport)
+        refusal = server.admit_unverified(key)
+        if refusal is not None:
+            server.counters["rejected_too_many_unverified"] += 1
+            server.counters["http_503"] += 1
+            server.limited.warning("too_many_unverified", "refused a connection: %s", refusal)
+            self.transport.write(render(503, json_reply(False, f"too many connections: {refusal}; retry shortly"), close=True,
+                                        headers=((b"Retry-After", b"1"),)))
+            self.closed = True
+            self.transport.close()
+            return
+        self.peer_key = key
         server.connections.add(self)
         server.counters["connections_open"] = len(server.connections)
 
+    def verified(self) -> None:
+        """A heartbeat on this connection was accepted: it no longer counts against its peer's unverified share."""
+        if self.peer_key is not None:
+            self.server.release_unverified(self.peer_key)
+            self.peer_key = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.peer_key is not None:
+            self.server.release_unverified(self.peer_key)
+            self.peer_key = None
         self.server.connections.discard(self)
         self.server.counters["connections_open"] = len(self.server.connections)
 
@@ -490,7 +557,14 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reset()
         self.in_request = True
-        self.deadline = self.loop.time() + self.settings.request_timeout
+        self.deadline = self.loop.time() + self._timeout()
+
+    def _timeout(self) -> float:
+        # Until it has delivered a valid heartbeat, a connection gets the short deadline: slow headers or an
+        # idle keep-alive from someone who is not (yet) an agent must not hold a slot for long.
+        if self.peer_key is None:
+            return self.settings.request_timeout
+        return min(self.settings.request_timeout, self.settings.unverified_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -544,6 +618,8 @@ class _Connection(asyncio.Protocol):
             self.server.limited.exception("internal", "request %s %s failed", method.decode("latin-1"), path[:200].decode("latin-1"))
             status, body, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()
         self.body.clear()  # an idle keep-alive connection holds no request body
+        if status == 200 and self.peer_key is not None and path in (b"/heartbeat", b"/heartbeats"):
+            self.verified()
         self.server.counters[_STATUS_KEYS.get(status) or f"http_{status}"] += 1
         if body is ACCEPTED.body and self.keep_alive and not headers and method != b"HEAD":
             self.write(ACCEPTED.response)  # the common case, rendered once per millisecond
@@ -553,7 +629,7 @@ class _Connection(asyncio.Protocol):
         if not self.keep_alive:
             self.close()
         else:
-            self.deadline = self.loop.time() + self.settings.request_timeout
+            self.deadline = self.loop.time() + self._timeout()
 
     # limits
 
@@ -585,8 +661,8 @@ class _Connection(asyncio.Protocol):
         if self.in_request and not self.discarding:
             self.server.counters["timeouts"] += 1
             self.server.counters["http_408"] += 1
-            self.write(render(408, json_reply(False, f"request not completed within {self.settings.request_timeout:g} s"), close=True))
-            log.debug("cut off a request that took over %.1f s", self.settings.request_timeout)
+            self.write(render(408, json_reply(False, f"request not completed within {self._timeout():g} s"), close=True))
+            log.debug("cut off a request that took over %.1f s", self._timeout())
         self.close()
 
     def close(self) -> None:
@@ -621,14 +697,6 @@ def bind_socket(listen: str) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
-def _raise_fd_limit(wanted: int) -> None:
-    # Each connection is an fd; the usual soft limit of 1024 would refuse connections before our own cap does.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = worker_arg_parser("heartbeat_http", __doc__, "heartbeat-http-0", "the heartbeat.http settings as JSON (overrides --config's)",
                                config_help="standalone: read the config and bind heartbeat.http.listen",
@@ -654,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_connections < 1:
         log.error("--max-connections must be at least 1")
         return 2
-    _raise_fd_limit(args.max_connections + 64)
+    raise_fd_limit(args.max_connections + FD_HEADROOM)
     try:
         sock = listening_socket(args.listen_fd) if args.listen_fd is not None else bind_socket(settings.listen)
     except OSError as exc:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 from pathlib import Path
 
@@ -20,6 +21,28 @@ from supervisor.rate_limited_log import RateLimitedLog
 from .link import WorkerLink, die_with_parent
 
 log = logging.getLogger("workers")
+
+
+FD_HEADROOM = 256  # descriptors beyond the connection limit: ZeroMQ, logs, /proc reads, accepts being refused
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to `wanted` (at most the hard limit); log what it is.
+
+    Each connection is an fd: at the usual soft limit of 1024 the intake ran out of descriptors before
+    its own limits applied (issue 8, break 3). Only intake workers raise it, so agents keep the limits
+    agentd was started with (etc/agentd.service: LimitNOFILE=1024:524288, see docs/decisions.md)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+            return
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open-file limit is %d (hard limit %d), below the %d this intake may need; raise LimitNOFILE", soft, hard, wanted)
 
 
 class StartupError(Exception):
