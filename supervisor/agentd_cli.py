@@ -45,11 +45,12 @@ def run(config_path: str, log_level: str | None) -> None:
         log.warning("config: %s", warning)
     from .daemon import Daemon  # imported late so check-config stays light
     from .cgroups import CgroupError
+    from .instance_lock import InstanceLocked
     from .listeners import ListenError
 
     try:
         code = asyncio.run(Daemon(config, config.source).run())
-    except (AlreadyRunning, ListenError, CgroupError, ValueError) as exc:
+    except (AlreadyRunning, InstanceLocked, ListenError, CgroupError, ValueError) as exc:
         click.echo(f"agentd: {exc}", err=True)
         sys.exit(1)
     except PermissionError as exc:

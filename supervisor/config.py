@@ -461,6 +461,12 @@ class RestartPolicy(_Section):
     backoff_steps: list[Duration] = Field(default_factory=lambda: [0, 10, 10, 30, 30, 60], min_length=1)
     reset_after: Duration = 300.0
     max_retries: int = Field(10, ge=0)
+    # The restart floor (issue 10): however short the backoff, two automatic starts of one agent are at
+    # least min_interval apart, and more than start_limit_burst automatic starts within
+    # start_limit_interval end in `failed` (as systemd's StartLimitBurst / StartLimitIntervalSec).
+    min_interval: Duration = 1.0
+    start_limit_burst: int = Field(20, ge=0)  # 0: no rate limit (the floor still applies)
+    start_limit_interval: Duration = 60.0
 
     @field_validator("policy", mode="before")
     @classmethod

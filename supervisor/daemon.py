@@ -37,6 +37,7 @@ from .history_store import HistoryStore
 from .node_identity import node_id
 from .notify_socket import NotifyHub, Sender, parse_notify
 from .rate_limited_log import RateLimitedLog
+from .instance_lock import InstanceLock
 from .pidfile import PidFile, write_plain_pid
 from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
@@ -143,6 +144,10 @@ class Daemon:
     async def run(self) -> int:
         """Run until shutdown; returns the process exit code."""
         loop = asyncio.get_running_loop()
+        # Before touching any directory: a second agentd must not even chmod the first one's run_dir.
+        self.instance_lock = InstanceLock({"run_dir": self.run_dir, "data_dir": self.data_dir, "log_dir": self.log_dir})
+        self.instance_lock.acquire()  # InstanceLocked names the other agentd's pid
+        self.instance_lock.serve(loop)
         self._prepare_dirs()
         self.pidfile = PidFile(self.run_dir / "agentd.pid")
         self.pidfile.acquire()  # AlreadyRunning propagates to the CLI with its message
@@ -207,6 +212,7 @@ class Daemon:
             self.zctx.destroy(linger=0)
             self.sync_zctx.destroy(linger=0)
             self.pidfile.release()
+            self.instance_lock.release(loop)
         log.info("agentd stopped")
         return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal as signal_mod
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 # say loudly that something survived it (a process in uninterruptible sleep, usually).
 STOP_POLL_INTERVAL = 0.1
 KILL_GRACE = 5.0
+# Below any configured restart.min_interval: an agent that dies at once costs at most 10 starts a second.
+MIN_RESTART_FLOOR = 0.1
 
 
 class SpawnError(Exception):
@@ -139,6 +142,7 @@ class AgentProcess:
         self.notify_status: str | None = None
         self.notify_phase: str | None = None
         self.ready_deadline: float | None = None  # `ready: notify`: READY=1 is due by then
+        self.auto_starts: deque[float] = deque()  # monotonic times of recent automatic starts (start limit)
         self.dirty = False  # a change worth persisting at once
         self.hb_dirty = False  # heartbeat-only changes, persisted coalesced
         if record is not None:
@@ -204,6 +208,7 @@ class AgentProcess:
             return ActionResult(True, "will start once the old process tree is gone")
         # stopped, failed, restarting: start now with a fresh retry budget.
         self.restart_count = 0
+        self.auto_starts.clear()
         self.backoff_until = None
         return self._spawn(now, reason)
 
@@ -530,10 +535,31 @@ class AgentProcess:
         if decision.action == "give_up":
             self._set(AgentState.FAILED, f"{reason}; {decision.why}")
             return
+        limited = self._start_limit_hit(now)
+        if limited:
+            self._set(AgentState.FAILED, f"{reason}; {limited}")
+            return
+        delay = decision.delay
+        if self.handle is not None:
+            # The floor: however short the backoff step, two starts are min_interval apart.
+            floor = max(MIN_RESTART_FLOOR, self.spec.restart.min_interval)
+            delay = max(delay, self.handle.started_mono + floor - now)
         self.restart_count += 1
         self._count_restart(reason, self.pending_kind)
-        self.backoff_until = now + decision.delay
-        self._set(AgentState.RESTARTING, f"{reason}; restart {self.restart_count} in {decision.delay:g}s")
+        self.backoff_until = now + delay
+        self.auto_starts.append(self.backoff_until)
+        self._set(AgentState.RESTARTING, f"{reason}; restart {self.restart_count} in {delay:.3g}s")
+
+    def _start_limit_hit(self, now: float) -> str | None:
+        """Why the next automatic start would break restart.start_limit_burst, or None."""
+        policy = self.spec.restart
+        window = self.auto_starts
+        while window and window[0] <= now - policy.start_limit_interval:
+            window.popleft()
+        if policy.start_limit_burst and len(window) >= policy.start_limit_burst:
+            return (f"gave up: {len(window)} automatic starts within {policy.start_limit_interval:g}s "
+                    f"(restart.start_limit_burst {policy.start_limit_burst}); agentctl start revives it")
+        return None
 
     def _count_restart(self, reason: str, kind: str) -> None:
         self.total_restarts += 1

@@ -9,11 +9,17 @@ docs/operations.md ("When agentd itself is in trouble").
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tests.support.wait import wait_until
+import yaml
+
+from tests.support.daemon import ROOT, TAG_VAR
+from tests.support.wait import read_markers, wait_until
 
 FAST = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
 WALLCLOCK_SHIM = Path(__file__).resolve().parent / "support" / "wallclock"
@@ -97,3 +103,56 @@ def test_break2_wall_clock_step_an_hour_ahead_restarts_nobody(agentd, monkeypatc
     _assert_nothing_lost(agentd, pids, worker_pids)
     offset.write_text("-3600")  # and back past where it was
     _assert_nothing_lost(agentd, pids, worker_pids)
+
+
+# ----------------------------------------------------------------------------- break 4: run_dir removed
+
+
+def _refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one line agentd prints when it refuses to start (the config's log_level debug adds others)."""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("agentd: ")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _second_agentd(agentd, config_path=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(config_path or agentd.config_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ, **{TAG_VAR: agentd.tag}),
+    )
+
+
+def test_break4_second_agentd_refuses_after_rm_rf_run_dir_naming_the_first(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("a", "running")["pid"]
+    shutil.rmtree(agentd.run_dir)
+    second = _second_agentd(agentd)
+    assert second.returncode == 1, second.stderr
+    assert _refusal(second).startswith(f"agentd: agentd is already running (pid {agentd.proc.pid}) with run_dir"), second.stderr
+    assert not agentd.run_dir.exists(), "the refused agentd touched run_dir"
+    assert agentd.agent_pids() == [pid] and agentd.proc.poll() is None
+    # Another config with its own run_dir but the same data_dir is refused the same way.
+    other = agentd.base / "other.yaml"
+    doc = yaml.safe_load(agentd.config_path.read_text())
+    doc["daemon"]["run_dir"] = str(agentd.base / "run2")
+    other.write_text(yaml.safe_dump(doc))
+    second = _second_agentd(agentd, other)
+    assert second.returncode == 1 and f"(pid {agentd.proc.pid}) with data_dir" in _refusal(second), second.stderr
+    assert agentd.agent_pids() == [pid]
+
+
+# ----------------------------------------------------------------------------- break 11: no restart floor
+
+
+def test_break11_zero_backoff_unlimited_retries_is_floored_and_rate_limited(agentd):
+    agentd.write_config([agentd.helper_agent("crashy", "crash-on-start",
+                                             restart={"backoff_steps": ["0s"], "max_retries": 0, "start_limit_burst": 5})])
+    began = time.monotonic()
+    agentd.start()
+    st = agentd.wait_state("crashy", "failed", timeout=60)
+    elapsed = time.monotonic() - began
+    starts = [m for m in read_markers(agentd.marker("crashy")) if m[0] == "START"]
+    assert len(starts) == 6, starts  # the first start and 5 automatic ones, then the limit
+    assert elapsed >= 5.0, f"6 starts in {elapsed:.1f}s: the 1 s floor was not kept"
+    assert "5 automatic starts within 60s (restart.start_limit_burst 5)" in st["reason"], st

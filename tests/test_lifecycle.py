@@ -20,7 +20,8 @@ from supervisor.states import AgentState as S
 def make_spec(**overrides):
     agent = {"id": "a1", "binary_path": "/bin/true", "start_seconds": 1, "stop_timeout": 30,
              "health_check": {"heartbeat_timeout": None},
-             "restart": {"backoff_steps": [0, 10, 30], "max_retries": 3, "reset_after": 300}}
+             # min_interval 0: these tests are about backoff steps; the restart floor has its own tests below
+             "restart": {"backoff_steps": [0, 10, 30], "max_retries": 3, "reset_after": 300, "min_interval": 0}}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(agent.get(key), dict):
             agent[key] = {**agent[key], **value}
@@ -206,7 +207,8 @@ def test_gives_up_after_max_retries_and_operator_start_revives(ops):
     now = 0.0
     for _ in range(3):
         crash(a, ops, now, code=2)
-        a.tick(now)  # zero backoff: respawn at once
+        now = a.backoff_until  # zero backoff: respawn as soon as the restart floor allows
+        a.tick(now)
         now += 0.1
     crash(a, ops, now, code=2)
     assert a.state == S.FAILED
@@ -515,3 +517,54 @@ def test_health_reports_for_old_generations_are_ignored_and_stop_says_why(ops):
     a.stop(2.0)
     settle_stop(a, ops, 2.1)
     assert a.health == "operator_stopped"
+
+
+# ----------------------------------------------------------------------------- the restart floor (issue 10, break 11)
+
+
+def test_zero_backoff_is_floored_at_min_interval_since_the_last_start(ops):
+    a = new_agent(ops, restart={"backoff_steps": [0], "max_retries": 0, "min_interval": 2})
+    a.start(0.0)
+    crash(a, ops, 0.5)  # dies half a second after its start
+    assert a.state == S.RESTARTING and a.backoff_until == 2.0
+    assert a.tick(1.9) == 2.0 and len(ops.spawned) == 1
+    a.tick(2.0)
+    assert a.state == S.STARTING and len(ops.spawned) == 2
+    crash(a, ops, 10.0)  # ran longer than the floor: the backoff step alone decides
+    assert a.backoff_until == 10.0
+
+
+def test_min_interval_zero_still_has_a_hard_floor(ops):
+    a = new_agent(ops, restart={"backoff_steps": [0], "max_retries": 0, "min_interval": 0})
+    a.start(0.0)
+    crash(a, ops, 0.0)
+    assert a.backoff_until == pytest.approx(0.1)
+
+
+def test_start_limit_burst_ends_in_failed_with_the_reason_and_operator_start_revives(ops):
+    a = new_agent(ops, restart={"backoff_steps": [0], "max_retries": 0, "min_interval": 1, "start_limit_burst": 5, "start_limit_interval": 60})
+    a.start(0.0)
+    now = 0.0
+    for _ in range(5):
+        crash(a, ops, now)
+        now = a.backoff_until
+        a.tick(now)
+        assert a.state == S.STARTING
+    crash(a, ops, now)
+    assert a.state == S.FAILED
+    assert "5 automatic starts within 60s (restart.start_limit_burst 5)" in a.reason
+    assert a.start(now + 1).ok and a.state == S.STARTING  # a fresh window
+    crash(a, ops, now + 2)
+    assert a.state == S.RESTARTING
+
+
+def test_start_limit_counts_only_starts_inside_the_interval(ops):
+    a = new_agent(ops, restart={"backoff_steps": [0], "max_retries": 0, "min_interval": 1, "start_limit_burst": 3, "start_limit_interval": 10})
+    a.start(0.0)
+    now = 0.0
+    for _ in range(10):  # one start every 5 s: never 3 starts within 10 s
+        crash(a, ops, now)
+        assert a.state == S.RESTARTING
+        due = a.backoff_until
+        a.tick(due)
+        now = due + 5
