@@ -116,16 +116,27 @@ def test_timestamp_accepted(text, expected):
     ["yesterday", "2024-03-01", "2024-13-01T00:00:00Z", "2024-02-30T00:00:00Z", "2024-03-01T24:00:00Z",
      "2024-03-01T12:00:00+0200", "2024-03-01T12:00:00+25:00", "2024-03-01T12:00Z", "2024-03-01T12:00:00Z\n", ""],
 )
-def test_timestamp_rejected(text):
-    exc = rejected({"agent_id": "a", "pid": 1, "timestamp": text})
-    assert exc.status == 400 and exc.reason == "invalid"
-    assert exc.message == f"timestamp: not an RFC 3339 time: {text!r}"
+def test_unparsable_timestamp_is_replaced_by_receipt_time(text):
+    # As in the original daemon: not a rejection; the caller counts and logs what it was given.
+    bad: list[str] = []
+    fields = parse_heartbeat({"agent_id": "a", "pid": 1, "timestamp": text}, agent_id_required=True, received_at=NOW, bad_timestamps=bad)
+    assert fields["timestamp"] == NOW and bad == [repr(text)]
 
 
-def test_timestamp_must_be_a_string():
-    assert rejected({"agent_id": "a", "pid": 1, "timestamp": 1700000000}).message == (
-        "timestamp: expected an RFC 3339 string, got 1700000000"
-    )
+def test_non_string_timestamp_is_replaced_too():
+    bad: list[str] = []
+    fields = parse_heartbeat({"agent_id": "a", "pid": 1, "timestamp": 1700000000}, agent_id_required=True, received_at=NOW, bad_timestamps=bad)
+    assert fields["timestamp"] == NOW and bad == ["1700000000"]
+
+
+def test_directory_reports_a_replaced_timestamp_with_the_agent():
+    directory = AgentDirectory(lambda: {"a": view("a", 10)})
+    seen = []
+    directory.on_bad_timestamp = lambda agent_id, value: seen.append((agent_id, value))
+    fields = directory.check({"agent_id": "a", "pid": 10, "timestamp": "soon"}, agent_id_required=True, token=None, received_at=NOW)
+    assert fields["timestamp"] == NOW and seen == [("a", "'soon'")]
+    directory.check({"agent_id": "a", "pid": 10, "timestamp": "2024-03-01T12:00:00Z"}, agent_id_required=True, token=None, received_at=NOW)
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("key", ["status", "version"])

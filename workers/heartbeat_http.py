@@ -28,7 +28,7 @@ from supervisor.config import HttpIntake, split_listen
 from supervisor.states import AgentState
 from supervisor.rate_limited_log import RateLimitedLog
 from workers.peer_socket import SockDiag, is_loopback
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
 
@@ -154,6 +154,10 @@ class HeartbeatHttpServer:
         link.on_change.append(self.directory.invalidate)
         self.counters = link.counters
         self.limited = RateLimitedLog(log)
+        report_bad_timestamps(self.directory, self.counters, self.limited)
+        # For the original daemon's /heartbeat/stats fields: last receipt, and time spent per accepted heartbeat.
+        self.last_received_at: float | None = None
+        self.latency_ns = 0
         self.connections: set[_Connection] = set()
         # Fair capacity (docs/threat-model.md): connections that have not delivered a valid heartbeat yet,
         # per peer ("uid:N" on loopback, from the kernel; else "addr:HOST") and in all.
@@ -341,9 +345,11 @@ class HeartbeatHttpServer:
 
     def _one(self, doc: object, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
         self.counters["received"] += 1
+        self.last_received_at = received_at
         # Refuse before validating: under overload the cheapest answer is the right one.
         if not self.link.has_room(1):
             return self._busy(1)
+        started = time.perf_counter_ns()
         try:
             heartbeat = self.directory.check(doc, agent_id_required=True, token=token, received_at=received_at)
         except HeartbeatRejected as exc:
@@ -351,14 +357,17 @@ class HeartbeatHttpServer:
             return exc.status, json_reply(False, exc.message), JSON_TYPE, ()
         if not self.link.submit(heartbeat):
             return self._busy(1)
+        self.latency_ns += time.perf_counter_ns() - started
         self.counters["accepted"] += 1
         return 200, ACCEPTED(), JSON_TYPE, ()
 
     def _batch(self, items: list, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
         n = len(items)
         self.counters["received"] += n
+        self.last_received_at = received_at
         if not self.link.has_room(n):
             return self._busy(n)
+        started = time.perf_counter_ns()
         accepted = 0
         rejected: list[dict] = []
         rejected_count = 0
@@ -378,6 +387,7 @@ class HeartbeatHttpServer:
             if len(rejected) < MAX_REPORTED:
                 rejected.append({"index": index, "status": status, "reason": reason, "message": message})
         self.counters["accepted"] += accepted
+        self.latency_ns += time.perf_counter_ns() - started
         message = f"{accepted} of {n} heartbeats accepted"
         if rejected_count > len(rejected):
             message += f"; the first {len(rejected)} of {rejected_count} rejections are listed"
@@ -402,6 +412,13 @@ class HeartbeatHttpServer:
             "forwarded": c["forwarded"],
             "connections_open": len(self.connections),
             "responses": responses,
+            "timestamp_replaced": c["timestamp_replaced"],
+            # The original daemon's fields, under its names and units, for its dashboards and scripts.
+            "total_received": c["received"],
+            "total_processed": c["accepted"],
+            "total_errors": sum(rejected.values()) + c["dropped"],
+            "last_received_time": _go_time(self.last_received_at),
+            "average_latency": self.latency_ns // c["accepted"] if c["accepted"] else 0,  # ns, as Go's Duration
         }
 
     def metrics(self) -> bytes:
@@ -438,6 +455,14 @@ class HeartbeatHttpServer:
 
 
 # ----------------------------------------------------------------------------------------------- one connection
+
+
+def _go_time(epoch: float | None) -> str:
+    """RFC 3339 UTC with nanoseconds, as Go writes a time.Time (its zero time when there is none)."""
+    if epoch is None:
+        return "0001-01-01T00:00:00Z"
+    seconds = int(epoch)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((epoch - seconds) * 1e9):09d}Z"
 
 
 class _Connection(asyncio.Protocol):

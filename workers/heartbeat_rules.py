@@ -18,7 +18,10 @@ from supervisor.config import AGENT_ID_PATTERN
 from supervisor.messages import AgentView, Heartbeat
 from supervisor.units import describe_value
 
-__all__ = ["AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "decode_json", "parse_heartbeat", "parse_json"]
+__all__ = [
+    "AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "decode_json", "parse_heartbeat", "parse_json",
+    "report_bad_timestamps",
+]
 
 NCPU = os.cpu_count() or 1
 CPU_LIMIT = 100 * NCPU
@@ -166,10 +169,12 @@ def _text(key: str, value: object, problems: list[str], out: dict) -> None:
         out[key] = value
 
 
-def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float) -> dict:
+def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float, bad_timestamps: list[str] | None = None) -> dict:
     """Check the known fields of one heartbeat and return them cleaned (keys of `Heartbeat`; null = absent).
 
-    `agent_id_required` (HTTP) makes `pid` required too; `timestamp` defaults to `received_at`."""
+    `agent_id_required` (HTTP) makes `pid` required too; `timestamp` defaults to `received_at`. An unparsable
+    `timestamp` is not a rejection, as in the original daemon: receipt time is used and the value, described,
+    is appended to `bad_timestamps` for the caller to count and log."""
     if not isinstance(obj, dict):
         raise _invalid("expected a JSON object")
     # One pass in field order; problems are collected so that the reply names every bad field.
@@ -204,12 +209,12 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float)
     stamp = get("timestamp")
     if stamp is None:
         out["timestamp"] = float(received_at)
-    elif not isinstance(stamp, str):
-        problems.append(f"timestamp: expected an RFC 3339 string, got {describe_value(stamp)}")
     else:
-        epoch = _parse_time(stamp)
+        epoch = _parse_time(stamp) if isinstance(stamp, str) else None
         if epoch is None:
-            problems.append(f"timestamp: not an RFC 3339 time: {describe_value(stamp)}")
+            out["timestamp"] = float(received_at)
+            if bad_timestamps is not None:
+                bad_timestamps.append(describe_value(stamp))
         else:
             out["timestamp"] = epoch
 
@@ -279,6 +284,17 @@ def _group_of(agent: AgentView) -> int | None:
     return pgid
 
 
+def report_bad_timestamps(directory: AgentDirectory, counters, limited) -> None:
+    """Count (`timestamp_replaced`) and log, rate-limited, each heartbeat whose timestamp was replaced by receipt time."""
+    counters["timestamp_replaced"] += 0  # present from the first beat, so a zero shows as a zero
+
+    def report(agent_id: str, value: str) -> None:
+        counters["timestamp_replaced"] += 1
+        limited.warning("timestamp", f"heartbeat of {agent_id}: timestamp {value} is not RFC 3339; used the time of receipt")
+
+    directory.on_bad_timestamp = report
+
+
 class AgentDirectory:
     """Ties heartbeats to agents: by id and token (HTTP) or by the sender's process tree (Unix socket)."""
 
@@ -288,6 +304,9 @@ class AgentDirectory:
         # pid -> (agent id, agent pid, generation): verified against the live map on every hit, so a stale
         # entry can only miss, never answer for a restarted or removed agent.
         self._cache: dict[int, tuple[str, int, int]] = {}
+        # Called with (agent id, described value) for each accepted heartbeat whose timestamp was replaced.
+        self.on_bad_timestamp: Callable[[str, str], None] | None = None
+        self._bad: list[str] = []
 
     @property
     def cached(self) -> int:
@@ -397,7 +416,9 @@ class AgentDirectory:
         intake workers hand it to the link, which serializes batches of them (building and then dumping a
         pydantic model per heartbeat cost more than all the rules together).
         With `peer_pid` (socket) the peer's tree names the agent and its pid counts, whatever the message claims."""
-        fields = parse_heartbeat(obj, agent_id_required=agent_id_required, received_at=received_at)
+        bad = self._bad
+        bad.clear()
+        fields = parse_heartbeat(obj, agent_id_required=agent_id_required, received_at=received_at, bad_timestamps=bad)
         named = fields.get("agent_id")
         if peer_pid is not None:
             agent = self.agent_for_pid(peer_pid)
@@ -425,6 +446,8 @@ class AgentDirectory:
         fields["agent_id"] = agent.id
         fields["pid"] = pid
         fields["generation"] = agent.generation
+        if bad and self.on_bad_timestamp is not None:
+            self.on_bad_timestamp(agent.id, bad[0])
         return fields
 
     def validate(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from supervisor.config import UnixIntake
 from supervisor.rate_limited_log import RateLimitedLog
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json
+from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, StartupError, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
 
@@ -109,6 +109,7 @@ class UnixIntakeServer:
         self.directory = directory or AgentDirectory(lambda: link.agents)
         self.counters = link.counters
         self.limited = RateLimitedLog(log)
+        report_bad_timestamps(self.directory, self.counters, self.limited)
         self._sock: socket.socket | None = None
         self._open: dict[asyncio.StreamWriter, asyncio.Task] = {}
         self._starting: set[asyncio.Task] = set()  # accepted, stream not yet set up
