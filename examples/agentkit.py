@@ -39,8 +39,15 @@ class SignalWaiter:
 
     def wait(self, timeout: float) -> int | None:
         """Sleeps up to timeout seconds; returns the first of our signals to arrive, or None."""
-        info = signal.sigtimedwait(self.signals, max(timeout, 0.0))
-        return None if info is None else info.si_signo
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            info = signal.sigtimedwait(self.signals, max(deadline - time.monotonic(), 0.0))
+            if info is not None and info.si_signo in self.signals:
+                return info.si_signo
+            # A SIGSTOP/SIGCONT pair ends the wait early, with no signal or with a garbage si_signo
+            # (CPython 3.11 on Linux): neither is a signal of ours, so wait out the rest.
+            if time.monotonic() >= deadline:
+                return None
 
 
 def signal_name(signo: int) -> str:

@@ -394,3 +394,29 @@ def test_stubborn_example_and_its_worker_need_sigkill(tmp_path):
         wait_until(lambda: log_text(log).count("ignoring it") == 2, timeout=30, message="both to ignore SIGTERM")
         assert pid_alive(proc.pid) and pid_alive(worker[0])
         assert kill_tree(proc.pid) == sorted([proc.pid, *worker])
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"
+
+
+@pytest.mark.parametrize("script", ["socket_heartbeat_agent.py", "http_heartbeat_agent.py"])
+def test_examples_survive_sigstop_and_sigcont(tmp_path, script):
+    """Regression: after SIGSTOP + SIGCONT the example agents died with 'ValueError: N is not a valid Signals'
+    (sigtimedwait can return a garbage si_signo then)."""
+    log = tmp_path / "agent.log"
+    env = clean_env(AGENTD_AGENT_ID="x-1", AGENTD_HEARTBEAT_URL="http://127.0.0.1:9/", AGENTD_HEARTBEAT_SOCKET=str(tmp_path / "none.sock"))
+    with launched([str(EXAMPLES / script), "--interval", "0.2"], log, env=env) as proc:
+        wait_until(lambda: "failed" in log_text(log), timeout=30, message="the first (failed) heartbeat")
+        for _ in range(3):
+            os.kill(proc.pid, signal.SIGSTOP)
+            wait_until(lambda: _stopped(proc.pid), timeout=30, message="stopped")
+            time.sleep(0.5)  # the stimulus, not a wait: a stop long enough to span its sigtimedwait
+            os.kill(proc.pid, signal.SIGCONT)
+            wait_until(lambda: not _stopped(proc.pid), timeout=30, message="running again")
+        assert proc.poll() is None, log_text(log)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_text(log)
+    text = log_text(log)
+    assert "Traceback" not in text and "exiting cleanly" in text, text

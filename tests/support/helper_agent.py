@@ -69,13 +69,14 @@ class Helper:
             if remaining <= 0:
                 return False
             info = signal.sigtimedwait(HANDLED_SIGNALS, remaining)
-            if info is not None and self.on_signal(info.si_signo):
+            # SIGSTOP/SIGCONT can end the wait with a garbage si_signo: only our signals count.
+            if info is not None and info.si_signo in HANDLED_SIGNALS and self.on_signal(info.si_signo):
                 return True
 
     def poll(self) -> bool:
         """Handles pending signals without sleeping; True when asked to stop."""
         while (info := signal.sigtimedwait(HANDLED_SIGNALS, 0)) is not None:
-            if self.on_signal(info.si_signo):
+            if info.si_signo in HANDLED_SIGNALS and self.on_signal(info.si_signo):
                 return True
         return False
 
