@@ -1,7 +1,8 @@
 """agentctl: see and steer agentd over its control socket.
 
 Exit codes: 0 success; 1 agentd reported a failure; 2 bad usage; 3 agentd is not running or not
-reachable; 4 agentd did not finish in time (it may still be working).
+reachable; 4 agentd did not finish in time (it may still be working); 5 (`status` only) some agent
+shown is failed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .units import format_bytes, format_duration
 from .verbs import events as events_verb
 from .verbs import logs as logs_verb
 from .verbs import reload as reload_verb
+from .verbs import send_signal as signal_verb
 from .verbs import shutdown as shutdown_verb
 from .verbs import status as status_verb
 from .verbs.agent_actions import ActionArgs, ActionResultList
@@ -30,6 +32,7 @@ from .verbs.agent_actions import ActionArgs, ActionResultList
 DEFAULT_RUN_DIR = "/run/agentd"
 EXIT_FAILED = 1
 EXIT_PENDING = 4
+EXIT_AGENT_FAILED = 5  # `status`: the daemon answered, and at least one agent shown is failed
 
 
 class Ctx:
@@ -129,7 +132,7 @@ def _info(agent: dict[str, Any]) -> str:
     state = agent["state"]
     if state == "restarting" and agent.get("next_restart_in_s") is not None:
         return f"next try in {format_duration(agent['next_restart_in_s'])}: {agent.get('last_restart_reason') or ''}"
-    if state in ("running", "starting") and agent.get("last_restart_reason") and agent["restarts"]:
+    if state in ("running", "starting") and agent.get("last_restart_reason") and agent["restarts"] and agent.get("started_by_restart", True):
         age = agent.get("last_restart_age_s")
         when = f"restarted {format_duration(age)} ago" if age is not None else "restarted"
         return f"{when}: {agent['last_restart_reason']}"
@@ -175,13 +178,24 @@ def render_status(result: dict[str, Any]) -> str:
 @cli.command()
 @click.argument("ids", nargs=-1)
 @click.option("--type", "types", multiple=True, type=click.Choice(["filebeat", "telegraf", "node_exporter", "custom"]), help="Only agents of this type (repeatable).")
+@click.option("--failed", "failed_only", is_flag=True, help="Show only failed agents.")
 @json_option
 @click.pass_context
-def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...], as_json: bool) -> None:
-    """Show agents: state, pid, uptime, restarts, health, heartbeat age."""
+def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...], failed_only: bool, as_json: bool) -> None:
+    """Show agents: state, pid, uptime, restarts, health, heartbeat age.
+
+    Exits 5 when any agent shown is failed, so scripts and monitoring can tell without parsing.
+    """
     c = _ctx(click_ctx, as_json)
     result = c.call(status_verb.NAME, status_verb.Args(ids=list(ids), types=list(types)))
-    c.emit(result, render_status(result))
+    if failed_only:
+        result["agents"] = [a for a in result["agents"] if a["state"] == "failed"]
+    if failed_only and not result["agents"] and not c.as_json:
+        c.emit(result, "no failed agents")
+    else:
+        c.emit(result, render_status(result))
+    if any(a["state"] == "failed" for a in result["agents"]):
+        sys.exit(EXIT_AGENT_FAILED)
 
 
 # ----------------------------------------------------------------------------- start / stop / restart
@@ -224,6 +238,37 @@ def _action_command(verb: str, help_text: str, default_timeout: float):
 _action_command("start", "Start agents (revives failed ones, clears an operator stop).", 30.0)
 _action_command("stop", "Stop agents' whole process trees; they stay stopped until started.", 60.0)
 _action_command("restart", "Restart agents (stop the whole tree, then start).", 60.0)
+
+
+@cli.command(name="signal")
+@click.argument("words", nargs=-1, metavar="ID... SIG")
+@click.option("--all", "all_", is_flag=True, help="Every configured agent that runs.")
+@click.option("--tree", is_flag=True, help="Signal every process of the agent, not only its main process.")
+@json_option
+@click.pass_context
+def signal_cmd(click_ctx: click.Context, words: tuple[str, ...], all_: bool, tree: bool, as_json: bool) -> None:
+    """Send a signal (HUP, USR1, 10, ...) to agents' main processes, e.g. `agentctl signal filebeat HUP`.
+
+    A signal that ends the agent counts as an exit: the restart policy applies. Use `stop` to stop.
+    """
+    c = _ctx(click_ctx, as_json)
+    if not words:
+        fail("signal: give agent ids and a signal, e.g. `agentctl signal filebeat HUP`", 2, c.as_json)
+    *ids, sig = words
+    if not ids and not all_:
+        fail("signal: name at least one agent id before the signal, or use --all", 2, c.as_json)
+    if ids and all_:
+        fail("signal: give agent ids or --all, not both", 2, c.as_json)
+    try:
+        signal_verb.parse_signal(sig)
+    except ValueError as exc:
+        fail(f"signal: {exc}", 2, c.as_json)
+    args = signal_verb.Args(ids=ids, all=all_, signal=sig, tree=tree)
+    result = signal_verb.Result.model_validate(c.call(signal_verb.NAME, args))
+    rows = [[r.id, r.pid, ("ok" if r.ok else "FAILED") + ": " + r.message] for r in result.results]
+    c.emit(result.model_dump(mode="json"), render_table(["ID", "PID", "RESULT"], rows) if rows else "no agents")
+    if any(not r.ok for r in result.results):
+        sys.exit(EXIT_FAILED)
 
 
 # ----------------------------------------------------------------------------- reload

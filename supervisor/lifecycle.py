@@ -122,6 +122,8 @@ class AgentProcess:
         self.last_exit: ExitRecord | None = None
         self.last_restart_reason: str | None = None
         self.last_restart_wall: float | None = None
+        # Whether the current process came from a restart (so its reason describes it) or from a plain start.
+        self.started_by_restart = False
         self.last_heartbeat_wall: float | None = None
         self.last_heartbeat_mono: float | None = None
         self.reported: dict[str, object] = {}  # version/cpu/memory/status from heartbeats
@@ -160,6 +162,7 @@ class AgentProcess:
         self.operator_stopped = record.operator_stopped
         self.last_exit = record.last_exit
         self.last_restart_reason = record.last_restart_reason
+        self.started_by_restart = record.started_by_restart
         self.health = record.health
         self.notify_status = record.notify_status
         if record.version:
@@ -469,6 +472,8 @@ class AgentProcess:
         self.on_transition(self, old, new, reason)
 
     def _spawn(self, now: float, reason: str) -> ActionResult:
+        # From restarting (a backoff ran out) or stopping (a restart's stop finished); not from stopped/failed.
+        by_restart = self.state in (AgentState.RESTARTING, AgentState.STOPPING)
         self.generation += 1
         try:
             handle = self.ops.spawn(self.spec, self.generation, now)
@@ -480,6 +485,7 @@ class AgentProcess:
             self._after_failure(now, f"cannot start: {exc}", forced=True, clean_exit=False, never_is_failure=True)
             return ActionResult(False, self.reason)
         self.handle = handle
+        self.started_by_restart = by_restart
         self.backoff_until = None
         self.stop_deadline = None
         self.kill_sent_at = None
@@ -602,6 +608,7 @@ class AgentProcess:
             total_restarts=self.total_restarts,
             last_restart=iso_utc(self.last_restart_wall) if self.last_restart_wall else None,
             last_restart_reason=self.last_restart_reason,
+            started_by_restart=self.started_by_restart,
             last_exit=self.last_exit,
             last_heartbeat=iso_utc(self.last_heartbeat_wall) if self.last_heartbeat_wall else None,
             cpu=self.reported.get("cpu"),

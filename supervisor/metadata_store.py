@@ -91,6 +91,7 @@ class AgentRecord(BaseModel):
     total_restarts: int = 0
     last_restart: str | None = None
     last_restart_reason: str | None = None
+    started_by_restart: bool = False  # the recorded process came from a restart, not an operator start
     last_exit: ExitRecord | None = None
     last_heartbeat: str | None = None
     cpu: float | None = None

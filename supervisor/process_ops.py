@@ -254,6 +254,14 @@ class RealProcessOps:
         handle.os_state = watch_exit(self.loop, handle.pid, popen, exited)
         return handle.os_state is not None
 
+    def signal_main(self, handle: ProcessHandle, signum: int) -> None:
+        """Signal the main process only; through its pidfd when we hold one, so a reused pid is never hit."""
+        watch = handle.os_state
+        if isinstance(watch, ExitWatch) and watch.pidfd is not None:
+            signal.pidfd_send_signal(watch.pidfd, signum)
+        else:
+            os.kill(handle.pid, signum)
+
     def collect_exit(self, handle: ProcessHandle) -> None:
         if isinstance(handle.os_state, ExitWatch):
             handle.os_state.deliver_if_exited()

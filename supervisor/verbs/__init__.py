@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import events, history, logs, metrics, ping, reload, restart, shutdown, snapshot, start, status, stop, top, version, workers
+from . import events, history, logs, metrics, ping, reload, restart, send_signal, shutdown, snapshot, start, status, stop, top, version, workers
 
-VERBS: dict[str, ModuleType] = {m.NAME: m for m in (ping, version, status, start, stop, restart, reload, logs, events, shutdown, snapshot, workers, top, history, metrics)}
+VERBS: dict[str, ModuleType] = {m.NAME: m for m in (ping, version, status, start, stop, restart, send_signal, reload, logs, events, shutdown, snapshot, workers, top, history, metrics)}

@@ -44,6 +44,7 @@ class AgentStatus(BaseModel):
     last_restart: str | None
     last_restart_age_s: float | None
     last_restart_reason: str | None
+    started_by_restart: bool  # the current process came from a restart, so last_restart_reason describes it
     next_restart_in_s: float | None
     operator_stopped: bool
     expects_heartbeat: bool
@@ -136,6 +137,7 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         next_restart_in_s=next_restart,
         operator_stopped=agent.operator_stopped,
         expects_heartbeat=agent.spec.expects_heartbeat,
+        started_by_restart=agent.started_by_restart,
         generation=agent.generation,
         ready=agent.spec.ready,
         notify_status=agent.notify_status if live else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from ..messages import ResourceSample
+from ..states import PROCESS_STATES
 from .status import AgentStatus, agent_status
 
 NAME = "top"
@@ -33,6 +34,8 @@ async def handle(daemon, args: Args) -> Result:
         sample = latest.get(agent.spec.id)
         if sample is not None and sample.generation is not None and sample.generation != agent.generation:
             sample = None  # belongs to a process that has since been replaced
+        if agent.state not in PROCESS_STATES:
+            sample = None  # nothing runs (failed, stopped, waiting to restart): the last figures are history
         agents.append(AgentTop(status=agent_status(agent, now), sample=sample))
     own = sorted((s for k, s in latest.items() if k.startswith("agentd/")), key=lambda s: s.agent_id)
     return Result(agents=agents, agentd=own)
