@@ -371,8 +371,9 @@ def mode_memory_balloon(h: Helper) -> None:
 
 def mode_cpu_burn(h: Helper) -> None:
     deadline = None if h.args.seconds == 0 else time.monotonic() + h.args.seconds
+    cpu_budget = h.args.cpu_seconds or None
     counter = 0
-    while deadline is None or time.monotonic() < deadline:
+    while (deadline is None or time.monotonic() < deadline) and (cpu_budget is None or time.process_time() < cpu_budget):
         for _ in range(20000):
             counter += 1
         if h.poll():
@@ -432,6 +433,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--step-mb", type=int, default=16, help="MiB memory-balloon adds per second")
     parser.add_argument("--seconds", type=float, default=0.0, help="cpu-burn duration (0 = forever)")
     parser.add_argument("--status-text", default="requests", help="sd-notify: text after 'serving' in STATUS=")
+    parser.add_argument("--cpu-seconds", type=float, default=0.0, help="cpu-burn until this much CPU time is used (0 = no limit)")
     parser.add_argument("--show", action="append", default=[], help="extra env var for print-env (repeatable)")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.step_mb <= 0 or args.interval < 0:
