@@ -201,7 +201,7 @@ def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...
 # ----------------------------------------------------------------------------- start / stop / restart
 
 
-def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool) -> None:
+def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool, force: bool = False) -> None:
     c = _ctx(click_ctx, as_json)
     if not ids and not all_:
         fail(f"{verb}: name at least one agent id, or use --all", 2, c.as_json)
@@ -209,7 +209,7 @@ def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: boo
         fail(f"{verb}: give agent ids or --all, not both", 2, c.as_json)
     # The daemon answers a little before our own deadline, so "still working" arrives as an answer.
     server_wait = min(3600.0, max(1.0, c.timeout - 2.0))
-    args = ActionArgs(ids=list(ids), all=all_, wait=not no_wait, timeout=server_wait)
+    args = ActionArgs(ids=list(ids), all=all_, wait=not no_wait, timeout=server_wait, force=force)
     result = ActionResultList.model_validate(c.call(verb, args, timeout=c.timeout))
     rows = [[r.id, r.state, r.pid, ("ok" if r.ok else "FAILED") + ": " + r.message] for r in result.results]
     c.emit(result.model_dump(mode="json"), render_table(["ID", "STATE", "PID", "RESULT"], rows))
@@ -219,24 +219,26 @@ def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: boo
         sys.exit(EXIT_PENDING)
 
 
-def _action_command(verb: str, help_text: str, default_timeout: float):
+def _action_command(verb: str, help_text: str, default_timeout: float, with_force: bool = False):
     @click.argument("ids", nargs=-1)
     @click.option("--all", "all_", is_flag=True, help="Every configured agent.")
     @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for agents to settle.")
     @json_option
     @click.pass_context
-    def command(click_ctx: click.Context, ids: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool) -> None:
+    def command(click_ctx: click.Context, ids: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool, force: bool = False) -> None:
         if click_ctx.parent.get_parameter_source("timeout").name == "DEFAULT":
             click_ctx.obj["timeout"] = default_timeout
-        _action(click_ctx, verb, ids, all_, no_wait, as_json)
+        _action(click_ctx, verb, ids, all_, no_wait, as_json, force)
 
     command.__doc__ = help_text
+    if with_force:
+        command = click.option("--force", is_flag=True, help="SIGKILL the whole tree at once (no stop_signal, no stop_timeout).")(command)
     return cli.command(name=verb)(command)
 
 
 # Stop waits out stop_timeout (30 s by default) and then SIGKILL; give it room by default.
 _action_command("start", "Start agents (revives failed ones, clears an operator stop).", 30.0)
-_action_command("stop", "Stop agents' whole process trees; they stay stopped until started.", 60.0)
+_action_command("stop", "Stop agents' whole process trees; they stay stopped until started.", 60.0, with_force=True)
 _action_command("restart", "Restart agents (stop the whole tree, then start).", 60.0)
 
 
@@ -479,12 +481,29 @@ def _since_seconds(text: str) -> float:
 @click.argument("agent_id")
 @click.option("--since", default="1h", show_default=True, help="How far back (30m, 1h, 2d).")
 @click.option("--limit", default=2000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--every", help="Aggregate into windows (5m, 1h): average and maximum per window.")
 @json_option
 @click.pass_context
-def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, as_json: bool) -> None:
+def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, every: str | None, as_json: bool) -> None:
     """An agent's resource samples (or agentd/<process>), with sparklines."""
     c = _ctx(click_ctx, as_json)
-    result = c.call("history", {"id": agent_id, "since": _since_seconds(since), "limit": limit})
+    args: dict = {"id": agent_id, "since": _since_seconds(since), "limit": limit}
+    if every is not None:
+        args["every"] = _since_seconds(every)
+        if args["every"] < 1:
+            raise click.BadParameter("must be at least 1s", param_hint="--every")
+    result = c.call("history", args)
+    if every is not None:
+        windows = result["windows"] or []
+        if c.as_json or not windows:
+            c.emit(result, f"no samples for {agent_id} in the last {since}")
+            return
+        rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["start"])), w["samples"], _pct(w["cpu_avg"]), _pct(w["cpu_max"]),
+                 format_bytes(int(w["rss_avg"])) if w["rss_avg"] is not None else None, format_bytes(w["rss_max"]),
+                 f"{w['fds_avg']:.0f}" if w["fds_avg"] is not None else None, w["fds_max"]] for w in windows]
+        click.echo(printable(f"{agent_id}: {len(windows)} windows of {every} (last {since})\n"
+                             + render_table(["WINDOW", "SAMPLES", "CPU AVG", "CPU MAX", "RSS AVG", "RSS MAX", "FDS AVG", "FDS MAX"], rows)))
+        return
     samples = result["samples"]
     if c.as_json:
         c.emit(result, "")

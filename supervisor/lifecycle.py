@@ -215,8 +215,10 @@ class AgentProcess:
         self.backoff_until = None
         return self._spawn(now, reason)
 
-    def stop(self, now: float, reason: str = "operator stop", operator: bool = True) -> ActionResult:
-        """Stop the agent's whole tree; an operator stop keeps it down until an operator starts it."""
+    def stop(self, now: float, reason: str = "operator stop", operator: bool = True, force: bool = False) -> ActionResult:
+        """Stop the agent's whole tree; an operator stop keeps it down until an operator starts it.
+
+        `force` sends SIGKILL to the tree at once (`agentctl stop --force`), also to a tree already stopping."""
         if operator:
             self.operator_stopped = True
             self.dirty = True
@@ -231,8 +233,12 @@ class AgentProcess:
         if self.state == AgentState.STOPPING:
             if self.after_stop != "remove":
                 self.after_stop = None
+            if force and self.kill_sent_at is None and self.handle is not None:
+                self.ops.signal_tree(self.handle, signal_mod.SIGKILL)
+                self.kill_sent_at = now
+                return ActionResult(True, "already stopping; sent SIGKILL")
             return ActionResult(True, "already stopping")
-        self._begin_stop(now, reason, after=None)
+        self._begin_stop(now, reason + (" (SIGKILL)" if force else ""), after=None, kill=force)
         return ActionResult(True, "stopping")
 
     def restart(self, now: float, reason: str = "operator restart") -> ActionResult:
@@ -500,7 +506,7 @@ class AgentProcess:
         self._set(AgentState.STARTING, f"{reason} (pid {handle.pid})")
         return ActionResult(True, f"started (pid {handle.pid})")
 
-    def _begin_stop(self, now: float, reason: str, after: str | None, forced: bool = False, clean: bool = False, kind: str = "exit") -> None:
+    def _begin_stop(self, now: float, reason: str, after: str | None, forced: bool = False, clean: bool = False, kind: str = "exit", kill: bool = False) -> None:
         handle = self.handle
         assert handle is not None
         self.after_stop = after
@@ -509,9 +515,9 @@ class AgentProcess:
         self.pending_forced = forced
         self.pending_clean = clean
         self.stop_deadline = now + self.spec.stop_timeout
-        self.kill_sent_at = None
+        self.kill_sent_at = now if kill else None
         self.kill_warned = False
-        signum = getattr(signal_mod, "SIG" + self.spec.stop_signal)
+        signum = signal_mod.SIGKILL if kill else getattr(signal_mod, "SIG" + self.spec.stop_signal)
         self.ops.signal_tree(handle, signum)
         self._set(AgentState.STOPPING, reason)
 

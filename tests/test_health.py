@@ -156,3 +156,8 @@ def test_top_and_history_against_a_running_daemon(fast):
     hist = fast.agentctl("history", "a", "--since", "10m")
     assert hist.returncode == 0 and "rss" in hist.stdout
     assert fast.agentctl("history", "nope").returncode == 1
+    # Aggregated: one window per 5 minutes with average and maximum.
+    windows = fast.call("history", {"id": "a", "since": 600, "every": 300})["windows"]
+    assert windows and sum(w["samples"] for w in windows) >= 2 and all(w["start"] % 300 == 0 for w in windows)
+    agg = fast.agentctl("history", "a", "--since", "10m", "--every", "5m")
+    assert agg.returncode == 0 and "CPU AVG" in agg.stdout and "RSS MAX" in agg.stdout, agg.stdout + agg.stderr

@@ -275,3 +275,24 @@ def test_close_flushes(make_store, tmp_path):
     assert store.stats()["pending"] == 0
     assert store.query("db-shipper", since=0) == []  # closed: answers nothing, raises nothing
     store.add([sample()])  # and add after close neither raises nor blocks
+
+
+def test_aggregate_gives_avg_and_max_per_aligned_window(make_store):
+    # `agentctl history ID --every 5m`: windows aligned to the epoch, average and maximum per window.
+    store = make_store()
+    base = (time.time() // 300) * 300 - 900  # the start of a 5-minute window, 15 minutes ago
+    store.add([
+        sample(ts=base + 10, cpu=10.0, rss=100, fds=5, threads=2, procs=1),
+        sample(ts=base + 200, cpu=30.0, rss=300, fds=7, threads=4, procs=2),
+        sample(ts=base + 310, cpu=None, rss=50, fds=None, threads=1, procs=1),  # a first sample: cpu unknown
+        sample(ts=base + 650, cpu=250.0, rss=80, fds=9, threads=8, procs=3),  # several cores: above 100
+        sample("other", ts=base + 20, cpu=99.0),
+    ])
+    rows = store.aggregate("db-shipper", since=base, until=None, every=300)
+    assert rows == [
+        (base, 2, 20.0, 30.0, 200.0, 300, 6.0, 7, 4, 2),
+        (base + 300, 1, None, None, 50.0, 50, None, None, 1, 1),
+        (base + 600, 1, 250.0, 250.0, 80.0, 80, 9.0, 9, 8, 3),
+    ]
+    assert store.aggregate("db-shipper", since=base + 311, until=base + 700, every=300) == [rows[2]]
+    assert store.aggregate("nobody", since=0, until=None, every=60) == []

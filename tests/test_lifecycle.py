@@ -291,6 +291,27 @@ def test_stop_sends_stop_signal_then_kill_after_stop_timeout(ops):
     assert a.last_exit.signal == "SIGKILL"
 
 
+def test_stop_force_sends_sigkill_at_once(ops):
+    a = new_agent(ops, stop_timeout=30)
+    a.start(0.0)
+    a.tick(1.0)
+    assert a.stop(2.0, force=True).ok
+    assert ops.signals == [(a.handle.pid, signal.SIGKILL)] and a.kill_sent_at == 2.0
+    a.tick(40.0)
+    assert len(ops.signals) == 1  # no second SIGKILL from the stop_timeout
+    settle_stop(a, ops, 40.1, sig=signal.SIGKILL)
+    assert a.state == S.STOPPED and "SIGKILL" in a.reason
+
+
+def test_stop_force_on_a_tree_already_stopping_kills_it(ops):
+    a = new_agent(ops, stop_timeout=30)
+    a.start(0.0)
+    a.tick(1.0)
+    a.stop(2.0)
+    assert a.stop(3.0, force=True).message == "already stopping; sent SIGKILL"
+    assert ops.signals == [(a.handle.pid, signal.SIGTERM), (a.handle.pid, signal.SIGKILL)]
+
+
 def test_stop_is_not_done_while_any_process_of_the_tree_lives(ops):
     a = new_agent(ops)
     a.start(0.0)

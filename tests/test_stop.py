@@ -37,6 +37,17 @@ def test_stop_kills_children_and_term_ignoring_tree(agentd):
     assert agentd.status("kids")["last_exit"] == {**agentd.status("kids")["last_exit"], "code": 0, "signal": None}
 
 
+def test_stop_force_kills_a_term_ignoring_tree_at_once(agentd):
+    agentd.write_config([agentd.helper_agent("stubborn", "ignore-term", stop_timeout=600)])
+    agentd.start()
+    agentd.wait_state("stubborn", "running")
+    wait_for_marker(agentd.marker("stubborn"), "START")
+    result = agentd.agentctl("stop", "--force", "stubborn", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr  # well before the 600 s stop_timeout
+    status = agentd.status("stubborn")
+    assert status["state"] == "stopped" and status["last_exit"]["signal"] == "SIGKILL"
+
+
 def test_stop_all_acts_in_parallel_and_reports_each(agentd):
     agentd.write_config([agentd.helper_agent(f"s{i}", "ignore-term", stop_timeout=2) for i in range(4)])
     agentd.start()

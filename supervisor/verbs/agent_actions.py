@@ -19,6 +19,7 @@ class ActionArgs(BaseModel):
     all: bool = False
     wait: bool = True
     timeout: float = Field(default=50.0, ge=0, le=3600)
+    force: bool = False  # stop: SIGKILL the tree at once instead of stop_signal and stop_timeout
 
 
 class AgentOutcome(BaseModel):

@@ -18,4 +18,4 @@ def _describe(agent, res):
 
 
 async def handle(daemon, args: Args) -> Result:
-    return await run_action(daemon, args, lambda a, now: a.stop(now), _settled, _describe)
+    return await run_action(daemon, args, lambda a, now: a.stop(now, force=args.force), _settled, _describe)
