@@ -516,6 +516,30 @@ class _DaemonServicer(daemon_pb2_grpc.DaemonServiceServicer):
         return self._mgr.sync_agent_states(request)
 
 
+def _call_node(opts: argparse.Namespace) -> int:
+    """One call to a node's API as the Manager makes it; 0 on success, 1 on failure."""
+    if not Path(opts.db).is_file():
+        print(f"dev_manager: no database {opts.db}: run the Manager first, so nodes register", file=sys.stderr)
+        return 1
+    mgr = DevManager(opts.db, daemon_port=opts.daemon_port)
+    try:
+        if opts.list_agents:
+            for a in mgr.list_agents(opts.list_agents):
+                mgr.say(f"{a.id}\t{a.type}\t{a.status}\tpid {a.pid or '-'}\trestarts {a.restart_count}")
+            return 0
+        node, agent, operation = opts.operate
+        ok, _message = mgr.operate_agent(node, agent, operation)
+        return 0 if ok else 1
+    except LookupError as exc:
+        print(f"dev_manager: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"dev_manager: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        mgr.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; exit 0 after a graceful stop, 1 when it cannot listen, 2 on bad arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -532,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="answer success=false to heartbeats of unknown nodes (the real Manager re-creates them)")
     parser.add_argument("--daemon-port", type=int, default=DAEMON_PORT,
                         help=f"port of the nodes' DaemonService, dialed at their registered IP (default {DAEMON_PORT})")
+    parser.add_argument("--list-agents", metavar="NODE",
+                        help="do not serve: call ListAgents on a node recorded in --db, as the Manager would, and exit")
+    parser.add_argument("--operate", nargs=3, metavar=("NODE", "AGENT", "OP"),
+                        help="do not serve: OperateAgent (start|stop|restart) on a node recorded in --db, and exit")
     opts = parser.parse_args(argv)
 
     tls = None
@@ -546,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         tls = TLSFiles(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
     if opts.fail_sync < 0:
         parser.error("--fail-sync must be 0 or more")
+    if opts.operate and opts.operate[2] not in EXPECTED_AFTER:
+        parser.error(f"--operate: OP must be one of {', '.join(EXPECTED_AFTER)}")
+    if opts.list_agents or opts.operate:
+        return _call_node(opts)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1031,6 +1031,9 @@ def parse_config(data: dict, source: str, base_dir: Path, env: Mapping[str, str]
             f"manager_api is insecure: plaintext without a token on {api.listen}; whoever can connect from "
             f"{', '.join(api.allow_from)} can list, start and stop every agent (docs/manager.md)"
         )
+        wide = [c for c in api.allow_from if ipaddress.ip_network(c).num_addresses > 256]
+        if wide:
+            warnings.append(f"manager_api.allow_from admits whole networks ({', '.join(wide)}), not just the Manager's addresses")
     config.warnings = warnings
     return config
 

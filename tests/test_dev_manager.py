@@ -331,3 +331,70 @@ def test_missing_tls_file_is_an_error(tmp_path):
     assert proc.returncode == 2
     assert "--tls-cert: no such file" in proc.stderr
     assert "LISTENING" not in proc.stdout
+
+
+def test_reads_and_stores_metrics_as_the_original_manager_does(tmp_path):
+    """The overview keys of the newest row per type, 0 when absent; batches its MySQL storage would refuse."""
+    mgr = dev_manager.DevManager(tmp_path / "m.db", out=io.StringIO())
+    try:
+        def report(*metrics):
+            return mgr.report_metrics(manager_pb2.ReportMetricsRequest(node_id="n1", metrics=list(metrics)))
+
+        assert mgr.overview("n1") == dict.fromkeys(dev_manager.OVERVIEW_KEYS, 0.0)
+        # The keys agentd used to send read as zero: the Manager's overview knows only the original's keys.
+        assert report(manager_pb2.MetricData(type="cpu", timestamp=5, values={"percent": 50.0})).success
+        assert mgr.overview("n1")["cpu_usage"] == 0
+        assert report(
+            manager_pb2.MetricData(type="cpu", timestamp=20, values={"usage_percent": 12.5}),
+            manager_pb2.MetricData(type="memory", timestamp=20, values={"usage_percent": 40.0, "total_bytes": 8e9}),
+            manager_pb2.MetricData(type="network", timestamp=20, values={"rx_bytes": 10.0, "tx_bytes": 20.0}),
+        ).success
+        assert report(manager_pb2.MetricData(type="cpu", timestamp=10, values={"usage_percent": 99.0})).success  # older
+        ov = mgr.overview("n1")
+        assert (ov["cpu_usage"], ov["memory_usage"], ov["memory_total"]) == (12.5, 40.0, 8e9)
+        assert (ov["network_rx"], ov["network_tx"], ov["disk_usage"]) == (10.0, 20.0, 0.0)
+        assert "node n1 overview: cpu 12.5%, memory 40.0% of 7.5 GiB" in mgr._out.getvalue()
+
+        rows = len(mgr.metrics("n1"))
+        too_long = report(manager_pb2.MetricData(type="cpu", timestamp=30, values={"usage_percent": 1.0}),
+                          manager_pb2.MetricData(type="x" * 21, timestamp=30, values={}))
+        assert not too_long.success and "longer than 20" in too_long.message
+        nan = report(manager_pb2.MetricData(type="cpu", timestamp=30, values={"usage_percent": float("nan")}))
+        assert not nan.success and "usage_percent" in nan.message
+        assert len(mgr.metrics("n1")) == rows  # a refused batch stores nothing
+    finally:
+        mgr.close()
+
+
+def test_a_lost_node_is_recreated_as_unknown_by_its_heartbeat(tmp_path):
+    mgr = dev_manager.DevManager(tmp_path / "m.db", out=io.StringIO())
+    try:
+        beat = manager_pb2.HeartbeatRequest(node_id="n1", timestamp=1)
+        assert mgr.heartbeat(beat).success  # never registered: created, as the real Manager does
+        [node] = mgr.nodes()
+        assert (node["hostname"], node["ip"], node["arch"], node["registrations"]) == ("unknown",) * 3 + (0,)
+        assert mgr.register_node(manager_pb2.RegisterNodeRequest(node_id="n1", hostname="h", ip="10.0.0.1", arch="amd64")).success
+        assert mgr.nodes()[0]["hostname"] == "h"
+        mgr.forget_node("n1")
+        assert mgr.nodes() == []
+        assert mgr.heartbeat(beat).success and mgr.nodes()[0]["hostname"] == "unknown"
+        assert "heartbeat from an unknown node: created it with unknown facts" in mgr._out.getvalue()
+    finally:
+        mgr.close()
+    refusing = dev_manager.DevManager(tmp_path / "r.db", out=io.StringIO(), refuse_unknown=True)
+    try:
+        resp = refusing.heartbeat(manager_pb2.HeartbeatRequest(node_id="n2", timestamp=1))
+        assert (resp.success, resp.message) == (False, "unknown node") and refusing.nodes() == []
+    finally:
+        refusing.close()
+
+
+def test_statuses_the_manager_cannot_show_are_pointed_out(tmp_path):
+    mgr = dev_manager.DevManager(tmp_path / "m.db", out=io.StringIO())
+    try:
+        request = daemon_pb2.SyncAgentStatesRequest(node_id="n1", states=[_state("a", "removed", 0), _state("b", "failed", 0)])
+        assert mgr.sync_agent_states(request).success
+        out = mgr._out.getvalue()
+        assert "n1/a: status 'removed' is not one the Manager can show" in out and "n1/b: status" not in out
+    finally:
+        mgr.close()

@@ -311,6 +311,9 @@ def test_insecure_needs_allow_from_and_is_warned_about(tmp_path):
     assert checked.returncode == 0, checked.stderr
     assert ("warning: manager_api is insecure: plaintext without a token on 0.0.0.0:9091; whoever can connect from"
             " 10.0.0.5/32, 10.8.0.0/16 can list, start and stop every agent") in checked.stderr
+    assert "warning: manager_api.allow_from admits whole networks (10.8.0.0/16)" in checked.stderr
+    path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true, allow_from: ['10.0.0.5', '0.0.0.0/0']}\n")
+    assert "manager_api.allow_from admits whole networks (0.0.0.0/0)" in " ".join(load_config(path).warnings)
     path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true, allow_from: ['10.0.0.5/8']}\n")
     with pytest.raises(ConfigError, match=r"allow_from\[0\]: invalid CIDR '10.0.0.5/8'"):
         load_config(path)

@@ -8,7 +8,10 @@ pings (every second here, standing in for the Manager's 45 s against a policy sc
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,6 +21,7 @@ from tests.test_sync_worker import dev_manager
 from workers.node_facts import go_arch
 
 NODE = "compat-node"
+ROOT = Path(__file__).resolve().parents[1]
 OVERVIEW_TIMEOUT = 40
 
 
@@ -30,7 +34,10 @@ def manager(tmp_path):
     mgr.stop(grace=0)
 
 
-def start(agentd, manager, agents, **api):
+ALL_COLLECTORS = {name: {"enabled": True, "interval": 1} for name in ("cpu", "memory", "disk", "network")}
+
+
+def start(agentd, manager, agents, collectors=ALL_COLLECTORS, **api):
     """agentd reporting to the dev Manager, its node API plaintext on loopback for the Manager's address."""
     agentd.write_config(
         agents,
@@ -39,7 +46,7 @@ def start(agentd, manager, agents, **api):
                  "register_interval": 2, "advertise_ip": "127.0.0.1"},
         manager_api={"listen": "127.0.0.1:0", "insecure": True, "allow_from": ["127.0.0.1/32"],
                      "min_ping_interval": 0.5, **api},
-        collectors={name: {"enabled": True, "interval": 1} for name in ("cpu", "memory", "disk", "network")},
+        collectors=collectors,
     )
     agentd.start()
 
@@ -136,7 +143,9 @@ def test_operate_agent_answers_when_the_action_is_done_and_reports_failures(agen
 
 def test_a_lost_node_comes_back_with_its_facts_and_a_removed_agent_ends_as_stopped(agentd, manager):
     keep, drop = agentd.helper_agent("keep", "well-behaved"), agentd.helper_agent("drop", "well-behaved")
-    start(agentd, manager, [keep, drop])
+    # Only the collectors listed run, with their filters: no disk rows, network of lo alone.
+    start(agentd, manager, [keep, drop], collectors={"cpu": {"interval": 1}, "memory": {"interval": 1},
+                                                     "network": {"interval": 1, "interfaces": ["lo"]}})
     wait_until(lambda: {s["status"] for s in manager.latest_states(NODE).values()} == {"running"}
                and len(manager.latest_states(NODE)) == 2, timeout=30, message="both agents running in the Manager")
 
@@ -156,3 +165,21 @@ def test_a_lost_node_comes_back_with_its_facts_and_a_removed_agent_ends_as_stopp
     assert {h["status"] for h in manager.state_history(NODE, "drop")} <= dev_manager.AGENT_STATUSES
     assert "not one the Manager can show" not in manager._out.getvalue()
     assert manager.latest_states(NODE)["keep"]["status"] == "running"
+    kinds = {m["type"] for m in manager.metrics(NODE)}
+    assert kinds == {"cpu", "memory", "network", "system"}, kinds
+    net = latest(manager, "network")
+    assert net["interface_count"] == 1 and not [k for k in net if k.startswith("details[") and not k.startswith("details[lo].")]
+
+
+def test_the_dev_manager_command_line_operates_a_node_as_the_manager_does(agentd, manager):
+    start(agentd, manager, [agentd.helper_agent("web", "well-behaved")])
+    agentd.wait_state("web", "running")
+    base = [sys.executable, str(ROOT / "examples" / "dev_manager.py"), "--db", manager.db_path,
+            "--daemon-port", str(manager.daemon_port)]
+    listed = subprocess.run([*base, "--list-agents", NODE], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and listed.stdout.startswith("web\tcustom\trunning\tpid "), listed
+    stopped = subprocess.run([*base, "--operate", NODE, "web", "stop"], capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and f"{NODE}/web: stop done in" in stopped.stdout, stopped
+    assert agentd.status("web")["state"] == "stopped"
+    unknown = subprocess.run([*base, "--operate", NODE, "nobody", "start"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stdout, unknown

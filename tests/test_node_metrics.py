@@ -7,6 +7,8 @@ import os
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor.config import CollectorsSettings, parse_config
 from workers.node_metrics import (
@@ -195,3 +197,14 @@ def test_cpuinfo_parsing(tmp_path, text, expected):
 def test_a_reading_never_carries_a_value_json_cannot_hold():
     metric = reading("cpu", {"usage_percent": 5.0, "bad": math.nan, "worse": math.inf}, at=1700000000.7)
     assert dict(metric.values) == {"usage_percent": 5.0} and metric.timestamp == 1700000000 and metric.type == "cpu"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["model name", "cpu MHz", "Processor", "processor", "flags", "x"]),
+                          st.text(max_size=30)), max_size=8))
+def test_any_cpuinfo_gives_a_model_and_a_number(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("cpuinfo") / "cpuinfo"
+    path.write_text("".join(f"{k}\t: {v}\n" for k, v in lines), errors="surrogateescape")
+    model, mhz = cpu_model(path)
+    assert isinstance(model, str) and isinstance(mhz, float)
+    assert reading("cpu", {f"model={model}"[:220]: 1.0, "mhz": mhz}).type == "cpu"
