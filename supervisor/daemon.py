@@ -29,20 +29,22 @@ from .event_log import EventLog
 from . import ipc
 from .listeners import bound_address, tcp_listener, unix_listener
 from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
-from .lifecycle import AgentProcess
+from .lifecycle import AgentProcess, ProcessHandle
 from .log_files import rotate_if_needed
-from .metadata_store import ExitRecord, MetadataStore, iso_utc, parse_iso
+from .metadata_store import AgentRecord, ExitRecord, MetadataStore, iso_utc, parse_iso
 from .metadata_writer import MetadataWriter
 from .history_store import HistoryStore
 from .node_identity import node_id
 from .notify_socket import NotifyHub, Sender, parse_notify
 from .rate_limited_log import RateLimitedLog
+from .agent_identity import NODE_VAR, find_marked, main_process
 from .instance_lock import InstanceLock
+from .launch_spec import launch_diff, launch_of
 from .pidfile import PidFile, write_plain_pid
 from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
 from .registry import Registry
-from .reload_plan import ReloadPlan, plan_reload
+from .reload_plan import AgentChange, ReloadPlan, plan_reload
 from .sd_notify import sd_notify
 from .stall_watch import Stall, StallWatch
 from .state_feed import StateFeed
@@ -107,6 +109,7 @@ class Daemon:
         self._intake_outage_since: float | None = None
         self._grace_expired_logged = False
         self.state_feed: StateFeed | None = None
+        self._marked: dict | None = None  # agent id -> processes carrying its identity, scanned once at start
         # Last generation of each agent removed while this agentd runs: a re-added agent continues from it,
         # so a verdict or heartbeat still in flight about the removed process never fits its successor.
         self._removed_generations: dict[str, int] = {}
@@ -161,6 +164,7 @@ class Daemon:
             if self.config.daemon.pid_file is not None:
                 self._closers.append(write_plain_pid(self.config.daemon.pid_file, self.pid))
             env = self._open_listeners()
+            env[NODE_VAR] = self.node_id  # with AGENTD_AGENT_ID: a live copy is found even without metadata
             self.tracking = detect_tracking(self.config.cgroups.mode, self.config.cgroups.root)
             if self.config.cgroups.mode == "required" and self.tracking.mode != "cgroup":
                 raise CgroupError(f"cgroups.mode is required, but {self.tracking.reason}")
@@ -289,7 +293,7 @@ class Daemon:
             if record is not None and record.pid and record.status in PROCESS_STATES:
                 if self._adopt(agent, record, now):
                     continue
-            elif self._stop_cgroup_leftovers(agent, record, now):
+            elif self._adopt_marked(agent, now) or self._stop_cgroup_leftovers(agent, record, now):
                 continue
             if agent.operator_stopped and agent.state == AgentState.STOPPED:
                 agent.reason = "stopped by operator (before agentd restarted)"
@@ -307,18 +311,59 @@ class Daemon:
         spec = agent.spec
         handle = self.ops.adopt(spec.id, record, agent.generation + 1, now)
         if handle is not None:
+            handle.launch = record.launch
             agent.adopt(handle, now, record.status)
             log.info("%s: re-adopted pid %d left by the previous agentd", spec.id, record.pid)
             if not spec.enabled and agent.state in UP_STATES:
                 agent.stop(now, reason="disabled in the configuration", operator=False)
+            self._apply_launch_change(agent, now)
             return True
         log.warning("%s: recorded pid %s is gone or now belongs to another program; treating the agent as exited", spec.id, record.pid)
         agent.last_exit = ExitRecord(code=None, signal=None, time=iso_utc(), reason="process vanished while agentd was down")
         leftovers = self.ops.leftovers(spec.id, record, agent.generation + 1, now)
         if leftovers is None:
-            return False
+            return self._adopt_marked(agent, now)  # a newer process that the stale record does not know
         agent.stop_leftovers(leftovers, now)  # starts the agent (if wanted) once they are gone
         return True
+
+    def _adopt_marked(self, agent: AgentProcess, now: float) -> bool:
+        """No usable record: adopt a live process carrying the agent's identity, or stop such processes
+        before anything starts (supervisor/agent_identity.py). True if it handled the agent."""
+        if self._marked is None:
+            self._marked = find_marked(self.node_id, {s.id for s in self.config.agents})
+        marked = self._marked.pop(agent.spec.id, [])
+        if not marked:
+            return False
+        main = main_process(marked)
+        tree = {m.pid: m.start_ticks for m in marked}
+        if main is not None:
+            record = AgentRecord(id=agent.spec.id, status="running", pid=main.pid, pgid=main.pgid, start_ticks=main.start_ticks, boot_id=self.ops.boot_id)
+            handle = self.ops.adopt(agent.spec.id, record, agent.generation + 1, now)
+            if handle is not None:
+                handle.tree.update(tree)
+                matches = self.ops.runs_configured_command(main.pid, agent.spec)
+                handle.launch = launch_of(agent.spec) if matches else {"args": "unknown"}
+                agent.adopt(handle, now, "running")
+                log.warning("%s: no usable metadata, but pid %d carries its identity; adopted it instead of starting a second copy", agent.spec.id, main.pid)
+                self._apply_launch_change(agent, now)
+                return True
+        log.warning("%s: no usable metadata, and processes %s carry its identity without a main process; stopping them before it starts",
+                    agent.spec.id, sorted(tree))
+        leftovers = ProcessHandle(pid=min(tree), pgid=marked[0].pgid, create_time=0.0, generation=agent.generation + 1, started_mono=now,
+                                  started_wall=self.wall(), adopted=True, exited=True, tree=tree, boot_id=self.ops.boot_id)
+        agent.stop_leftovers(leftovers, now)
+        return True
+
+    def _apply_launch_change(self, agent: AgentProcess, now: float) -> None:
+        """A re-adopted process started with another command, env or user than configured (a reload whose
+        restart agentd did not live to finish, or a config edited while it was down): apply it now."""
+        if agent.handle is None or agent.state not in UP_STATES or agent.operator_stopped:
+            return
+        fields = launch_diff(agent.handle.launch, agent.spec)
+        if fields:
+            log.warning("%s: pid %d was started with another %s than the configuration says; restarting it with the configuration",
+                        agent.spec.id, agent.handle.pid, ", ".join(fields))
+            agent.update_spec(agent.spec, now)
 
     def _stop_cgroup_leftovers(self, agent: AgentProcess, record, now: float) -> bool:
         """Processes in the agent's cgroup that no record accounts for (metadata lost): stop them first."""
@@ -651,6 +696,7 @@ class Daemon:
         except ConfigError as exc:
             raise ControlError(ErrorCode.INVALID_CONFIG, f"config not reloaded, nothing changed:\n{exc}") from None
         plan = plan_reload(self.config, new)
+        self._add_pending_launch_changes(plan, new)
         if dry_run:
             return plan
         now = self.now()
@@ -682,6 +728,18 @@ class Daemon:
         )
         self.after_action()
         return plan
+
+    def _add_pending_launch_changes(self, plan: ReloadPlan, new: Config) -> None:
+        """An agent whose process runs another command than its (unchanged) spec says is changed too."""
+        specs = {s.id: s for s in new.agents}
+        for agent_id in list(plan.unchanged):
+            agent = self.registry.find(agent_id)
+            if agent is None or agent.handle is None or agent.state not in UP_STATES:
+                continue
+            fields = launch_diff(agent.handle.launch, specs[agent_id])
+            if fields:
+                plan.unchanged.remove(agent_id)
+                plan.changed.append(AgentChange(id=agent_id, fields=[f"{f} (of the running process)" for f in fields]))
 
     def _reload_from_signal(self) -> None:
         log.info("SIGHUP: reloading %s", self.config_path)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .config import AgentSpec
+from .launch_spec import launch_of
 from .metadata_store import AgentRecord, ExitRecord, iso_utc, parse_iso
 from .restart_policy import decide
 from .states import DOWN_STATES, UP_STATES, AgentState
@@ -51,6 +52,7 @@ class ProcessHandle:
     tree: dict[int, int] = field(default_factory=dict)
     cgroup: str | None = None  # the agent's cgroup directory, in cgroup mode (supervisor/cgroups.py)
     os_state: object = None  # owned by the ProcessOps implementation (Popen, pidfd, ...)
+    launch: dict[str, str] | None = None  # what it was started with (launch_spec.launch_of); None if unknown
 
 
 class ProcessOps(Protocol):
@@ -490,6 +492,7 @@ class AgentProcess:
             self.pending_kind = "spawn"
             self._after_failure(now, f"cannot start: {exc}", forced=True, clean_exit=False, never_is_failure=True)
             return ActionResult(False, self.reason)
+        handle.launch = launch_of(self.spec)
         self.handle = handle
         self.started_by_restart = by_restart
         self.backoff_until = None
@@ -620,6 +623,7 @@ class AgentProcess:
             cpu=self.reported.get("cpu"),
             memory=self.reported.get("memory"),
             operator_stopped=self.operator_stopped,
+            launch=h.launch if h else None,
             stop_signal=self.spec.stop_signal,
             stop_timeout=self.spec.stop_timeout,
         )

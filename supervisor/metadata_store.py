@@ -97,6 +97,8 @@ class AgentRecord(BaseModel):
     cpu: float | None = None
     memory: int | None = None
     operator_stopped: bool = False
+    # What the process was started with (supervisor/launch_spec.py): digests by field.
+    launch: dict[str, str] | None = None
     updated_at: str | None = None
     schema_version: int = SCHEMA_VERSION
 

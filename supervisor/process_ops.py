@@ -212,6 +212,21 @@ class RealProcessOps:
             return None
         return handle
 
+    def runs_configured_command(self, pid: int, spec: AgentSpec) -> bool:
+        """Whether `pid` runs the configured command line, as the user configured, with the configured env."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(item.decode(errors="replace").partition("=")[::2] for item in f.read().split(b"\0") if item)
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return False
+        want_argv = [str(spec.binary_path), *spec.effective_args()]
+        # A script's kernel argv starts with its interpreter: compare the tail.
+        argv_ok = argv == want_argv or (len(argv) > len(want_argv) and argv[-len(want_argv):] == want_argv)
+        return argv_ok and all(env.get(k) == v for k, v in spec.env.items()) and uid == self.agent_uid(spec)
+
     def agent_uid(self, spec: AgentSpec) -> int:
         """The uid the agent runs as."""
         try:

@@ -8,6 +8,7 @@ docs/operations.md ("When agentd itself is in trouble").
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -156,3 +157,87 @@ def test_break11_zero_backoff_unlimited_retries_is_floored_and_rate_limited(agen
     assert len(starts) == 6, starts  # the first start and 5 automatic ones, then the limit
     assert elapsed >= 5.0, f"6 starts in {elapsed:.1f}s: the 1 s floor was not kept"
     assert "5 automatic starts within 60s (restart.start_limit_burst 5)" in st["reason"], st
+
+
+# ----------------------------------------------------------------------------- break 7: lost metadata
+
+
+def _metadata_path(agentd, agent_id):
+    return agentd.data_dir / "metadata" / f"{agent_id}.json"
+
+
+def _recorded(agentd, agent_id, pid):
+    def ok():
+        try:
+            return json.loads(_metadata_path(agentd, agent_id).read_text()).get("pid") == pid
+        except (OSError, ValueError):
+            return False
+    wait_until(ok, timeout=20, message=f"metadata of {agent_id} naming pid {pid}")
+
+
+def test_break7_corrupt_or_missing_metadata_adopts_the_live_copy_instead_of_a_second(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.helper_agent("b", "fork-children", "--children", "2")])
+    agentd.start()
+    pids = {i: agentd.wait_state(i, "running")["pid"] for i in ("a", "b")}
+    wait_until(lambda: len([m for m in read_markers(agentd.marker("b")) if m[0] == "CHILD"]) == 2, timeout=20)
+    for agent_id, pid in pids.items():
+        _recorded(agentd, agent_id, pid)
+    before = sorted(agentd.agent_pids())
+    agentd.kill9()
+    _metadata_path(agentd, "a").write_text('{"id": "a", "pid": ')  # torn by a crash, or a disk error
+    _metadata_path(agentd, "b").unlink()  # or lost outright
+    agentd.start()
+    for agent_id, pid in pids.items():
+        st = agentd.wait_state(agent_id, "running")
+        assert (st["pid"], st["restarts"]) == (pid, 0), st
+    assert sorted(agentd.agent_pids()) == before, "a second copy was started"
+    assert all(len([m for m in read_markers(agentd.marker(i)) if m[0] == "START"]) == 1 for i in pids)
+    assert "carries its identity; adopted it instead of starting a second copy" in agentd.log_text()
+    assert list((agentd.data_dir / "metadata").glob("a.json.corrupt-*")), "the torn file was not set aside"
+    # Adopted by identity, it is supervised like any other agent.
+    os.kill(pids["a"], signal.SIGKILL)
+    st = wait_until(lambda: (s := agentd.status("a"))["pid"] not in (None, pids["a"]) and s["state"] == "running" and s, timeout=30)
+    assert len([p for p in agentd.agent_pids() if p == st["pid"]]) == 1
+
+
+def test_break7_stale_metadata_after_an_unwritable_data_dir_finds_the_newer_process(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    first = agentd.wait_state("a", "running")["pid"]
+    _recorded(agentd, "a", first)
+    stale = _metadata_path(agentd, "a").read_text()  # what a data_dir that stopped taking writes keeps
+    os.kill(first, signal.SIGKILL)
+    second = wait_until(lambda: (s := agentd.status("a"))["pid"] not in (None, first) and s["state"] == "running" and s["pid"], timeout=30)
+    agentd.kill9()
+    _metadata_path(agentd, "a").write_text(stale)
+    agentd.start()
+    st = agentd.wait_state("a", "running")
+    assert st["pid"] == second, st
+    assert agentd.agent_pids() == [second], "a second copy was started"
+
+
+# ----------------------------------------------------------------------------- break 6: crash mid-change
+
+
+def test_break6_kill9_during_a_reload_restart_applies_the_change_on_readoption(agentd):
+    # The old process ignores the first SIGTERM, so the reload's restart is still under way when agentd dies.
+    agent = agentd.helper_agent("a", "well-behaved", "--ignore-terms", "1", "--after", "1", stop_timeout=120)
+    agentd.write_config([agent])
+    agentd.start()
+    old = agentd.wait_state("a", "running")["pid"]
+    wait_until(lambda: read_markers(agentd.marker("a")), timeout=10)
+    agent["args"] = [*agent["args"][:-2], "--after", "2"]  # a changed argument
+    agentd.write_config([agent])
+    agentd.call("reload")
+    wait_until(lambda: json.loads(_metadata_path(agentd, "a").read_text())["status"] == "stopping", timeout=20)
+    agentd.kill9()
+    assert agentd.agent_pids() == [old]
+    agentd.start()
+    st = wait_until(lambda: (s := agentd.status("a"))["pid"] not in (None, old) and s["state"] == "running" and s, timeout=60,
+                    message="the change applied")
+    cmdline = open(f"/proc/{st['pid']}/cmdline", "rb").read().split(b"\0")
+    assert cmdline[-3:-1] == [b"--after", b"2"], cmdline
+    assert agentd.agent_pids() == [st["pid"]]
+    assert "was started with another args than the configuration says" in agentd.log_text()
+    plan = agentd.call("reload", {"dry_run": True})["plan"]
+    assert plan["changed"] == [] and plan["added"] == [] and plan["removed"] == []
