@@ -69,7 +69,9 @@ def check_config(config_path: str, quiet: bool) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
-    for warning in [*config.warnings, *check_binaries(config)]:
+    from .agent_config_check import check_agent_configs
+
+    for warning in [*config.warnings, *check_binaries(config), *check_agent_configs(config.agents)]:
         click.echo(f"warning: {warning}", err=True)
     tls_problems = check_tls_files(config)
     if tls_problems:

@@ -67,6 +67,7 @@ NODE_EXPORTER_ENDPOINT = "http://127.0.0.1:9100/metrics"
 # The original daemon's node_exporter command line (docs/migration.md): /proc and /sys are explicit.
 NODE_EXPORTER_ARGS = ("--web.listen-address=:9100", "--path.procfs=/proc", "--path.sysfs=/sys")
 STOP_SIGNALS = ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")
+RELOAD_SIGNALS = ("HUP", "USR1", "USR2")
 IPC_PATH_LIMIT = 100  # ZeroMQ refuses longer ipc:// paths
 UNIX_PATH_LIMIT = 107  # sun_path is 108 bytes including the trailing NUL
 LEGACY_AGENT_ID = "legacy-agent"
@@ -509,6 +510,10 @@ class _AgentFields(_Section):
     user: Str | None = None
     group: Str | None = None
     stop_signal: str = "TERM"
+    # What a change of config_file does (agentd watches it): send reload_signal to the main process, restart
+    # the agent, or nothing. Unset: reload when reload_signal is set, else nothing (docs/agent-config-files.md).
+    reload_signal: str | None = None
+    on_config_change: Literal["reload", "restart", "none"] | None = None
     stop_timeout: Duration = 30.0
     start_seconds: Duration = 1.0
     health_check: HealthCheck = Field(default_factory=HealthCheck)
@@ -550,6 +555,23 @@ class _AgentFields(_Section):
         if name not in STOP_SIGNALS:
             raise ValueError(f"unknown stop signal {value!r}: use one of {', '.join(STOP_SIGNALS)}")
         return name
+
+    @field_validator("reload_signal", mode="before")
+    @classmethod
+    def _reload_signal_name(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"expected a signal name like HUP, got {describe_value(value)}")
+        name = value.strip().upper().removeprefix("SIG")
+        if name not in RELOAD_SIGNALS:
+            raise ValueError(f"unknown reload signal {value!r}: use one of {', '.join(RELOAD_SIGNALS)}")
+        return name
+
+    @field_validator("on_config_change", mode="before")
+    @classmethod
+    def _lower_change(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class AgentDefaults(_AgentFields):
@@ -624,6 +646,21 @@ class AgentSpec(_AgentFields):
             data = dict(data)
             _apply_type_defaults(data, data)
         return data
+
+    @model_validator(mode="after")
+    def _config_change(self) -> AgentSpec:
+        if self.on_config_change == "reload" and self.reload_signal is None:
+            raise ValueError("on_config_change: reload needs reload_signal (e.g. HUP)")
+        if self.on_config_change in ("reload", "restart") and self.config_file is None:
+            raise ValueError(f"on_config_change: {self.on_config_change} needs config_file (the file to watch)")
+        return self
+
+    @property
+    def config_change_action(self) -> str:
+        """What a change of config_file does: "reload" (send reload_signal), "restart" or "none"."""
+        if self.on_config_change is not None:
+            return self.on_config_change
+        return "reload" if self.reload_signal is not None and self.config_file is not None else "none"
 
     @model_validator(mode="after")
     def _resolve_startup_grace(self) -> AgentSpec:

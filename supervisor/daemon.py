@@ -40,6 +40,7 @@ from .rate_limited_log import RateLimitedLog
 from .agent_identity import NODE_VAR, find_marked, main_process
 from .instance_lock import InstanceLock
 from .launch_spec import launch_diff, launch_of
+from .config_watch import ConfigWatch
 from .pidfile import PidFile, write_plain_pid
 from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
@@ -181,6 +182,9 @@ class Daemon:
             self.intake = EventIntake(self.zctx, self.run_dir / ipc.EVENTS, self._on_worker_message)
             self._closers.append(self.intake.close)
             self._load_agents()
+            self.config_watch = ConfigWatch(loop, self._on_config_file_change)
+            self._closers.append(self.config_watch.close)
+            self.config_watch.update(self.config.agents)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 # Read the setting when the signal comes: a reload may have changed it.
                 loop.add_signal_handler(sig, lambda name=signal.Signals(sig).name: self.request_shutdown(self.config.shutdown.stop_agents, name))
@@ -439,6 +443,16 @@ class Daemon:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _on_config_file_change(self, agent_id: str, problem: str | None) -> None:
+        """An agent's config_file changed (config_watch.py): apply it by its on_config_change, or refuse it."""
+        agent = self.registry.find(agent_id)
+        if agent is None:
+            return
+        result = agent.config_file_changed(self.now(), problem)
+        level = logging.WARNING if problem is not None else logging.INFO
+        log.log(level, "%s: config_file changed: %s", agent_id, result.message)
+        self.after_action()
 
     def after_action(self) -> None:
         """Called by verbs after acting on agents: persist now, and let the loop run their timers."""
@@ -722,6 +736,8 @@ class Daemon:
         if plan.restart_required:
             log.warning("reload: changes to %s take effect only after agentd restarts", ", ".join(plan.restart_required))
         self.config = new
+        if getattr(self, "config_watch", None) is not None:
+            self.config_watch.update(new.agents)
         log.info(
             "reload: added %s, removed %s, changed %s, unchanged %d",
             plan.added or "none", plan.removed or "none", [c.id for c in plan.changed] or "none", len(plan.unchanged),

@@ -62,6 +62,10 @@ class ProcessOps(Protocol):
 
     def signal_tree(self, handle: ProcessHandle, signum: int) -> None: ...
 
+    def signal_main(self, handle: ProcessHandle, signum: int) -> bool:
+        """Signal only the agent's main process (a reload signal); False when it is gone."""
+        ...
+
     def tree_alive(self, handle: ProcessHandle) -> bool: ...
 
     def collect_exit(self, handle: ProcessHandle) -> None:
@@ -129,6 +133,7 @@ class AgentProcess:
         self.last_heartbeat_wall: float | None = None
         self.last_heartbeat_mono: float | None = None
         self.reported: dict[str, object] = {}  # version/cpu/memory/status from heartbeats
+        self.config_problem: str | None = None  # why the last change of config_file was refused
         self.health: str | None = None
         self.health_detail: str = ""
         self.restarts_by_kind: dict[str, int] = {}  # exit, operator, config, no_heartbeat, over_threshold, ...
@@ -390,6 +395,24 @@ class AgentProcess:
             return ActionResult(False, "not restarted: restart policy is 'never'")
         self._begin_stop(now, reason, after="policy", forced=True, kind=kind)
         return ActionResult(True, "restarting")
+
+    def config_file_changed(self, now: float, problem: str | None) -> ActionResult:
+        """The agent's config_file changed on disk: apply it (reload signal or restart), or refuse an invalid one."""
+        action = self.spec.config_change_action
+        if problem is not None:
+            self.config_problem = problem
+            return ActionResult(False, f"not applied, the agent keeps running as it is: {problem}")
+        self.config_problem = None
+        if action == "none" or self.state not in UP_STATES or self.handle is None:
+            return ActionResult(False, f"nothing to do: agent is {self.state.value} (the next start reads the file)")
+        if action == "reload":
+            name = self.spec.reload_signal or "HUP"
+            if not self.ops.signal_main(self.handle, getattr(signal_mod, "SIG" + name)):
+                return ActionResult(False, "not applied: the main process is gone")
+            return ActionResult(True, f"sent SIG{name} to pid {self.handle.pid}")
+        self._count_restart("config_file changed", "config")
+        self._begin_stop(now, "config_file changed", after="start")
+        return ActionResult(True, "restarting with the new config_file")
 
     def set_health(self, generation: int, health: str, detail: str) -> None:
         """The health worker's latest judgement of this generation (no action; verdicts act)."""

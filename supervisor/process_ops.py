@@ -20,6 +20,7 @@ from typing import Callable
 import psutil
 
 from .cgroups import CONTROLLER_OF, AgentCgroup, Tracking, cgroup_name, limit_values
+from .agent_config_check import check_agent_config
 from .config import AgentSpec
 from .exit_watch import ExitWatch, watch_exit
 from .lifecycle import ProcessHandle, SpawnError
@@ -40,7 +41,7 @@ def agent_log_path(log_dir: Path, agent_id: str) -> Path:
 
 
 def validate_command(spec: AgentSpec) -> None:
-    """Refuse before forking anything that cannot be exec'd, with a message an operator can act on."""
+    """Refuse before forking anything that cannot be exec'd, or whose config_file fails its type's check."""
     path = Path(spec.binary_path)
     if not path.is_absolute():
         raise SpawnError(f"binary_path {path} is not an absolute path")
@@ -50,6 +51,9 @@ def validate_command(spec: AgentSpec) -> None:
         raise SpawnError(f"binary_path {path} is a directory")
     if not os.access(path, os.X_OK):
         raise SpawnError(f"binary_path {path} is not executable")
+    problem = check_agent_config(spec)
+    if problem is not None:
+        raise SpawnError(problem)
 
 
 def process_matches(pid: int, ticks: int | None, recorded_boot: str | None = None) -> bool:
@@ -353,6 +357,17 @@ class RealProcessOps:
         mount = self.tracking.mount
         name = cgroup_name(mount, path) if mount is not None and mount.path in path.parents else str(path)
         return AgentCgroup(path, name)
+
+    def signal_main(self, handle: ProcessHandle, signum: int) -> bool:
+        # Only the main process: a reload signal's default action (SIGHUP: exit) would kill children that
+        # do not handle it. The identity check keeps a recycled pid from getting it.
+        if not process_matches(handle.pid, handle.start_ticks, handle.boot_id or None):
+            return False
+        try:
+            os.kill(handle.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def signal_tree(self, handle: ProcessHandle, signum: int) -> None:
         if handle.cgroup is not None:

@@ -48,6 +48,7 @@ class AgentStatus(BaseModel):
     next_restart_in_s: float | None
     operator_stopped: bool
     expects_heartbeat: bool
+    config_file_problem: str | None = None  # why the last change of config_file was refused, until a valid one
     generation: int  # which process of this agent verdicts and heartbeats are about; never repeats in one agentd
     ready: str = "auto"  # auto | notify (sd_notify READY=1)
     notify_status: str | None = None  # the agent's last sd_notify STATUS=
@@ -137,6 +138,7 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         next_restart_in_s=next_restart,
         operator_stopped=agent.operator_stopped,
         expects_heartbeat=agent.spec.expects_heartbeat,
+        config_file_problem=agent.config_problem,
         started_by_restart=agent.started_by_restart,
         generation=agent.generation,
         ready=agent.spec.ready,
