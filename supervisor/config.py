@@ -690,8 +690,10 @@ class AgentSpec(_AgentFields):
         return config
 
     def fingerprint(self) -> str:
-        """A stable hash of the spec; reload restarts an agent only when this changes (a new display name does not)."""
-        canonical = json.dumps(self.model_dump(mode="json", exclude={"name"}), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the spec; reload restarts an agent only when this changes.
+
+        Settings the running process never sees (display name, what a config_file change does) are left out."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"name", "reload_signal", "on_config_change"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
