@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import click
 
 from . import __version__
 from .config import ConfigError, load_config
-from .control_client import ClientError, ControlClient, DaemonTimeout
+from .control_client import ClientError, ControlClient, DaemonTimeout, DaemonUnavailable
 from .tables import printable, render_table
 from .units import format_bytes, format_duration
 from .verbs import events as events_verb
@@ -30,24 +31,45 @@ from .verbs import status as status_verb
 from .verbs.agent_actions import ActionArgs, ActionResultList
 
 DEFAULT_RUN_DIR = "/run/agentd"
+DEFAULT_CONFIG = "/etc/agentd/agentd.yaml"
 EXIT_FAILED = 1
 EXIT_PENDING = 4
 EXIT_AGENT_FAILED = 5  # `status`: the daemon answered, and at least one agent shown is failed
 
 
 class Ctx:
-    """What every command needs: how to reach the daemon and how to print."""
+    """What every command needs: how to reach the daemon, where its files are, and how to print."""
 
-    def __init__(self, run_dir: Path, timeout: float, as_json: bool) -> None:
+    def __init__(self, run_dir: Path, timeout: float, as_json: bool, source: str = "", dirs: "DaemonDirs | None" = None) -> None:
         self.client = ControlClient(run_dir, timeout)
         self.timeout = timeout
         self.as_json = as_json
+        self.source = source  # how run_dir was chosen, for "not running" messages
+        self.dirs = dirs  # data_dir and log_dir from the config, when one was read: enables offline views
 
     def call(self, verb: str, args: Any = None, timeout: float | None = None) -> dict[str, Any]:
         try:
             return self.client.call(verb, args, timeout)
+        except DaemonUnavailable as exc:
+            fail(self.unavailable_message(exc), exc.exit_code, self.as_json, getattr(exc, "code", None))
         except ClientError as exc:
             fail(str(exc), exc.exit_code, self.as_json, getattr(exc, "code", None))
+
+    def try_call(self, verb: str, args: Any = None) -> dict[str, Any] | DaemonUnavailable:
+        """Like call, but hands back 'not running' for the caller to fall back to what is on disk."""
+        try:
+            return self.client.call(verb, args)
+        except DaemonUnavailable as exc:
+            return exc
+        except ClientError as exc:
+            fail(str(exc), exc.exit_code, self.as_json, getattr(exc, "code", None))
+
+    def unavailable_message(self, exc: Exception) -> str:
+        return f"{exc} [{self.source}]" if self.source else str(exc)
+
+    def offline_note(self, exc: Exception, what: str) -> None:
+        """Say on stderr that agentd is down and that what follows comes from its files."""
+        click.echo(f"agentctl: {self.unavailable_message(exc)}; showing {what}", err=True)
 
     def emit(self, result: dict[str, Any], human: str) -> None:
         click.echo(json.dumps(result, indent=2) if self.as_json else printable(human))  # JSON escapes controls itself
@@ -62,22 +84,56 @@ def fail(message: str, code: int, as_json: bool = False, error_code: str | None 
     sys.exit(code)
 
 
-def resolve_target(config: str | None, run_dir: str | None) -> tuple[Path, float | None]:
-    """Where agentd is and its control.request_timeout: -c FILE, --run-dir, AGENTD_CONFIG / AGENTD_RUN_DIR, /run/agentd."""
-    config = config or (None if run_dir else os.environ.get("AGENTD_CONFIG"))
+@dataclass(frozen=True)
+class DaemonDirs:
+    """Where agentd keeps its files, from its config: what agentctl reads while agentd is down."""
+
+    data_dir: Path
+    log_dir: Path
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which agentd to talk to, and how that was decided (said in "not running" messages)."""
+
+    run_dir: Path
+    timeout: float | None
+    source: str
+    dirs: DaemonDirs | None = None
+
+
+def _config_choice(config: str | None, run_dir: str | None) -> tuple[str | None, str]:
+    """The config file to read, if any, and why: -c, then $AGENTD_CONFIG, then DEFAULT_CONFIG if present."""
     if config:
+        return config, f"config {config} from -c"
+    if run_dir:
+        return None, f"--run-dir {run_dir}"
+    if os.environ.get("AGENTD_CONFIG"):
+        return os.environ["AGENTD_CONFIG"], f"config {os.environ['AGENTD_CONFIG']} from $AGENTD_CONFIG"
+    if os.environ.get("AGENTD_RUN_DIR"):
+        return None, f"run_dir {os.environ['AGENTD_RUN_DIR']} from $AGENTD_RUN_DIR"
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG, f"default config {DEFAULT_CONFIG}"
+    return None, f"default run_dir {DEFAULT_RUN_DIR}; no -c, $AGENTD_CONFIG or {DEFAULT_CONFIG}"
+
+
+def resolve_target(config: str | None, run_dir: str | None) -> Target:
+    """Where agentd is: -c FILE, --run-dir, $AGENTD_CONFIG, $AGENTD_RUN_DIR, /etc/agentd/agentd.yaml, /run/agentd."""
+    path, source = _config_choice(config, run_dir)
+    if path:
         try:
-            cfg = load_config(config)
-            return Path(cfg.daemon.run_dir), cfg.control.request_timeout
+            cfg = load_config(path)
+            dirs = DaemonDirs(Path(cfg.daemon.data_dir), Path(cfg.daemon.log_dir))
+            return Target(Path(cfg.daemon.run_dir), cfg.control.request_timeout, source, dirs)
         except ConfigError as exc:
             # A broken file must not lock the operator out: `reload` is how they see the daemon's
             # verdict on it. Take run_dir from the raw YAML when it can be read at all.
-            found = _raw_run_dir(Path(config))
+            found = _raw_run_dir(Path(path))
             if found is None:
                 fail(f"cannot read the config to find agentd (use --run-dir):\n{exc}", 2)
-            click.echo(f"agentctl: warning: {config} has errors; using its daemon.run_dir {found}", err=True)
-            return found, None
-    return Path(run_dir or os.environ.get("AGENTD_RUN_DIR") or DEFAULT_RUN_DIR), None
+            click.echo(f"agentctl: warning: {path} has errors; using its daemon.run_dir {found}", err=True)
+            return Target(found, None, source)
+    return Target(Path(run_dir or os.environ.get("AGENTD_RUN_DIR") or DEFAULT_RUN_DIR), None, source)
 
 
 def _raw_run_dir(path: Path) -> Path | None:
@@ -99,7 +155,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 def _ctx(click_ctx: click.Context, as_json: bool) -> Ctx:
     obj = click_ctx.obj
-    return Ctx(obj["run_dir"], obj["timeout"], as_json or obj["json"])
+    return Ctx(obj["run_dir"], obj["timeout"], as_json or obj["json"], obj.get("source", ""), obj.get("dirs"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,10 +171,10 @@ def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: fl
         # Run by agents, which talk to the intake, not to control.ipc: no config needed.
         ctx.obj = {"run_dir": Path(DEFAULT_RUN_DIR), "timeout": timeout, "json": as_json}
         return
-    target, config_timeout = resolve_target(config, run_dir)
-    if config_timeout is not None and ctx.get_parameter_source("timeout").name == "DEFAULT":
-        timeout = config_timeout
-    ctx.obj = {"run_dir": target, "timeout": timeout, "json": as_json}
+    target = resolve_target(config, run_dir)
+    if target.timeout is not None and ctx.get_parameter_source("timeout").name == "DEFAULT":
+        timeout = target.timeout
+    ctx.obj = {"run_dir": target.run_dir, "timeout": timeout, "json": as_json, "source": target.source, "dirs": target.dirs}
 
 
 # ----------------------------------------------------------------------------- status
@@ -187,7 +243,9 @@ def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...
     Exits 5 when any agent shown is failed, so scripts and monitoring can tell without parsing.
     """
     c = _ctx(click_ctx, as_json)
-    result = c.call(status_verb.NAME, status_verb.Args(ids=list(ids), types=list(types)))
+    result = c.try_call(status_verb.NAME, status_verb.Args(ids=list(ids), types=list(types)))
+    if isinstance(result, DaemonUnavailable):
+        _offline_status(c, result, list(ids), types, failed_only)
     if failed_only:
         result["agents"] = [a for a in result["agents"] if a["state"] == "failed"]
     if failed_only and not result["agents"] and not c.as_json:
@@ -196,6 +254,26 @@ def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...
         c.emit(result, render_status(result))
     if any(a["state"] == "failed" for a in result["agents"]):
         sys.exit(EXIT_AGENT_FAILED)
+
+
+def _offline_status(c: Ctx, down: DaemonUnavailable, ids: list[str], types: tuple[str, ...], failed_only: bool) -> None:
+    """agentd is down: show its last metadata with each pid checked live, then exit 3 (it is not running)."""
+    if c.dirs is None:
+        fail(c.unavailable_message(down) + "; give -c FILE to see what it left on disk", down.exit_code, c.as_json)
+    from .offline import read_status
+
+    found = read_status(c.dirs.data_dir, ids)
+    agents = [a for a in found.agents if (not types or a.type in types) and (not failed_only or a.recorded_state == "failed")]
+    found.agents = agents
+    if c.as_json:
+        click.echo(json.dumps({"ok": False, "error": {"code": "not_running", "message": c.unavailable_message(down)}, **found.model_dump(mode="json")}, indent=2))
+        sys.exit(down.exit_code)
+    c.offline_note(down, f"its last records in {found.metadata_dir} (OFFLINE: nothing is supervised; pids checked now)")
+    rows = [[a.id, a.type, f"{a.recorded_state} (recorded)", a.pid, a.process, a.last_heartbeat or "-", a.restarts, a.problem or a.last_exit or ""]
+            for a in agents]
+    header = ["ID", "TYPE", "STATE", "PID", "PROCESS NOW", "LAST HEARTBEAT", "RESTARTS", "LAST EXIT"]
+    click.echo(printable(render_table(header, rows) if rows else "no agent records"))
+    sys.exit(down.exit_code)
 
 
 # ----------------------------------------------------------------------------- start / stop / restart
@@ -314,7 +392,8 @@ def reload(click_ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 def logs(click_ctx: click.Context, agent_id: str, lines: int, follow: bool, as_json: bool) -> None:
     """Show an agent's output (stdout and stderr)."""
     c = _ctx(click_ctx, as_json)
-    result = c.call(logs_verb.NAME, logs_verb.Args(id=agent_id, lines=lines))
+    reader = _LogReader(c, agent_id)
+    result = reader.read(logs_verb.Args(id=agent_id, lines=lines))
     if c.as_json and not follow:
         c.emit(result, "")
         return
@@ -323,13 +402,46 @@ def logs(click_ctx: click.Context, agent_id: str, lines: int, follow: bool, as_j
     while follow:
         try:
             time.sleep(0.5)
-            result = c.call(logs_verb.NAME, logs_verb.Args(id=agent_id, offset=offset))
+            result = reader.read(logs_verb.Args(id=agent_id, offset=offset))
         except KeyboardInterrupt:
             return
         if result["rotated"]:
             _write("--- log rotated ---\n", c.as_json, None)
         _write(result["text"], c.as_json, result)
         offset = result["offset"]
+
+
+class _LogReader:
+    """Reads an agent's log through agentd, or straight from log_dir while agentd is down (also mid-follow)."""
+
+    def __init__(self, c: Ctx, agent_id: str) -> None:
+        self.c = c
+        self.agent_id = agent_id
+        self.offline = False
+
+    def read(self, args: Any) -> dict[str, Any]:
+        if not self.offline:
+            result = self.c.try_call(logs_verb.NAME, args)
+            if not isinstance(result, DaemonUnavailable):
+                return result
+            self._go_offline(result)
+        path = _offline_log_path(self.c.dirs.log_dir, self.agent_id)
+        return logs_verb.read_log(path, args).model_dump(mode="json")
+
+    def _go_offline(self, down: DaemonUnavailable) -> None:
+        if self.c.dirs is None:
+            fail(self.c.unavailable_message(down) + "; give -c FILE to read the log files it left", down.exit_code, self.c.as_json)
+        path = _offline_log_path(self.c.dirs.log_dir, self.agent_id)
+        if not path.exists():
+            fail(f"{self.c.unavailable_message(down)}; and there is no log file at {path}", down.exit_code, self.c.as_json)
+        self.offline = True
+        self.c.offline_note(down, f"{path} directly")
+
+
+def _offline_log_path(log_dir: Path, agent_id: str) -> Path:
+    from .offline import log_path
+
+    return log_path(log_dir, agent_id)
 
 
 def _write(text: str, as_json: bool, result: dict | None) -> None:
@@ -472,9 +584,12 @@ def _since_seconds(text: str) -> float:
     from .units import parse_duration
 
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    if seconds <= 0:
+        raise click.BadParameter(f"must be longer than 0, e.g. 30m or 2h (got {text!r})", param_hint="--since")
+    return seconds
 
 
 @cli.command()
@@ -487,12 +602,22 @@ def _since_seconds(text: str) -> float:
 def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, every: str | None, as_json: bool) -> None:
     """An agent's resource samples (or agentd/<process>), with sparklines."""
     c = _ctx(click_ctx, as_json)
-    args: dict = {"id": agent_id, "since": _since_seconds(since), "limit": limit}
+    seconds = _since_seconds(since)
+    args: dict = {"id": agent_id, "since": seconds, "limit": limit}
     if every is not None:
         args["every"] = _since_seconds(every)
         if args["every"] < 1:
             raise click.BadParameter("must be at least 1s", param_hint="--every")
-    result = c.call("history", args)
+    result = c.try_call("history", args)
+    if isinstance(result, DaemonUnavailable):
+        if c.dirs is None:
+            fail(c.unavailable_message(result) + "; give -c FILE to read the history it left", result.exit_code, c.as_json)
+        if every is not None:
+            fail(c.unavailable_message(result) + "; --every needs agentd (without it, the raw samples are shown)", result.exit_code, c.as_json)
+        from .offline import read_history
+
+        c.offline_note(result, f"{c.dirs.data_dir / 'history.db'} read-only")
+        result = {"agent_id": agent_id, "since": time.time() - seconds, "samples": read_history(c.dirs.data_dir, agent_id, seconds, limit), "offline": True}
     if every is not None:
         windows = result["windows"] or []
         if c.as_json or not windows:
@@ -592,10 +717,35 @@ def shutdown(click_ctx: click.Context, stop_agents: bool, as_json: bool) -> None
     c.emit(result, f"agentd: {result['message']}")
 
 
+_GLOBAL_OPTIONS = {"-c", "--config", "--run-dir", "--timeout"}  # each takes a value
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """`agentctl status -c FILE` means `agentctl -c FILE status`: global options may come anywhere."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg.startswith("--") and arg.split("=", 1)[0] in _GLOBAL_OPTIONS and "=" in arg:
+            front.append(arg)
+            i += 1
+        elif arg in _GLOBAL_OPTIONS and i + 1 < len(argv):
+            front += [arg, argv[i + 1]]
+            i += 2
+        else:
+            rest.append(arg)
+            i += 1
+    return front + rest
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        cli(prog_name="agentctl")
+        cli(args=hoist_global_options(sys.argv[1:]), prog_name="agentctl")
     except DaemonTimeout as exc:  # pragma: no cover - calls go through Ctx.call
         fail(str(exc), exc.exit_code)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,33 @@ class RemoteError(ClientError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """True for a live process; a zombie (killed, not yet reaped) is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True  # no /proc to ask: trust the signal check
+
+
+def _listening(path: Path) -> bool | None:
+    """Whether anything accepts connections on the Unix socket at path (None: cannot tell, e.g. EACCES)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
         return True
-    return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None
+    finally:
+        probe.close()
 
 
 class ControlClient:
@@ -74,6 +95,9 @@ class ControlClient:
             raise DaemonUnavailable(
                 f"permission denied on {path}: only its owner (or the control.group) may talk to agentd; try sudo"
             )
+        if _listening(path) is False:
+            # The moment after a kill -9: the pid may not be reaped yet, but nothing listens any more.
+            raise DaemonUnavailable(f"agentd is not running: stale socket at {path} (nothing listens on it)")
 
     def call(self, verb: str, args: BaseModel | dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Send one request and return the reply's result; raises a ClientError subclass on failure."""

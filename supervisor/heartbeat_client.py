@@ -58,7 +58,10 @@ def send_heartbeat(
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(doc).encode(), headers=headers, method="POST")
+    try:
+        request = urllib.request.Request(url, data=json.dumps(doc).encode(), headers=headers, method="POST")
+    except ValueError:
+        raise HeartbeatError(f"not a heartbeat URL: {url!r} (expected http://HOST:PORT/heartbeat)") from None
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read() or b"{}").get("message", "accepted")

@@ -72,7 +72,9 @@ def test_agentctl_against_a_stopped_daemon_says_so_in_one_line(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 3
-    assert result.stderr.strip() == f"agentctl: agentd is not running: no socket at {tmp_path}/control.ipc"
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith(f"agentctl: agentd is not running: no socket at {tmp_path}/control.ipc")
+    assert f"--run-dir {tmp_path}" in line  # says where it looked, and why there
 
 
 def test_agentctl_with_a_stale_socket_after_kill_9(agentd):

@@ -27,7 +27,8 @@ class Result(BaseModel):
     rotated: bool = False
 
 
-def _read(path, args: Args) -> Result:
+def read_log(path, args: Args) -> Result:
+    """The tail (or, with args.offset, what came since) of the log file at path; agentctl uses it offline."""
     if args.offset is None:
         lines = tail_lines(path, args.lines) if args.lines else []
         size = path.stat().st_size if path.exists() else 0
@@ -41,4 +42,4 @@ async def handle(daemon, args: Args) -> Result:
     daemon.registry.get(args.id)
     path = daemon.log_path(args.id)
     # File reads can be slow on a loaded disk; keep them off the event loop.
-    return await asyncio.get_running_loop().run_in_executor(None, _read, path, args)
+    return await asyncio.get_running_loop().run_in_executor(None, read_log, path, args)
