@@ -430,6 +430,8 @@ class HealthCheck(_Section):
     cpu_threshold: float | None = Field(50.0, gt=0, le=100 * 4096)
     memory_threshold: OptionalSize = Field(500 * _MIB, gt=0)
     threshold_duration: Duration = 60.0
+    # Open descriptors of the whole tree: a leak ends in EMFILE long after it starts (as the original's fd monitor).
+    open_files_threshold: int | None = Field(None, ge=1)
     http_endpoint: str | None = None
     http_timeout: PositiveDuration = 5.0
     endpoint_failures: int = Field(3, ge=1)

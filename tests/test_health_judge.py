@@ -136,6 +136,28 @@ def test_over_threshold_cpu_is_percent_of_one_core_summed_over_the_tree():
     assert b.health(T0)[0] == "over_threshold"
 
 
+def test_cpu_threshold_above_100_allows_several_cores():
+    b = Bench(view(heartbeat_timeout=None, cpu_threshold=250.0, threshold_duration=0.0))
+    b.samples["a"] = sample(T0, cpu=200.0)
+    assert b.health(T0)[0] == "healthy"
+    b.samples["a"] = sample(T0 + 10, cpu=300.0)
+    assert b.health(T0 + 10)[0] == "over_threshold"
+
+
+def test_open_files_threshold_catches_an_fd_leak():
+    b = Bench(view(heartbeat_timeout=None, open_files_threshold=1000, threshold_duration=30.0))
+    for t, fds in ((0, 900), (10, 1200), (25, 1500)):
+        b.samples["a"] = sample(T0 + t).model_copy(update={"fds": fds})
+        assert b.health(T0 + t)[2] == []
+    b.samples["a"] = sample(T0 + 40).model_copy(update={"fds": 2000})
+    health, _detail, [v] = b.health(T0 + 40)
+    assert health == "over_threshold" and v.detail == "open files 2000 > 1000 for 30 s"
+    # Unset (the default), descriptors are not judged.
+    b = Bench(view(heartbeat_timeout=None, threshold_duration=0.0))
+    b.samples["a"] = sample(T0).model_copy(update={"fds": 100_000})
+    assert b.health(T0)[0] == "healthy"
+
+
 def test_spike_shorter_than_threshold_duration_is_not_reported():
     b = Bench(view(heartbeat_timeout=None))
     for t, rss in ((0, 600), (30, 600), (50, 600), (61, 10), (70, 600)):

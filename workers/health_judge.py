@@ -30,13 +30,14 @@ class HealthRules:
     heartbeat_timeout: float | None
     startup_grace: float
     # Percent of ONE core (psutil's scale), compared with the tree's summed cpu percent: a tree busy on
-    # two cores reads 200. The config caps it at 100, so "more than one full core" is the most it can say.
+    # two cores reads 200, so a threshold above 100 allows a multi-threaded agent several cores.
     cpu_threshold: float | None
     memory_threshold: int | None
     threshold_duration: float
     http_endpoint: str | None
     http_timeout: float
     endpoint_failures: int
+    open_files_threshold: int | None = None  # open descriptors of the whole tree (an fd leak)
 
 
 def rules_of(agent: AgentView) -> HealthRules:
@@ -57,6 +58,7 @@ def rules_of(agent: AgentView) -> HealthRules:
         cpu_threshold=None if get("cpu_threshold") is None else float(get("cpu_threshold")),
         memory_threshold=None if get("memory_threshold") is None else int(get("memory_threshold")),
         threshold_duration=float(get("threshold_duration") or 0.0),
+        open_files_threshold=None if hc.get("open_files_threshold") is None else int(hc["open_files_threshold"]),
         http_endpoint=get("http_endpoint") or None,
         http_timeout=float(get("http_timeout") or _DEFAULTS["http_timeout"]),
         endpoint_failures=max(1, int(get("endpoint_failures") or 1)),
@@ -224,6 +226,8 @@ class HealthJudge:
             over.append(f"cpu {sample.cpu:.0f}% > {rules.cpu_threshold:g}%")
         if rules.memory_threshold is not None and sample.rss > rules.memory_threshold:
             over.append(f"rss {_fmt_bytes(sample.rss)} > {_fmt_bytes(rules.memory_threshold)}")
+        if rules.open_files_threshold is not None and sample.fds is not None and sample.fds > rules.open_files_threshold:
+            over.append(f"open files {sample.fds} > {rules.open_files_threshold}")
         if over:
             if st.over_since is None:
                 st.over_since = t
