@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import __version__
-from .config import ConfigError, check_binaries, check_tls_files, dump_effective, load_config
+from .config import ConfigError, check_accounts, check_binaries, check_tls_files, dump_effective, load_config
 from .logging_setup import setup_logging
 from .pidfile import AlreadyRunning
 
@@ -71,7 +71,7 @@ def check_config(config_path: str, quiet: bool) -> None:
         sys.exit(1)
     from .agent_config_check import check_agent_configs
 
-    for warning in [*config.warnings, *check_binaries(config), *check_agent_configs(config.agents)]:
+    for warning in [*config.warnings, *check_binaries(config), *check_agent_configs(config.agents), *check_accounts(config)]:
         click.echo(f"warning: {warning}", err=True)
     tls_problems = check_tls_files(config)
     if tls_problems:

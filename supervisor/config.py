@@ -1053,6 +1053,7 @@ def parse_config(data: dict, source: str, base_dir: Path, env: Mapping[str, str]
     config = Config(**sections, agent_defaults=defaults, agents=specs)
     _resolve_paths(config, base_dir)
     _check_socket_paths(config, section_raw, problems)
+    _check_manager_api_auth(config, problems)
     if problems:
         raise ConfigError(problems.ordered([str(k) for k in data]))
 
@@ -1165,6 +1166,36 @@ def _resolve_paths(config: Config, base_dir: Path) -> None:
     for spec in config.agents:
         if spec.work_dir is None:
             spec.work_dir = daemon.data_dir / "work" / spec.id
+
+
+def _check_manager_api_auth(config: Config, problems: _Problems) -> None:
+    """A token or TLS on every address, loopback too: the control socket is owner-only, and the API must
+    not let any local user do what the socket does not (stop every agent). insecure: true says otherwise."""
+    api = config.manager_api
+    if api.listen is None or api.token or _tls_on(api.tls) or api.insecure:
+        return
+    if _is_loopback(split_listen(api.listen)[0]):  # elsewhere, ManagerAPISettings already refused it
+        problems.add(
+            "manager_api", "manager_api.listen",
+            f"{api.listen!r} has neither a token nor TLS: any local user could stop every agent through it; set "
+            "manager_api.token or manager_api.tls (or insecure: true with allow_from, in so many words)",
+        )
+
+
+def check_accounts(config: Config) -> list[str]:
+    """Agents whose user or group does not exist on this machine (they would end in `failed`); for check-config."""
+    import grp
+    import pwd
+
+    found = []
+    for spec in config.agents:
+        for kind, name, lookup in (("user", spec.user, pwd.getpwnam), ("group", spec.group, grp.getgrnam)):
+            if name and not name.isdigit():
+                try:
+                    lookup(name)
+                except KeyError:
+                    found.append(f"agent {spec.id}: {kind} {name!r} does not exist on this machine; the agent will fail to start")
+    return found
 
 
 def _check_socket_paths(config: Config, section_raw: dict, problems: _Problems) -> None:

@@ -91,6 +91,23 @@ class _Worker:
     received_at_stall: int = 0
 
 
+def _settings_off_argv(argv: list[str], name: str) -> tuple[list[str], int | None]:
+    """Move `--settings JSON` into a memfd the worker inherits: settings hold secrets (manager_api.token,
+    TLS key paths) that argv would show to every local user through `ps`."""
+    if "--settings" not in argv:
+        return argv, None
+    i = argv.index("--settings")
+    fd = os.memfd_create(f"agentd-{name}-settings", os.MFD_CLOEXEC)
+    try:
+        data = argv[i + 1].encode()
+        while data:
+            data = data[os.write(fd, data):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return [*argv[:i], "--settings-fd", str(fd), *argv[i + 2:]], fd
+
+
 class WorkerPool:
     """Keeps every configured worker running; the parent's event loop drives it."""
 
@@ -121,12 +138,19 @@ class WorkerPool:
             "--log-level", self.log_level, "--log-format", self.log_format, *spec.args,
         ]
         env = dict(os.environ, AGENTD_PARENT_PID=str(os.getpid()))
+        pass_fds, settings_fd = spec.pass_fds, None
         try:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=spec.pass_fds, env=env, close_fds=True)
+            argv, settings_fd = _settings_off_argv(argv, spec.name)
+            if settings_fd is not None:
+                pass_fds = (*pass_fds, settings_fd)
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=pass_fds, env=env, close_fds=True)
         except OSError as exc:
             log.error("worker %s: cannot start: %s", spec.name, exc)
             self._schedule_respawn(worker, f"cannot start: {exc}")
             return
+        finally:
+            if settings_fd is not None:
+                os.close(settings_fd)
         worker.popen = popen
         worker.started_mono = worker.silent_since = time.monotonic()
         worker.last_beat_mono = None

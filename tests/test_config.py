@@ -360,7 +360,7 @@ def test_listen_validation(tmp_path, listen, message):
 
 
 def test_listen_accepts_ipv6_and_names(tmp_path):
-    config = load(tmp_path, "heartbeat: {http: {listen: '[::1]:0'}}\nmanager_api: {listen: 'localhost:9000'}\n")
+    config = load(tmp_path, "heartbeat: {http: {listen: '[::1]:0'}}\nmanager_api: {listen: 'localhost:9000', token: t}\n")
     assert config.heartbeat.http.listen == "[::1]:0"
 
 
@@ -744,3 +744,12 @@ def test_heartbeat_intake_disabled_warns_about_heartbeating_agents(tmp_path):
     """)
     assert len(config.warnings) == 1
     assert "both disabled" in config.warnings[0] and config.warnings[0].endswith(": a")
+
+
+def test_manager_api_on_loopback_needs_token_or_tls_too(tmp_path):
+    """Issue 10 break 9: the control socket is owner-only; the API must not let any local user stop agents."""
+    found = problems(tmp_path, "manager_api: {listen: '127.0.0.1:9000'}\n")
+    assert len(found) == 1 and found[0].startswith("manager_api.listen: '127.0.0.1:9000' has neither a token nor TLS")
+    assert load(tmp_path, "manager_api: {listen: '127.0.0.1:9000', token: s3cret}\n").manager_api.token == "s3cret"
+    config = load(tmp_path, "manager_api: {listen: '127.0.0.1:9000', insecure: true, allow_from: ['127.0.0.1']}\n")
+    assert any("manager_api is insecure" in w for w in config.warnings)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.daemon import ROOT, TAG_VAR
+from tests.support.daemon import ROOT, TAG_VAR, processes_tagged
 from tests.support.wait import read_markers, wait_until
 
 FAST = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
@@ -241,3 +241,35 @@ def test_break6_kill9_during_a_reload_restart_applies_the_change_on_readoption(a
     assert "was started with another args than the configuration says" in agentd.log_text()
     plan = agentd.call("reload", {"dry_run": True})["plan"]
     assert plan["changed"] == [] and plan["added"] == [] and plan["removed"] == []
+
+
+# ----------------------------------------------------------------------------- breaks 8 and 9: secrets
+
+
+def test_break8_no_secret_on_any_command_line(agentd):
+    token = "tok-" + agentd.tag
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")], manager_api={"listen": "127.0.0.1:0", "token": token})
+    agentd.start()
+    agentd.wait_state("a", "running")
+    wait_until(lambda: (w := _workers(agentd)["manager-api"])["state"] == "running" and w["last_beat_age_s"] is not None,
+               timeout=30, message="manager-api worker up (it read its settings)")
+    for pid in processes_tagged(agentd.tag):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        assert token.encode() not in cmdline and b"--settings\0" not in cmdline, cmdline
+
+
+def test_break9_manager_api_without_token_is_refused_on_loopback_too(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved", user="no-such-user-x")], manager_api={"listen": "127.0.0.1:9000"})
+    checked = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "check-config", str(agentd.config_path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 1
+    lines = checked.stderr.strip().splitlines()
+    assert len(lines) == 1 and "manager_api.listen: '127.0.0.1:9000' has neither a token nor TLS" in lines[0], checked.stderr
+    agentd.write_config(manager_api={"listen": "127.0.0.1:9000", "token": "t"})
+    checked = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "check-config", "-q", str(agentd.config_path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0
+    assert "warning: agent a: user 'no-such-user-x' does not exist on this machine" in checked.stderr, checked.stderr

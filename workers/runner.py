@@ -49,15 +49,42 @@ class StartupError(Exception):
     """The worker cannot start; the message says why, for the log (the worker then exits 2)."""
 
 
+class _WorkerArgParser(argparse.ArgumentParser):
+    """Resolves --settings-fd into `settings`, so every worker reads its settings one way."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns = super().parse_args(args, namespace)
+        fd = getattr(ns, "settings_fd", None)
+        if fd is not None:
+            try:
+                ns.settings = read_settings_fd(fd)
+            except (OSError, UnicodeDecodeError) as exc:
+                self.error(f"--settings-fd {fd}: {exc}")
+        return ns
+
+
+def read_settings_fd(fd: int) -> str:
+    """The settings the parent left in an inherited memfd (never on argv, where `ps` shows them to anyone)."""
+    chunks, offset = [], 0
+    try:
+        while chunk := os.pread(fd, 1 << 16, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def worker_arg_parser(
     module: str, doc: str | None, default_name: str, settings_help: str, *, config_help: str, listen_fd_help: str | None = None
 ) -> argparse.ArgumentParser:
     """The options every worker takes; with `listen_fd_help`, exactly one of --listen-fd (inherited
     socket) and --config (standalone) is required. A worker adds its own options to the result."""
-    parser = argparse.ArgumentParser(prog=f"python -m workers.{module}", description=(doc or "").splitlines()[0] if doc else None)
+    parser = _WorkerArgParser(prog=f"python -m workers.{module}", description=(doc or "").splitlines()[0] if doc else None)
     parser.add_argument("--run-dir", type=Path, help="the parent's run dir (events.ipc, state.ipc, control.ipc)")
     parser.add_argument("--name", default=default_name, help="worker name in logs and beats")
     parser.add_argument("--settings", help=settings_help)
+    parser.add_argument("--settings-fd", type=int, help="read the --settings JSON from this inherited descriptor (what agentd does)")
     if listen_fd_help is not None:
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--listen-fd", type=int, help=listen_fd_help)
