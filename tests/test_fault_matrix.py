@@ -51,6 +51,13 @@ def _settle(agentd, ids):
     return {a: agentd.status(a)["pid"] for a in ids}, {n: w["pid"] for n, w in _workers(agentd).items()}
 
 
+def _only_agents(agentd, pids):
+    """Exactly these agent processes, no second copy. Polled: a process agentd has forked but not yet exec'd
+    (a worker) still has agentd's environment and looks like an agent for a moment."""
+    want = sorted(pids)
+    wait_until(lambda: sorted(agentd.agent_pids()) == want, timeout=15, message=f"agent processes exactly {want} (a second copy?)")
+
+
 def _assert_nothing_lost(agentd, pids, worker_pids, judged_rounds=15):
     """After the fault: the health worker judges many more rounds, and nobody paid for agentd's trouble."""
     judged = _judged(agentd)
@@ -62,7 +69,7 @@ def _assert_nothing_lost(agentd, pids, worker_pids, judged_rounds=15):
     for name, pid in worker_pids.items():
         assert (workers[name]["pid"], workers[name]["restarts"]) == (pid, 0), (name, workers[name], agentd.log_text()[-4000:])
     # No duplicates: exactly one process per agent (these agents have no children).
-    assert sorted(agentd.agent_pids()) == sorted(pids.values())
+    _only_agents(agentd, pids.values())
 
 
 # ----------------------------------------------------------------------------- break 1: a stalled parent
@@ -132,7 +139,8 @@ def test_break4_second_agentd_refuses_after_rm_rf_run_dir_naming_the_first(agent
     assert second.returncode == 1, second.stderr
     assert _refusal(second).startswith(f"agentd: agentd is already running (pid {agentd.proc.pid}) with run_dir"), second.stderr
     assert not agentd.run_dir.exists(), "the refused agentd touched run_dir"
-    assert agentd.agent_pids() == [pid] and agentd.proc.poll() is None
+    _only_agents(agentd, [pid])
+    assert agentd.proc.poll() is None
     # Another config with its own run_dir but the same data_dir is refused the same way.
     other = agentd.base / "other.yaml"
     doc = yaml.safe_load(agentd.config_path.read_text())
@@ -140,7 +148,7 @@ def test_break4_second_agentd_refuses_after_rm_rf_run_dir_naming_the_first(agent
     other.write_text(yaml.safe_dump(doc))
     second = _second_agentd(agentd, other)
     assert second.returncode == 1 and f"(pid {agentd.proc.pid}) with data_dir" in _refusal(second), second.stderr
-    assert agentd.agent_pids() == [pid]
+    _only_agents(agentd, [pid])
 
 
 # ----------------------------------------------------------------------------- break 11: no restart floor
@@ -190,7 +198,7 @@ def test_break7_corrupt_or_missing_metadata_adopts_the_live_copy_instead_of_a_se
     for agent_id, pid in pids.items():
         st = agentd.wait_state(agent_id, "running")
         assert (st["pid"], st["restarts"]) == (pid, 0), st
-    assert sorted(agentd.agent_pids()) == before, "a second copy was started"
+    _only_agents(agentd, before)
     assert all(len([m for m in read_markers(agentd.marker(i)) if m[0] == "START"]) == 1 for i in pids)
     assert "carries its identity; adopted it instead of starting a second copy" in agentd.log_text()
     assert list((agentd.data_dir / "metadata").glob("a.json.corrupt-*")), "the torn file was not set aside"
@@ -213,7 +221,7 @@ def test_break7_stale_metadata_after_an_unwritable_data_dir_finds_the_newer_proc
     agentd.start()
     st = agentd.wait_state("a", "running")
     assert st["pid"] == second, st
-    assert agentd.agent_pids() == [second], "a second copy was started"
+    _only_agents(agentd, [second])
 
 
 # ----------------------------------------------------------------------------- break 6: crash mid-change
@@ -237,7 +245,7 @@ def test_break6_kill9_during_a_reload_restart_applies_the_change_on_readoption(a
                     message="the change applied")
     cmdline = open(f"/proc/{st['pid']}/cmdline", "rb").read().split(b"\0")
     assert cmdline[-3:-1] == [b"--after", b"2"], cmdline
-    assert agentd.agent_pids() == [st["pid"]]
+    _only_agents(agentd, [st["pid"]])
     assert "was started with another args than the configuration says" in agentd.log_text()
     plan = agentd.call("reload", {"dry_run": True})["plan"]
     assert plan["changed"] == [] and plan["added"] == [] and plan["removed"] == []
