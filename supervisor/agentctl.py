@@ -228,6 +228,9 @@ def render_status(result: dict[str, Any]) -> str:
     tracking = result.get("daemon", {}).get("tracking_detail")
     if tracking:
         table += f"\n\ntracking: {tracking}"
+    waiting = result.get("daemon", {}).get("restart_required")
+    if waiting:
+        table += f"\n\nrestart agentd to apply: {', '.join(waiting)} (changed in the config, not yet in force)"
     return table
 
 

@@ -85,6 +85,8 @@ class Daemon:
 
     def __init__(self, config: Config, config_path: Path | None) -> None:
         self.config = config
+        self.started_config = config  # restart-only sections (DESIGN: heartbeat, control, ...) stay as started
+        self.restart_required: list[str] = []  # sections changed by reload that wait for an agentd restart
         self.config_path = config_path
         self.run_dir = Path(config.daemon.run_dir)
         self.data_dir = Path(config.daemon.data_dir)
@@ -141,6 +143,7 @@ class Daemon:
             run_dir=str(self.run_dir),
             tracking=self.tracking.mode,
             tracking_detail=self.tracking.describe(),
+            restart_required=self.restart_required,
         )
 
     # ----------------------------------------------------------------- run
@@ -709,7 +712,7 @@ class Daemon:
             new = load_config(self.config_path)
         except ConfigError as exc:
             raise ControlError(ErrorCode.INVALID_CONFIG, f"config not reloaded, nothing changed:\n{exc}") from None
-        plan = plan_reload(self.config, new)
+        plan = plan_reload(self.config, new, in_force=self.started_config)
         self._add_pending_launch_changes(plan, new)
         if dry_run:
             return plan
@@ -733,6 +736,7 @@ class Daemon:
             agent = self.registry.find(agent_id)
             if agent is not None and self.state_feed is not None:
                 self.state_feed.agent_changed(agent)  # new token or health settings, even without a transition
+        self.restart_required = list(plan.restart_required)
         if plan.restart_required:
             log.warning("reload: changes to %s take effect only after agentd restarts", ", ".join(plan.restart_required))
         self.config = new

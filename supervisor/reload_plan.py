@@ -40,8 +40,13 @@ def _changed_fields(old: AgentSpec, new: AgentSpec) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def plan_reload(old: Config, new: Config) -> ReloadPlan:
-    """Compare two configurations agent by agent; unchanged agents are never touched."""
+def plan_reload(old: Config, new: Config, in_force: Config | None = None) -> ReloadPlan:
+    """Compare two configurations agent by agent; unchanged agents are never touched.
+
+    Restart-only sections are compared with `in_force`, the config agentd started with (default `old`),
+    so a change still waiting for an agentd restart is reported again by every later reload.
+    """
+    in_force = in_force or old
     old_specs = {s.id: s for s in old.agents}
     new_specs = {s.id: s for s in new.agents}
     plan = ReloadPlan(warnings=list(new.warnings))
@@ -55,6 +60,6 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             plan.unchanged.append(agent_id)
     plan.removed = [i for i in old_specs if i not in new_specs]
     for section in RESTART_ONLY_SECTIONS:
-        if getattr(old, section).model_dump(mode="json") != getattr(new, section).model_dump(mode="json"):
+        if getattr(in_force, section).model_dump(mode="json") != getattr(new, section).model_dump(mode="json"):
             plan.restart_required.append(section)
     return plan

@@ -99,3 +99,31 @@ def test_agent_removed_and_added_again_continues_its_generations(agentd):
     again = agentd.wait_state("a", "running")
     assert again["pid"] != first["pid"]
     assert again["generation"] > first["generation"]
+
+
+def test_restart_required_is_reported_until_agentd_restarts():
+    """Regression: the reminder vanished on the next reload, though the change was still not in force."""
+    from pathlib import Path
+
+    from supervisor.config import parse_config
+    from supervisor.reload_plan import plan_reload
+
+    started = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
+    first = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:9999"}}}, source="a.yaml", base_dir=Path("/"))
+    assert plan_reload(started, first).restart_required == ["heartbeat"]
+    again = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:9999"}}, "agents": []}, source="a.yaml", base_dir=Path("/"))
+    assert plan_reload(first, again, in_force=started).restart_required == ["heartbeat"]
+    back = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
+    assert plan_reload(again, back, in_force=started).restart_required == []
+
+
+def test_status_shows_a_change_waiting_for_an_agentd_restart(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("a", "running")
+    agentd.write_config(heartbeat={"http": {"listen": "127.0.0.1:0", "max_body": 2048}})
+    first = agentd.agentctl("reload")
+    assert "heartbeat" in first.stdout + first.stderr
+    agentd.call("reload")  # a second reload: still not in force
+    out = agentd.agentctl("status").stdout
+    assert "restart agentd to apply: heartbeat" in out, out

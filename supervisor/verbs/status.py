@@ -64,6 +64,7 @@ class DaemonStatus(BaseModel):
     run_dir: str
     tracking: str = "process-group"  # cgroup | process-group
     tracking_detail: str = ""  # where and why, e.g. "cgroup v2 under ... : cgroups.root is configured"
+    restart_required: list[str] = []  # config sections changed by reload that take effect only after an agentd restart
 
 
 class ManagerLink(BaseModel):
