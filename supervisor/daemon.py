@@ -27,7 +27,7 @@ from .control_server import ControlServer
 from .event_intake import EventIntake
 from .event_log import EventLog
 from . import ipc
-from .listeners import bound_address, tcp_listener, unix_listener
+from .listeners import HTTP_PORT_FILE, read_port, remember_port, bound_address, tcp_listener, unix_listener
 from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from .lifecycle import AgentProcess, ProcessHandle
 from .log_files import rotate_if_needed
@@ -249,9 +249,11 @@ class Daemon:
         self.http_sock = self.unix_sock = None
         self.http_address = None
         if hb.http.enabled:
-            self.http_sock = tcp_listener(hb.http.listen)
+            port_file = self.data_dir / HTTP_PORT_FILE
+            self.http_sock = tcp_listener(hb.http.listen, read_port(port_file))
             self._closers.append(self.http_sock.close)
             self.http_address = bound_address(self.http_sock)
+            remember_port(port_file, self.http_sock.getsockname()[1])
             log.info("heartbeat HTTP intake on %s", self.http_address)
         if hb.unix.enabled:
             self.unix_sock = unix_listener(hb.unix.path)

@@ -7,11 +7,14 @@ queue in the backlog instead of being refused while the worker restarts.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
 
 from .config import split_listen
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 4096
 
@@ -20,9 +23,23 @@ class ListenError(Exception):
     """A listening socket could not be created; the message names the setting."""
 
 
-def tcp_listener(listen: str) -> socket.socket:
-    """Bind heartbeat.http.listen (host:port, port 0 = any free port)."""
+def tcp_listener(listen: str, remembered_port: int | None = None) -> socket.socket:
+    """Bind heartbeat.http.listen (host:port, port 0 = any free port).
+
+    With port 0, `remembered_port` (the one the previous agentd got) is tried first: agents re-adopted
+    after an agentd restart keep the AGENTD_HEARTBEAT_URL they were started with.
+    """
     host, port = split_listen(listen)
+    if port == 0 and remembered_port:
+        try:
+            return _bind_tcp(listen, host, remembered_port)
+        except ListenError as exc:
+            log.warning("heartbeat.http.listen %s: the previous port %d is taken (%s); agents started before this "
+                        "agentd send to it until they restart", listen, remembered_port, exc)
+    return _bind_tcp(listen, host, port)
+
+
+def _bind_tcp(listen: str, host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -64,3 +81,25 @@ def bound_address(sock: socket.socket) -> str:
     """host:port as bound (port 0 resolved)."""
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+HTTP_PORT_FILE = "heartbeat_http.port"  # in data_dir: the port a `:0` listen got, for the next agentd
+
+
+def read_port(path: Path) -> int | None:
+    """The port remembered in path, or None (absent, unreadable or not a port)."""
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return value if 0 < value < 65536 else None
+
+
+def remember_port(path: Path, port: int) -> None:
+    """Write the bound port for the next agentd; a failure costs only that convenience."""
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot remember the heartbeat HTTP port in %s: %s", path, exc.strerror)

@@ -219,3 +219,20 @@ def test_removal_interrupted_by_an_agentd_restart_is_finished(agentd):
     wait_until(lambda: not (agentd.data_dir / "metadata" / "gone.json").exists())
     assert "no longer in the configuration but still runs; stopping it" in agentd.log_text()
     assert "gone" not in [a["id"] for a in agentd.call("status")["agents"]]
+
+
+def test_http_port_0_is_kept_across_an_agentd_restart_for_readopted_agents(agentd):
+    """Regression: with listen 127.0.0.1:0 a restarted agentd took a new port, and re-adopted agents kept
+    posting to the old one until they were restarted for missing heartbeats."""
+    fast = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
+    agentd.write_config([agentd.helper_agent("h", "heartbeat-http", "--interval", "0.2", health_check=fast)])
+    agentd.start()
+    pid = agentd.wait_state("h", "running")["pid"]
+    assert agentd.terminate() == 0
+    agentd.start()
+    wait_until(lambda: agentd.status("h")["heartbeat_age_s"] is not None and agentd.status("h")["heartbeat_age_s"] < 1.0,
+               message="heartbeats from the re-adopted agent")
+    first_seen = agentd.status("h")["last_heartbeat"]
+    wait_until(lambda: agentd.status("h")["last_heartbeat"] != first_seen, message="more heartbeats")
+    st = agentd.status("h")
+    assert st["pid"] == pid and st["restarts"] == 0
