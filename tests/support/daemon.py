@@ -21,7 +21,7 @@ import yaml
 
 from supervisor.control_client import ControlClient
 from tests.support.processes import kill_tree, pid_alive
-from tests.support.wait import wait_until
+from tests.support.wait import read_markers, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT / "tests" / "support" / "helper_agent.py"
@@ -152,9 +152,25 @@ class TestDaemon:
             return dict(seen) if seen["state"] in states else None
 
         try:
-            return wait_until(reached, timeout=timeout)
+            found = wait_until(reached, timeout=timeout)
         except AssertionError:
             raise AssertionError(f"{agent_id} never reached {states}; last status {seen}\n--- agentd log ---\n{self.log_text()[-4000:]}") from None
+        if found["state"] == "running" and found.get("pid"):
+            self._wait_helper_ready(agent_id, found["pid"], timeout)
+        return found
+
+    def _wait_helper_ready(self, agent_id: str, pid: int, timeout: float) -> None:
+        """A helper agent is "running" after start_seconds, which on a busy machine can come before the
+        interpreter has even blocked its signals; a test that signals or stops it then would kill it
+        outright. Its START marker (written once signals are blocked) or its death ends the wait."""
+        marker = self.marker(agent_id)
+        if not marker.exists() and not any(a.get("id") == agent_id and str(marker) in a.get("args", []) for a in self.agents):
+            return  # not a helper agent with the usual marker
+
+        def ready() -> bool:
+            return any(m[0] == "START" and m[1:2] == (str(pid),) for m in read_markers(marker)) or not pid_alive(pid)
+
+        wait_until(ready, timeout=timeout, message=f"{agent_id} (pid {pid}) to write START")
 
     def log_text(self) -> str:
         try:
