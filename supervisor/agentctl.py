@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -386,32 +387,86 @@ def reload(click_ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 # ----------------------------------------------------------------------------- logs
 
 
+def _time_arg(text: str | None, name: str) -> float | None:
+    """A duration back from now (`1h`) or a date and time (`2026-11-28T12:00`, local unless it has a zone)."""
+    from datetime import datetime
+
+    from .units import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"expected a duration back from now (30m, 2h) or a time (2026-11-28T12:00), got {text!r}", param_hint=name) from None
+
+
+def _prefixed(text: str, prefix: str) -> str:
+    if not prefix or not text:
+        return text
+    return "".join(f"{prefix}{line}\n" for line in text.splitlines())
+
+
 @cli.command()
-@click.argument("agent_id")
-@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(0, 100_000), help="Lines to show.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every configured agent.")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(0, 100_000), help="Lines to show (or matches, when searching).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output; several agents are merged, each line prefixed with its agent.")
+@click.option("--grep", "pattern", help="Only lines matching this regular expression (searches the rotated copies too).")
+@click.option("--since", help="Only lines from this time on: a duration back (1h) or a time (2026-11-28T12:00).")
+@click.option("--until", help="Only lines up to this time.")
 @json_option
 @click.pass_context
-def logs(click_ctx: click.Context, agent_id: str, lines: int, follow: bool, as_json: bool) -> None:
-    """Show an agent's output (stdout and stderr)."""
+def logs(click_ctx: click.Context, ids: tuple[str, ...], all_: bool, lines: int, follow: bool, pattern: str | None,
+         since: str | None, until: str | None, as_json: bool) -> None:
+    """Show agents' output (stdout and stderr): tail, follow, or search by pattern and time."""
     c = _ctx(click_ctx, as_json)
-    reader = _LogReader(c, agent_id)
-    result = reader.read(logs_verb.Args(id=agent_id, lines=lines))
-    if c.as_json and not follow:
-        c.emit(result, "")
-        return
-    _write(result["text"], c.as_json, result)
-    offset = result["offset"]
+    if all_ and ids:
+        fail("logs: give agent ids or --all, not both", 2, c.as_json)
+    if all_:
+        ids = tuple(a["id"] for a in c.call(status_verb.NAME, status_verb.Args())["agents"])
+    if not ids:
+        fail("logs: name at least one agent id, or use --all", 2, c.as_json)
+    if pattern is not None:
+        try:
+            matcher = re.compile(pattern)
+        except re.error as exc:
+            raise click.BadParameter(f"not a regular expression: {exc}", param_hint="--grep") from None
+    search = {"grep": pattern, "since": _time_arg(since, "--since"), "until": _time_arg(until, "--until")}
+    search = {k: v for k, v in search.items() if v is not None}
+    readers = {agent_id: _LogReader(c, agent_id) for agent_id in ids}
+    width = max(len(i) for i in ids)
+    prefix = {agent_id: f"{agent_id.ljust(width)} | " if len(ids) > 1 else "" for agent_id in ids}
+    offsets, partial = {}, dict.fromkeys(ids, "")
+    whole_lines = len(ids) > 1 or pattern is not None  # prefixes and matching need complete lines
+    for agent_id, reader in readers.items():
+        result = reader.read(logs_verb.Args(id=agent_id, lines=lines, **search))
+        if c.as_json and not follow:
+            c.emit(result if len(ids) == 1 else {"id": agent_id, **result}, "")
+        else:
+            _write(_prefixed(result["text"], prefix[agent_id]), c.as_json, result)
+        offsets[agent_id] = result["offset"]
     while follow:
         try:
             time.sleep(0.5)
-            result = reader.read(logs_verb.Args(id=agent_id, offset=offset))
+            for agent_id, reader in readers.items():
+                result = reader.read(logs_verb.Args(id=agent_id, offset=offsets[agent_id]))
+                if result["rotated"]:
+                    _write(f"{prefix[agent_id]}--- log rotated ---\n", c.as_json, None)
+                text = result["text"]
+                if whole_lines:
+                    done, sep, partial[agent_id] = (partial[agent_id] + text).rpartition("\n")
+                    text = done + sep
+                if pattern is not None:
+                    text = "".join(line for line in text.splitlines(keepends=True) if matcher.search(line))
+                _write(_prefixed(text, prefix[agent_id]), c.as_json, {**result, "text": text})
+                offsets[agent_id] = result["offset"]
         except KeyboardInterrupt:
             return
-        if result["rotated"]:
-            _write("--- log rotated ---\n", c.as_json, None)
-        _write(result["text"], c.as_json, result)
-        offset = result["offset"]
 
 
 class _LogReader:

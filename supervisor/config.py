@@ -483,6 +483,8 @@ class LogSettings(_Section):
     max_size: Size = 100 * _MIB
     keep: int = Field(7, ge=0, le=100)
     compress: bool = True
+    interval: OptionalDuration = Field(None, gt=0)  # also rotate when the live file's content is this old (daily: 24h)
+    max_age: OptionalDuration = 30 * 86400.0  # rotated copies older than this are deleted (as the original: 30 days)
 
     @field_validator("max_size")
     @classmethod

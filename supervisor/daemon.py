@@ -30,7 +30,7 @@ from . import ipc
 from .listeners import HTTP_PORT_FILE, read_port, remember_port, bound_address, tcp_listener, unix_listener
 from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from .lifecycle import AgentProcess, ProcessHandle
-from .log_files import rotate_if_needed
+from .log_files import prune_old_logs, rotate_by_settings
 from .metadata_store import AgentRecord, ExitRecord, MetadataStore, iso_utc, parse_iso
 from .metadata_writer import MetadataWriter
 from .history_store import HistoryStore
@@ -58,6 +58,8 @@ from .worker_pool import WorkerPool, WorkerSpec
 log = logging.getLogger(__name__)
 
 LOG_ROTATE_CHECK_INTERVAL = 5.0
+LOG_PRUNE_FIRST_DELAY = 2.0  # soon after start, so a node that was down a month is cleaned up at once
+LOG_PRUNE_INTERVAL = 3600.0
 INTAKE_SILENCE = 3.0  # an intake worker silent this long counts as an outage for heartbeat deadlines
 MAX_INTAKE_GRACE = 300.0  # an intake outage longer than this no longer shields agents
 # Verbs still answered while shutting down, so an operator can watch it happen.
@@ -164,6 +166,7 @@ class Daemon:
         self.zctx = zmq.asyncio.Context()
         self.sync_zctx = zmq.Context()
         self._closers: list = []
+        self._log_started: dict[str, float] = {}  # agent id -> when this daemon first saw its log (log.interval)
         try:
             if self.config.daemon.pid_file is not None:
                 self._closers.append(write_plain_pid(self.config.daemon.pid_file, self.pid))
@@ -196,6 +199,7 @@ class Daemon:
                 self._keep_running(self.control.serve, "control"),
                 self._keep_running(self.intake.serve, "events"),
                 self._keep_running(self._rotate_logs_forever, "log-rotation"),
+                self._keep_running(self._prune_logs_forever, "log-retention"),
                 self._keep_running(self._heartbeat_housekeeping, "heartbeat-feed"),
                 self._keep_running(self.stalls.run, "stall-watch"),
             ]
@@ -828,6 +832,21 @@ class Daemon:
 
     # ----------------------------------------------------------------- log rotation
 
+    async def _prune_logs_forever(self) -> None:
+        """Log retention (log.max_age, 30 days by default), also for agents no longer configured; in the executor."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(LOG_PRUNE_FIRST_DELAY)
+        while True:
+            max_age = {agent.spec.id: agent.spec.log.max_age for agent in self.registry}
+            try:
+                removed = await loop.run_in_executor(None, prune_old_logs, self.log_dir, max_age, self.config.agent_defaults.log.max_age, time.time())
+            except OSError as exc:
+                log.error("log retention: %s", exc)
+            else:
+                for path in removed:
+                    log.info("log retention: removed %s (older than log.max_age)", path)
+            await asyncio.sleep(LOG_PRUNE_INTERVAL)
+
     async def _rotate_logs_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -835,8 +854,14 @@ class Daemon:
             for agent in self.registry:
                 settings = agent.spec.log
                 path = self.log_path(agent.spec.id)
+                # When this daemon first saw the file: the start of its content for log.interval, until a rotation.
+                started = self._log_started.setdefault(agent.spec.id, time.time())
                 try:
-                    rotated = await loop.run_in_executor(None, rotate_if_needed, path, settings.max_size, settings.keep, settings.compress)
+                    rotated = await loop.run_in_executor(
+                        None, rotate_by_settings, path, settings.max_size, settings.keep, settings.compress, settings.interval, started, time.time()
+                    )
+                    if rotated:
+                        self._log_started[agent.spec.id] = time.time()
                 except OSError as exc:
                     log.error("%s: log rotation failed: %s", agent.spec.id, exc)
                     continue

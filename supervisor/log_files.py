@@ -315,3 +315,67 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rotation_due_by_age(path: Path, interval: float, started: float, now: float) -> bool:
+    """True when the live log holds output and its current content began `interval` seconds ago or more.
+
+    The content began at the last rotation (the mtime of copy 1) or, with no copy, at `started` (when the
+    daemon first saw the file)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return False
+    except FileNotFoundError:
+        return False
+    begin = started
+    for index, _, copy in _rotated_copies(path):
+        if index == 1:
+            try:
+                begin = max(begin, copy.stat().st_mtime)
+            except FileNotFoundError:
+                pass
+    return now - begin >= interval
+
+
+def prune_old_logs(log_dir: Path, max_age: dict[str, float | None], default_max_age: float | None, now: float) -> list[Path]:
+    """Delete log files older than their agent's `log.max_age`; returns what was removed.
+
+    Configured agents (`max_age` keys) lose rotated copies only. A directory of an agent no longer
+    configured is judged by `default_max_age`: its rotated copies, then its live file once that too is
+    older, then the directory when empty. Only `agent.log*` names are touched."""
+    removed: list[Path] = []
+    try:
+        entries = [e for e in os.scandir(log_dir) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        configured = entry.name in max_age
+        limit = max_age[entry.name] if configured else default_max_age
+        if limit is None:
+            continue
+        live = Path(entry.path) / "agent.log"
+        candidates = [p for _, _, p in _rotated_copies(live)] + ([] if configured else [live])
+        for p in candidates:
+            try:
+                if now - p.stat().st_mtime > limit:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:
+                continue
+        if not configured:
+            try:
+                os.rmdir(entry.path)  # only when empty: anything else in there is not ours to delete
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def rotate_by_settings(path: Path, max_size: int, keep: int, compress: bool, interval: float | None, started: float, now: float) -> bool:
+    """Rotate by size (`log.max_size`), else by age (`log.interval`); True if it rotated."""
+    if rotate_if_needed(path, max_size, keep, compress):
+        return True
+    if interval is not None and rotation_due_by_age(path, interval, started, now):
+        return rotate_if_needed(path, 1, keep, compress)
+    return False
