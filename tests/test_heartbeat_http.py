@@ -31,7 +31,7 @@ from supervisor.messages import (
 )
 from supervisor.protocol import Reply, Request
 from tests.support.wait import wait_until
-from workers.heartbeat_http import _labels
+from supervisor.prometheus import Exposition
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
@@ -531,23 +531,26 @@ def test_metrics_are_prometheus_text(env):
     status, headers, body = request(worker.port, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = parse_prometheus(body.decode())
-    assert 'agentd_agent_up{agent="open",type="custom",state="running"} 1' in samples["agentd_agent_up"]
-    assert 'agentd_agent_up{agent="halted",type="telegraf",state="stopped"} 0' in samples["agentd_agent_up"]
-    assert any(s.startswith('agentd_heartbeat_http_heartbeats_rejected_total{worker="hh-test",reason="unauthorized"} ')
+    # No state label: a state change must flip a value, not start a new series.
+    assert 'agentd_agent_up{agent="open",type="custom"} 1.0' in samples["agentd_agent_up"]
+    assert 'agentd_agent_up{agent="halted",type="telegraf"} 0.0' in samples["agentd_agent_up"]
+    assert any(s.startswith('agentd_heartbeat_http_heartbeats_rejected_total{reason="unauthorized",worker="hh-test"} ')
                for s in samples["agentd_heartbeat_http_heartbeats_rejected_total"])
     assert samples["agentd_heartbeat_http_resident_memory_bytes"]
 
     def last_heartbeat_shown() -> bool:
         text = request(worker.port, "GET", "/metrics")[2].decode()
-        return 'agentd_agent_last_heartbeat_timestamp_seconds{agent="open"} 1700000000.5' in text
+        return any(line.startswith('agentd_agent_last_heartbeat_timestamp_seconds{agent="open"} ') and float(line.split()[-1]) == 1700000000.5
+                   for line in text.splitlines())
 
     wait_until(last_heartbeat_shown, timeout=30)
 
 
 def test_label_values_are_escaped():
-    assert _labels({"a": 'x"y\\z\nw'}) == '{a="x\\"y\\\\z\\nw"}'
-    tricky = _labels({"a": 'q"\\\n'})
-    assert parse_prometheus("# HELP m h\n# TYPE m gauge\nm" + tricky + " 1\n") == {"m": ["m" + tricky + " 1"]}
+    m = Exposition()
+    m.gauge("m", "h", 1, a='x"y\\z\nw')
+    text = m.text().decode()
+    assert parse_prometheus(text) == {"m": ['m{a="x\\"y\\\\z\\nw"} 1.0']}
 
 
 def test_agent_added_later_is_accepted(env):

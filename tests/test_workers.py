@@ -145,14 +145,17 @@ def test_metrics_endpoint_serves_intake_and_parent_metrics(agentd):
 
 
 def test_prometheus_values_are_exact_and_families_typed_once():
-    from supervisor.prometheus import MetricsText
+    from supervisor.prometheus import Exposition
 
-    m = MetricsText()
-    m.add("agentd_x_total", "counter", "x", 22540312, worker="w")
-    m.add("agentd_y", "gauge", "y", 0.125)
-    text = m.render()
-    assert 'agentd_x_total{worker="w"} 22540312' in text  # not 2.25403e+07
-    assert "agentd_y 0.125" in text
+    m = Exposition()
+    m.counter("agentd_x_total", "x", 22540312, worker="w")
+    m.counter("agentd_x_total", "x", 7, worker="v")
+    m.gauge("agentd_y", "y", 0.125)
+    m.gauge("agentd_z", "z", None)  # not known: left out, never a made-up 0
+    text = m.text().decode()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert values == {'agentd_x_total{worker="w"}': 22540312, 'agentd_x_total{worker="v"}': 7, "agentd_y": 0.125}  # not 2.25403e+07
+    assert text.count("# TYPE agentd_x_total counter") == 1 and "agentd_z" not in text
 
 
 def test_heartbeat_socket_path_that_is_a_directory_is_a_clear_error(tmp_path):

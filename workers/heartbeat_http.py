@@ -25,6 +25,7 @@ import httptools
 import psutil
 
 from supervisor.config import HttpIntake, split_listen
+from supervisor.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
 from supervisor.states import AgentState
 from supervisor.rate_limited_log import RateLimitedLog
 from workers.peer_socket import SockDiag, is_loopback
@@ -45,7 +46,7 @@ ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long (as a
 UNVERIFIED_SHARE = 4  # at most 1/4 of max_connections may be connections that delivered no valid heartbeat yet
 REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large")
 JSON_TYPE = b"application/json"
-METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+METRICS_TYPE = PROMETHEUS_CONTENT_TYPE.encode()
 ROUTES: dict[bytes, tuple[bytes, ...]] = {
     b"/heartbeat": (b"POST",),
     b"/heartbeats": (b"POST",),
@@ -115,29 +116,7 @@ BUSY = fixed_reply(False, "the daemon is not keeping up; retry shortly")
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(pairs: dict[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in pairs.items()) + "}"
-
-
-class _Exposition:
-    """Builds Prometheus text: each family's HELP and TYPE once, then its samples."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            number = repr(float(value)) if isinstance(value, float) else str(int(value))
-            self.lines.append(f"{name}{_labels(labels)} {number}")
-
-    def text(self) -> bytes:
-        return ("\n".join(self.lines) + "\n").encode()
+# One writer for every /metrics family, the parent's and this worker's (supervisor/prometheus.py).
 
 
 # ----------------------------------------------------------------------------------------------- the server
@@ -423,34 +402,30 @@ class HeartbeatHttpServer:
 
     def metrics(self) -> bytes:
         """Prometheus text for `GET /metrics`: this worker's counters and every agent's state."""
-        c, w = self.counters, {"worker": self.link.name}
-        out = _Exposition()
+        c, w, out = self.counters, {"worker": self.link.name}, Exposition()
         prefix = "agentd_heartbeat_http_"
-        out.family(prefix + "heartbeats_received_total", "counter", "Heartbeats received by this HTTP intake worker.",
-                   [(w, c["received"])])
-        out.family(prefix + "heartbeats_accepted_total", "counter", "Heartbeats accepted and queued for the daemon.",
-                   [(w, c["accepted"])])
-        reasons = sorted({*REJECT_REASONS, *(k.removeprefix("rejected_") for k in c if k.startswith("rejected_"))})
-        out.family(prefix + "heartbeats_rejected_total", "counter", "Heartbeats refused, by reason.",
-                   [({**w, "reason": r}, c[f"rejected_{r}"]) for r in reasons])
-        out.family(prefix + "heartbeats_dropped_total", "counter", "Heartbeats refused with 503 because the daemon was not keeping up.",
-                   [(w, c["dropped"])])
-        out.family(prefix + "heartbeats_forwarded_total", "counter", "Heartbeats sent on to the daemon.",
-                   [(w, c["forwarded"])])
-        codes = sorted(k.removeprefix("http_") for k in c if k.startswith("http_"))
-        out.family(prefix + "responses_total", "counter", "HTTP responses sent, by status code.",
-                   [({**w, "code": code}, c[f"http_{code}"]) for code in codes])
-        out.family(prefix + "timeouts_total", "counter", "Connections cut off by request_timeout.", [(w, c["timeouts"])])
-        out.family(prefix + "queue_depth", "gauge", "Heartbeats waiting to be sent to the daemon.", [(w, self.link.queue_depth)])
-        out.family(prefix + "connections_open", "gauge", "Open client connections.", [(w, len(self.connections))])
-        out.family(prefix + "resident_memory_bytes", "gauge", "Resident memory of this worker process.",
-                   [(w, self._process.memory_info().rss)])
+        out.counter(prefix + "heartbeats_received_total", "Heartbeats received by this HTTP intake worker.", c["received"], **w)
+        out.counter(prefix + "heartbeats_accepted_total", "Heartbeats accepted and queued for the daemon.", c["accepted"], **w)
+        for r in sorted({*REJECT_REASONS, *(k.removeprefix("rejected_") for k in c if k.startswith("rejected_"))}):
+            out.counter(prefix + "heartbeats_rejected_total", "Heartbeats refused, by reason.", c[f"rejected_{r}"], **w, reason=r)
+        out.counter(prefix + "heartbeats_dropped_total", "Heartbeats refused with 503 because the daemon was not keeping up.", c["dropped"], **w)
+        out.counter(prefix + "heartbeats_forwarded_total", "Heartbeats sent on to the daemon.", c["forwarded"], **w)
+        out.declare("counter", prefix + "responses_total", "HTTP responses sent, by status code.", "worker", "code")
+        for code in sorted(k.removeprefix("http_") for k in c if k.startswith("http_")):
+            out.counter(prefix + "responses_total", "HTTP responses sent, by status code.", c[f"http_{code}"], **w, code=code)
+        out.counter(prefix + "timeouts_total", "Connections cut off by request_timeout.", c["timeouts"], **w)
+        out.gauge(prefix + "queue_depth", "Heartbeats waiting to be sent to the daemon.", self.link.queue_depth, **w)
+        out.gauge(prefix + "connections_open", "Open client connections.", len(self.connections), **w)
+        out.gauge(prefix + "resident_memory_bytes", "Resident memory of this worker process.", self._process.memory_info().rss, **w)
         agents = sorted(self.link.agents.values(), key=lambda a: a.id)
-        out.family("agentd_agent_up", "gauge", "1 if the agent is running, else 0; the state label says where it is.",
-                   [({"agent": a.id, "type": a.type, "state": a.state}, int(a.state == AgentState.RUNNING)) for a in agents])
+        # No state label: that would start a new series on every state change (agentd_agent_state has the state).
+        out.declare("gauge", "agentd_agent_up", "1 while the agent is running, else 0.", "agent", "type")
+        for a in agents:
+            out.gauge("agentd_agent_up", "1 while the agent is running, else 0.", int(a.state == AgentState.RUNNING), agent=a.id, type=a.type)
         beats = self.link.last_heartbeat
-        out.family("agentd_agent_last_heartbeat_timestamp_seconds", "gauge", "Wall-clock time of the agent's last accepted heartbeat.",
-                   [({"agent": a.id}, float(beats[a.id])) for a in agents if a.id in beats])
+        out.declare("gauge", "agentd_agent_last_heartbeat_timestamp_seconds", "Wall-clock time of the agent's last accepted heartbeat.", "agent")
+        for a in agents:
+            out.gauge("agentd_agent_last_heartbeat_timestamp_seconds", "Wall-clock time of the agent's last accepted heartbeat.", beats.get(a.id), agent=a.id)
         return out.text() + self.parent_metrics
 
 
