@@ -434,6 +434,10 @@ class HealthCheck(_Section):
     open_files_threshold: int | None = Field(None, ge=1)
     http_endpoint: str | None = None
     http_timeout: PositiveDuration = 5.0
+    # https:// endpoints are verified against the system's CAs, or only this file (a self-signed agent's CA);
+    # http_tls_verify: false turns verification off for this agent, explicitly (docs/operations.md).
+    http_ca_file: PathT | None = None
+    http_tls_verify: bool = True
     endpoint_failures: int = Field(3, ge=1)
     startup_grace: OptionalDuration = None
 
@@ -441,6 +445,23 @@ class HealthCheck(_Section):
     @classmethod
     def _zero_disables(cls, value: float | None) -> float | None:
         return None if value == 0 else value
+
+    @field_validator("http_ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        if not value.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(value)!r}")
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file" if value.exists() else f"{value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _ca_or_no_verify(self) -> "HealthCheck":
+        if self.http_ca_file is not None and not self.http_tls_verify:
+            raise ValueError("http_ca_file and http_tls_verify: false contradict each other: keep one")
+        return self
 
     @field_validator("http_endpoint")
     @classmethod

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ import supervisor
 from supervisor.config import ManagerSettings
 from supervisor.messages import AgentView
 from supervisor.proto import daemon_pb2, manager_pb2, manager_pb2_grpc
+from tests.support.certs import make_cert
 from tests.support.daemon import ROOT
 from tests.support.wait import wait_until
 from workers.node_facts import go_arch
@@ -77,21 +77,6 @@ class Manager:
 
     def __getattr__(self, name):
         return getattr(self.mgr, name)
-
-
-def make_cert(directory: Path, name: str, san: str) -> tuple[Path, Path]:
-    """A self-signed certificate (its own CA) for `san` and its key, made with the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl CLI is needed to make a test certificate")
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
-         "-addext", f"subjectAltName={san}", "-addext", "basicConstraints=critical,CA:TRUE"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return cert, key
 
 
 @pytest.fixture

@@ -9,21 +9,22 @@ import argparse
 import asyncio
 import logging
 import os
-import ssl
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
-
+from typing import TYPE_CHECKING
 
 from supervisor.config import ResourcesSettings
 from supervisor.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
 from supervisor.stall_watch import StallWatch
-from workers.health_judge import UP_STATES, HealthJudge, rules_of
+from workers.health_judge import UP_STATES, HealthJudge, HealthRules, rules_of
 from workers.link import WorkerLink
 from workers.tree_sampler import TreeSampler
 from workers.runner import begin_process, load_worker_settings, start_link, stop_event, worker_arg_parser
+
+if TYPE_CHECKING:
+    from workers.http_probe import EndpointProbe
 
 log = logging.getLogger("workers.health")
 
@@ -31,46 +32,6 @@ MAX_TICK = 1.0  # judging wakes at least this often
 MIN_TICK = 0.05
 WORKERS_TIMEOUT = 2.0  # the `workers` request must not hold up a sampling round for long
 COUNTERS = ("judged", "samples", "sample_errors", "endpoint_checks", "endpoint_failures")
-
-
-async def http_probe(url: str, timeout: float) -> tuple[bool, str]:
-    """GET url over HTTP/1.0; (True, "HTTP 200") on 2xx, else (False, why). Never takes longer than timeout."""
-    parts = urlsplit(url)
-    secure = parts.scheme == "https"
-    host = parts.hostname or ""
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    context = None
-    if secure:
-        # A liveness probe that sends nothing secret: a local self-signed certificate must not read as "down".
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    writer = None
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, parts.port or (443 if secure else 80), ssl=context)
-            request = f"GET {path} HTTP/1.0\r\nHost: {parts.netloc.rpartition('@')[2]}\r\nUser-Agent: agentd-health\r\nConnection: close\r\n\r\n"
-            writer.write(request.encode("latin-1"))
-            await writer.drain()
-            status_line = await reader.readline()
-    except TimeoutError:
-        return False, f"no answer within {timeout:g} s"
-    except ssl.SSLError as exc:
-        return False, f"TLS: {exc.reason or exc}"
-    except ConnectionError as exc:  # asyncio's message names the address, which the log line already has
-        return False, os.strerror(exc.errno) if exc.errno else str(exc)
-    except OSError as exc:  # gaierror and friends carry their own text
-        return False, exc.strerror or str(exc) or type(exc).__name__
-    except (ValueError, UnicodeError) as exc:  # a bad URL, or a status line over the stream limit
-        return False, str(exc) or type(exc).__name__
-    finally:
-        if writer is not None:
-            writer.close()
-    fields = status_line.decode("latin-1").split()
-    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
-        return False, f"not an HTTP answer: {status_line[:80]!r}"
-    code = int(fields[1])
-    return 200 <= code < 300, f"HTTP {code}"
 
 
 class HealthWorker:
@@ -92,6 +53,8 @@ class HealthWorker:
         self._judged_at: dict[str, tuple[int, float]] = {}  # id -> (generation, monotonic)
         self._endpoint_done: dict[str, tuple[int, bool]] = {}  # id -> (generation, ok), not yet judged
         self._endpoint_tasks: dict[str, asyncio.Task] = {}
+        # Imported on the first http_endpoint check: httpx costs ~5 MB RSS that nodes without one never pay.
+        self._probe: EndpointProbe | None = None
         self._endpoint_ok: dict[str, bool] = {}  # last result, so a failing endpoint is logged when it starts failing
         self._verdict_gen: dict[str, int] = {}  # generation that got a verdict: nothing more to check until it is replaced
         self._unsent: list[Verdict] = []
@@ -118,6 +81,9 @@ class HealthWorker:
         finally:
             for task in self._endpoint_tasks.values():
                 task.cancel()
+            await asyncio.gather(*self._endpoint_tasks.values(), return_exceptions=True)
+            if self._probe is not None:
+                await self._probe.aclose()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ----------------------------------------------------------------- judging
@@ -237,11 +203,16 @@ class HealthWorker:
         if running is not None and not running.done():
             return  # a slow endpoint still has its own timeout to run out
         self._endpoint_tasks[agent.id] = asyncio.create_task(
-            self._check_endpoint(agent.id, agent.generation, rules.http_endpoint, rules.http_timeout), name=f"endpoint-{agent.id}"
+            self._check_endpoint(agent.id, agent.generation, rules), name=f"endpoint-{agent.id}"
         )
 
-    async def _check_endpoint(self, agent_id: str, generation: int, url: str, timeout: float) -> None:
-        ok, why = await http_probe(url, timeout)
+    async def _check_endpoint(self, agent_id: str, generation: int, rules: HealthRules) -> None:
+        if self._probe is None:
+            from workers.http_probe import EndpointProbe
+
+            self._probe = EndpointProbe()
+        url = rules.http_endpoint
+        ok, why = await self._probe.get(url, rules.http_timeout, ca_file=rules.http_ca_file, verify=rules.http_tls_verify)
         self.counters["endpoint_checks"] += 1
         if not ok:
             self.counters["endpoint_failures"] += 1

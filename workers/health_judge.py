@@ -36,6 +36,8 @@ class HealthRules:
     threshold_duration: float
     http_endpoint: str | None
     http_timeout: float
+    http_ca_file: str | None  # verify the endpoint's certificate against this CA file, not the system's
+    http_tls_verify: bool  # False only when the agent's config says so explicitly
     endpoint_failures: int
     open_files_threshold: int | None = None  # open descriptors of the whole tree (an fd leak)
 
@@ -61,6 +63,8 @@ def rules_of(agent: AgentView) -> HealthRules:
         open_files_threshold=None if hc.get("open_files_threshold") is None else int(hc["open_files_threshold"]),
         http_endpoint=get("http_endpoint") or None,
         http_timeout=float(get("http_timeout") or _DEFAULTS["http_timeout"]),
+        http_ca_file=get("http_ca_file") or None,
+        http_tls_verify=get("http_tls_verify") is not False,
         endpoint_failures=max(1, int(get("endpoint_failures") or 1)),
     )
 

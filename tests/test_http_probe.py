@@ -1,0 +1,186 @@
+"""The health worker's http_endpoint check against real local HTTP and HTTPS servers (self-signed, with and
+without its CA), and the config that chooses verification."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from supervisor.config import HealthCheck
+from tests.support.certs import make_cert
+from tests.support.daemon import TestDaemon
+from tests.support.wait import wait_until
+from workers.http_probe import EndpointProbe
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        code = {"/ok": 200, "/broken": 500, "/moved": 302}.get(self.path, 404)
+        self.send_response(code)
+        if code == 302:
+            self.send_header("Location", "/ok")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class Server:
+    """A real ThreadingHTTPServer on 127.0.0.1:0, TLS when given a certificate."""
+
+    def __init__(self, cert=None, key=None) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        if cert is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        scheme = "https" if cert is not None else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def plain():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def tls(tmp_path):
+    cert, key = make_cert(tmp_path, "agent", "IP:127.0.0.1")
+    s = Server(cert, key)
+    s.cert = cert
+    yield s
+    s.close()
+
+
+def probe(url, timeout=5.0, **kw):
+    async def run():
+        p = EndpointProbe()
+        try:
+            return await p.get(url, timeout, **kw)
+        finally:
+            await p.aclose()
+    return asyncio.run(run())
+
+
+def test_plain_http_status_decides(plain):
+    assert probe(plain.base + "/ok") == (True, "HTTP 200")
+    assert probe(plain.base + "/broken") == (False, "HTTP 500")
+    assert probe(plain.base + "/moved") == (False, "HTTP 302")  # a redirect is not "alive": not followed
+
+
+def test_refused_connection_says_so():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ok, why = probe(f"http://127.0.0.1:{port}/")
+    assert not ok and why == "Connection refused"
+
+
+def test_silent_server_is_bounded_by_the_timeout():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # accepts (kernel backlog), never answers
+        t0 = time.monotonic()
+        ok, why = probe(f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=0.5)
+        elapsed = time.monotonic() - t0
+    assert not ok and why == "no answer within 0.5 s"
+    assert elapsed < 10  # bounded: not the library's own default timeouts
+
+
+def test_environment_proxies_are_ignored(plain, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    assert probe(plain.base + "/ok") == (True, "HTTP 200")
+
+
+def test_self_signed_https_fails_verification_without_its_ca(tls):
+    ok, why = probe(tls.base + "/ok")
+    assert not ok and why.startswith("TLS: ") and ("self-signed" in why or "self signed" in why), why
+
+
+def test_self_signed_https_passes_with_its_ca_file(tls):
+    assert probe(tls.base + "/ok", ca_file=str(tls.cert)) == (True, "HTTP 200")
+    assert probe(tls.base + "/broken", ca_file=str(tls.cert)) == (False, "HTTP 500")
+
+
+def test_the_ca_does_not_excuse_a_wrong_name(tmp_path):
+    cert, key = make_cert(tmp_path, "elsewhere", "DNS:elsewhere.example")
+    s = Server(cert, key)
+    try:
+        ok, why = probe(s.base + "/ok", ca_file=str(cert))
+    finally:
+        s.close()
+    assert not ok and why.startswith("TLS: ") and "127.0.0.1" in why, why
+
+
+def test_verification_off_only_when_asked(tls):
+    assert probe(tls.base + "/ok", verify=False) == (True, "HTTP 200")
+
+
+def test_unreadable_ca_file_is_the_probe_failure(tls, tmp_path):
+    ok, why = probe(tls.base + "/ok", ca_file=str(tmp_path / "gone.pem"))
+    assert not ok and why == "No such file or directory"
+
+
+def test_a_rotated_ca_file_is_loaded_again(tls, tmp_path):
+    other, _ = make_cert(tmp_path, "other", "IP:127.0.0.1")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(other.read_bytes())
+
+    async def run():
+        p = EndpointProbe()
+        try:
+            first = await p.get(tls.base + "/ok", 5, ca_file=str(ca))
+            ca.write_bytes(tls.cert.read_bytes())
+            stat = ca.stat()
+            import os
+            os.utime(ca, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+            return first, await p.get(tls.base + "/ok", 5, ca_file=str(ca))
+        finally:
+            await p.aclose()
+
+    first, second = asyncio.run(run())
+    assert not first[0] and second == (True, "HTTP 200")
+
+
+def test_config_checks_the_tls_options(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    assert HealthCheck(http_endpoint="https://127.0.0.1:1/", http_ca_file=str(ca)).http_ca_file == ca
+    assert HealthCheck().http_tls_verify is True
+    with pytest.raises(ValueError, match="must be an absolute path"):
+        HealthCheck(http_ca_file="ca.pem")
+    with pytest.raises(ValueError, match="does not exist"):
+        HealthCheck(http_ca_file=str(tmp_path / "nope.pem"))
+    with pytest.raises(ValueError, match="contradict"):
+        HealthCheck(http_ca_file=str(ca), http_tls_verify=False)
+
+
+def test_daemon_judges_a_self_signed_endpoint_by_its_configured_ca(agentd: TestDaemon, tls):
+    fast = {"interval": 0.5, "heartbeat_timeout": None, "http_endpoint": tls.base + "/ok", "http_timeout": 2, "endpoint_failures": 2}
+    agentd.extra = {"resources": {"interval": 0.5}}
+    agentd.write_config([
+        agentd.helper_agent("trusting", "well-behaved", health_check={**fast, "http_ca_file": str(tls.cert)}),
+        agentd.helper_agent("strict", "well-behaved", health_check=fast),
+    ])
+    agentd.start()
+    wait_until(lambda: agentd.status("trusting")["health"] == "healthy", timeout=40)
+    wait_until(lambda: agentd.status("strict")["restarts"] >= 1, timeout=60, message="strict restarted for its unverifiable endpoint")
+    assert agentd.status("strict")["restarts_by_reason"] == {"endpoint_failed": 1}
+    assert agentd.status("trusting")["restarts"] == 0
+    assert "TLS: " in agentd.log_text()
