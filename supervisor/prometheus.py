@@ -47,6 +47,11 @@ class Exposition:
         """A family present (HELP/TYPE) even while it has no samples, e.g. no agent configured yet."""
         self._family(GaugeMetricFamily if kind == "gauge" else CounterMetricFamily, name, help_text, labels)
 
+    def add(self, name: str, value: float | None, **labels: str) -> None:
+        """One sample of a family declared before; None (not known) is left out."""
+        if value is not None:
+            self._families[name].add_metric(list(labels.values()), value)
+
     def collect(self):
         return iter(self._families.values())
 
@@ -60,55 +65,90 @@ def add_build_info(m: Exposition) -> None:
             version=__version__, python=platform.python_version())
 
 
+# The parent's families: all declared on every scrape, so a family with no samples yet (no Manager, no resource
+# sample taken) still shows what it is, and dashboards and alert rules never read a name that is not there.
+PARENT_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "agentd_agent_state": ("gauge", "1 for the agent's current state, 0 for every other known state.", ("agent", "state")),
+    "agentd_agent_health_judged": ("gauge", "1 once the health worker has judged the agent's current run; 0 while not yet judged.", ("agent",)),
+    "agentd_agent_healthy": ("gauge", "1 when the last judgement was healthy; 0 when unhealthy or not yet judged (see agentd_agent_health_judged).", ("agent",)),
+    "agentd_agent_restarts_total": ("counter", "Restarts by reason (exit, operator, config, no_heartbeat, ...).", ("agent", "reason")),
+    "agentd_agent_heartbeat_age_seconds": ("gauge", "Seconds since the agent's last heartbeat.", ("agent",)),
+    "agentd_agent_cpu_percent": ("gauge", "CPU of the agent's process tree, percent of one core.", ("agent",)),
+    "agentd_agent_rss_bytes": ("gauge", "Resident memory of the agent's process tree.", ("agent",)),
+    "agentd_agent_open_fds": ("gauge", "Open file descriptors of the agent's process tree.", ("agent",)),
+    "agentd_parent_loop_stalls_total": ("counter", "Times the parent's event loop was late by more than the stall threshold.", ()),
+    "agentd_parent_loop_stalled_seconds_total": ("counter", "Time the parent's event loop spent stalled.", ()),
+    "agentd_parent_loop_longest_stall_seconds": ("gauge", "The longest stall of the parent's event loop since agentd started.", ()),
+    "agentd_parent_events_total": ("counter", "Worker messages and heartbeats handled by the parent, by outcome.", ("event",)),
+    "agentd_worker_up": ("gauge", "1 while the worker process runs.", ("worker",)),
+    "agentd_worker_restarts_total": ("counter", "Worker respawns.", ("worker",)),
+    "agentd_worker_queue_depth": ("gauge", "Items waiting in the worker for the parent.", ("worker",)),
+    **{f"agentd_worker_{key}": ("gauge", help_text, ("worker",)) for key, help_text in WORKER_GAUGES.items()},
+    "agentd_worker_events_total": ("counter", "Worker counters (received, accepted, rejected_<reason>, dropped, ...).", ("worker", "event")),
+    "agentd_manager_connected": ("gauge", "1 while the Manager answered the last call (an error reply counts as connected).", ("manager",)),
+    "agentd_manager_registered": ("gauge", "1 once the node is registered with the Manager.", ("manager",)),
+    "agentd_process_rss_bytes": ("gauge", "Resident memory of agentd's own processes.", ("process",)),
+    "agentd_process_cpu_percent": ("gauge", "CPU of agentd's own processes, percent of one core.", ("process",)),
+    "agentd_process_open_fds": ("gauge", "Open fds of agentd's own processes.", ("process",)),
+    "agentd_history_pending": ("gauge", "Resource samples waiting to be written.", ()),
+    "agentd_history_total": ("counter", "Resource history store counters.", ("event",)),
+}
+
+
 def render_parent_metrics(daemon) -> str:
     """Agent states, health, restarts by reason, resources, heartbeat ages; workers; intake counters."""
     m = Exposition()
     add_build_info(m)
+    for name, (kind, help_text, labels) in PARENT_FAMILIES.items():
+        m.declare(kind, name, help_text, *labels)
+    add = m.add
     now = daemon.now()
     latest = daemon.history.latest()
-    m.declare("gauge", "agentd_agent_state", "1 for the agent's current state, 0 for every other known state.", "agent", "state")
     for agent in daemon.registry:
         aid = agent.spec.id
         for state in AgentState:  # every known state, always: a state change flips values, never adds a series
-            m.gauge("agentd_agent_state", "1 for the agent's current state, 0 for every other known state.", int(agent.state == state), agent=aid, state=state.value)
+            add("agentd_agent_state", int(agent.state == state), agent=aid, state=state.value)
         # A stopped or failed agent's health field names the state; only a verdict on a live run counts as judged.
-        judged = agent.health is not None and agent.state not in DOWN_STATES
-        m.gauge("agentd_agent_health_judged", "1 once the health worker has judged the agent's current run; 0 while not yet judged.", int(judged), agent=aid)
-        m.gauge("agentd_agent_healthy", "1 when the last judgement was healthy; 0 when unhealthy or not yet judged (see agentd_agent_health_judged).",
-                int(agent.health == "healthy"), agent=aid)
+        add("agentd_agent_health_judged", int(agent.health is not None and agent.state not in DOWN_STATES), agent=aid)
+        add("agentd_agent_healthy", int(agent.health == "healthy"), agent=aid)
         for kind, count in sorted(agent.restarts_by_kind.items()):
-            m.counter("agentd_agent_restarts_total", "Restarts by reason (exit, operator, config, no_heartbeat, ...).", count, agent=aid, reason=kind)
-        m.gauge("agentd_agent_heartbeat_age_seconds", "Seconds since the agent's last heartbeat.", agent.heartbeat_age(now), agent=aid)
+            add("agentd_agent_restarts_total", count, agent=aid, reason=kind)
+        add("agentd_agent_heartbeat_age_seconds", agent.heartbeat_age(now), agent=aid)
         sample = latest.get(aid)
         if sample is not None and (sample.generation is None or sample.generation == agent.generation):
-            m.gauge("agentd_agent_cpu_percent", "CPU of the agent's process tree, percent of one core.", sample.cpu, agent=aid)
-            m.gauge("agentd_agent_rss_bytes", "Resident memory of the agent's process tree.", sample.rss, agent=aid)
-            m.gauge("agentd_agent_open_fds", "Open file descriptors of the agent's process tree.", sample.fds, agent=aid)
+            add("agentd_agent_cpu_percent", sample.cpu, agent=aid)
+            add("agentd_agent_rss_bytes", sample.rss, agent=aid)
+            add("agentd_agent_open_fds", sample.fds, agent=aid)
     counters = daemon.intake_counters()
     # The loop's stall watch (supervisor/stall_watch.py) in base units, the longest stall as the gauge it is.
-    m.counter("agentd_parent_loop_stalls_total", "Times the parent's event loop was late by more than the stall threshold.", counters.pop("stalls", None))
-    stalled, longest = counters.pop("stalled_ms", None), counters.pop("longest_stall_ms", None)
-    m.counter("agentd_parent_loop_stalled_seconds_total", "Time the parent's event loop spent stalled.", None if stalled is None else stalled / 1000)
-    m.gauge("agentd_parent_loop_longest_stall_seconds", "The longest stall of the parent's event loop since agentd started.", None if longest is None else longest / 1000)
+    stalls, stalled, longest = (counters.pop(k, None) for k in ("stalls", "stalled_ms", "longest_stall_ms"))
+    add("agentd_parent_loop_stalls_total", stalls)
+    add("agentd_parent_loop_stalled_seconds_total", None if stalled is None else stalled / 1000)
+    add("agentd_parent_loop_longest_stall_seconds", None if longest is None else longest / 1000)
     for key, value in sorted(counters.items()):
-        m.counter("agentd_parent_events_total", "Worker messages and heartbeats handled by the parent, by outcome.", value, event=key)
+        add("agentd_parent_events_total", value, event=key)
     for w in daemon.pool.describe():
-        m.gauge("agentd_worker_up", "1 while the worker process runs.", int(w.state == "running"), worker=w.name)
-        m.counter("agentd_worker_restarts_total", "Worker respawns.", w.restarts, worker=w.name)
-        m.gauge("agentd_worker_queue_depth", "Items waiting in the worker for the parent.", w.queue_depth, worker=w.name)
+        running = w.state == "running"
+        add("agentd_worker_up", int(running), worker=w.name)
+        add("agentd_worker_restarts_total", w.restarts, worker=w.name)
+        add("agentd_worker_queue_depth", w.queue_depth, worker=w.name)
+        if w.kind == "sync":  # the Manager link, as the sync worker last saw it (workers/sync.py)
+            manager = w.info.get("manager", "")
+            add("agentd_manager_connected", int(running and w.info.get("connected") == "yes"), manager=manager)
+            add("agentd_manager_registered", int(running and w.info.get("registered") == "yes"), manager=manager)
         for key, value in sorted(w.counters.items()):
             if key in WORKER_GAUGES:
-                m.gauge(f"agentd_worker_{key}", WORKER_GAUGES[key], value, worker=w.name)
+                add(f"agentd_worker_{key}", value, worker=w.name)
             else:
-                m.counter("agentd_worker_events_total", "Worker counters (received, accepted, rejected_<reason>, dropped, ...).", value, worker=w.name, event=key)
+                add("agentd_worker_events_total", value, worker=w.name, event=key)
     for key, sample in sorted(latest.items()):
         if key.startswith("agentd/"):
-            m.gauge("agentd_process_rss_bytes", "Resident memory of agentd's own processes.", sample.rss, process=key[7:])
-            m.gauge("agentd_process_cpu_percent", "CPU of agentd's own processes, percent of one core.", sample.cpu, process=key[7:])
-            m.gauge("agentd_process_open_fds", "Open fds of agentd's own processes.", sample.fds, process=key[7:])
+            add("agentd_process_rss_bytes", sample.rss, process=key[7:])
+            add("agentd_process_cpu_percent", sample.cpu, process=key[7:])
+            add("agentd_process_open_fds", sample.fds, process=key[7:])
     for key, value in sorted(daemon.history.stats().items()):
         if key == "pending":
-            m.gauge("agentd_history_pending", "Resource samples waiting to be written.", value)
+            add("agentd_history_pending", value)
         else:
-            m.counter("agentd_history_total", "Resource history store counters.", value, event=key)
+            add("agentd_history_total", value, event=key)
     return m.text().decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def test_health_tells_unhealthy_from_not_judged_and_states_keep_their_series(age
 
 def test_alert_rules_pass_promtool(promtool):
     done = pt.check(promtool, "rules", str(RULES))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_fire_on_agentd_series_and_not_on_unjudged_health(promtool):
+    done = subprocess.run([str(promtool), "test", "rules", str(ROOT / "tests" / "fixtures" / "prometheus" / "agentd-alerts.test.yml")],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
