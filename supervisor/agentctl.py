@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, timefmt
 from .config import ConfigError, load_config
 from .control_client import ClientError, ControlClient, DaemonTimeout, DaemonUnavailable
 from .tables import printable, render_table
@@ -164,10 +164,12 @@ def _ctx(click_ctx: click.Context, as_json: bool) -> Ctx:
 @click.option("--run-dir", type=click.Path(file_okay=False), help="agentd's run_dir (default /run/agentd).")
 @click.option("--timeout", type=click.FloatRange(0.1, 86400), default=10.0, show_default=True, help="Seconds to wait for agentd (default: control.request_timeout from -c FILE, else 10).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--utc", is_flag=True, envvar="AGENTCTL_UTC", help="Show times in UTC (default: local time with its offset).")
 @click.version_option(__version__, prog_name="agentctl")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: float, as_json: bool) -> None:
+def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: float, as_json: bool, utc: bool) -> None:
     """See and steer agentd: status, start, stop, restart, reload, logs, events."""
+    timefmt.use_utc(utc)
     if ctx.invoked_subcommand == "heartbeat":
         # Run by agents, which talk to the intake, not to control.ipc: no config needed.
         ctx.obj = {"run_dir": Path(DEFAULT_RUN_DIR), "timeout": timeout, "json": as_json}
@@ -515,7 +517,7 @@ def _write(text: str, as_json: bool, result: dict | None) -> None:
 
 
 def _event_line(e: dict[str, Any]) -> str:
-    return f"{e['time']}  {e['agent_id']}  {e['old']} -> {e['new']}  {e['reason']}"
+    return f"{timefmt.show(e['time'], ms=True)}  {e['agent_id']}  {e['old']} -> {e['new']}  {e['reason']}"
 
 
 @cli.command()
@@ -630,7 +632,7 @@ def top(click_ctx: click.Context, once: bool, interval: float, as_json: bool) ->
     try:
         while True:
             result = c.call("top")
-            stamp = time.strftime("%H:%M:%S")
+            stamp = timefmt.clock(time.time())
             sys.stdout.write("\x1b[H\x1b[2J" + f"agentd top — {stamp} — every {interval:g}s, Ctrl-C to quit\n\n" + render_top(result) + "\n")
             sys.stdout.flush()
             time.sleep(interval)
@@ -681,7 +683,7 @@ def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, eve
         if c.as_json or not windows:
             c.emit(result, f"no samples for {agent_id} in the last {since}")
             return
-        rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["start"])), w["samples"], _pct(w["cpu_avg"]), _pct(w["cpu_max"]),
+        rows = [[timefmt.show(w["start"]), w["samples"], _pct(w["cpu_avg"]), _pct(w["cpu_max"]),
                  format_bytes(int(w["rss_avg"])) if w["rss_avg"] is not None else None, format_bytes(w["rss_max"]),
                  f"{w['fds_avg']:.0f}" if w["fds_avg"] is not None else None, w["fds_max"]] for w in windows]
         click.echo(printable(f"{agent_id}: {len(windows)} windows of {every} (last {since})\n"
@@ -698,13 +700,13 @@ def history(click_ctx: click.Context, agent_id: str, since: str, limit: int, eve
     rss = [s["rss"] for s in samples]
     fds = [s["fds"] for s in samples]
     lines = [
-        f"{agent_id}: {len(samples)} samples since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(samples[0]['ts']))} (last {since})",
+        f"{agent_id}: {len(samples)} samples since {timefmt.show(samples[0]['ts'])} (last {since})",
         f"  cpu  {sparkline(cpu)}  last {_pct(cpu[-1]) or '-'}  max {_pct(max((v for v in cpu if v is not None), default=None)) or '-'}",
         f"  rss  {sparkline(rss)}  last {format_bytes(rss[-1])}  max {format_bytes(max(rss))}",
         f"  fds  {sparkline(fds)}  last {fds[-1] if fds[-1] is not None else '-'}",
         "",
     ]
-    rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["ts"])), _pct(s["cpu"]), format_bytes(s["rss"]), format_bytes(s["vms"]),
+    rows = [[timefmt.show(s["ts"]), _pct(s["cpu"]), format_bytes(s["rss"]), format_bytes(s["vms"]),
              s["fds"], s["threads"], s["procs"], s["read_bytes"], s["write_bytes"]] for s in samples[-50:]]
     lines.append(render_table(["TIME", "CPU", "RSS", "VMS", "FDS", "THREADS", "PROCS", "READ_B", "WRITE_B"], rows))
     if len(samples) > 50:

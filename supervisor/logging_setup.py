@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import logging.handlers
@@ -11,6 +12,13 @@ from pathlib import Path
 
 LOG_FILE_MAX_BYTES = 50 * 1024 * 1024
 LOG_FILE_KEEP = 5
+
+
+class TextFormatter(logging.Formatter):
+    """Lines for people: local time with its UTC offset, the convention agentctl shows too."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(sep=" ", timespec="milliseconds")
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +47,7 @@ def setup_logging(level: str = "info", fmt: str = "text", process_name: str = "a
         if fmt == "json":
             handler.setFormatter(JsonFormatter())
         else:
-            handler.setFormatter(logging.Formatter(f"%(asctime)s {process_name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+            handler.setFormatter(TextFormatter(f"%(asctime)s {process_name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level.upper())
