@@ -294,13 +294,50 @@ def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: boo
     # The daemon answers a little before our own deadline, so "still working" arrives as an answer.
     server_wait = min(3600.0, max(1.0, c.timeout - 2.0))
     args = ActionArgs(ids=list(ids), all=all_, wait=not no_wait, timeout=server_wait, force=force)
-    result = ActionResultList.model_validate(c.call(verb, args, timeout=c.timeout))
+    if no_wait or c.as_json:
+        result = ActionResultList.model_validate(c.call(verb, args, timeout=c.timeout))
+    else:
+        result = ActionResultList.model_validate(_call_with_progress(c, verb, args, list(ids)))
     rows = [[r.id, r.state, r.pid, ("ok" if r.ok else "FAILED") + ": " + r.message] for r in result.results]
     c.emit(result.model_dump(mode="json"), render_table(["ID", "STATE", "PID", "RESULT"], rows))
     if any(not r.ok for r in result.results):
         sys.exit(EXIT_FAILED)
     if result.pending:
         sys.exit(EXIT_PENDING)
+
+
+def _call_with_progress(c: Ctx, verb: str, args: ActionArgs, ids: list[str]) -> dict[str, Any]:
+    """Run the action in a thread and show each agent's progress from `status` until it answers."""
+    import threading
+
+    from .progress import Progress
+
+    outcome: dict[str, Any] = {}
+
+    def act() -> None:
+        try:
+            outcome["result"] = c.client.call(verb, args, timeout=c.timeout)
+        except ClientError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=act, daemon=True)
+    worker.start()
+    progress = Progress(verb)
+    try:
+        while worker.is_alive():
+            worker.join(0.3)
+            if worker.is_alive():
+                try:
+                    agents = c.client.call(status_verb.NAME, status_verb.Args(ids=ids), timeout=2.0)["agents"]
+                except ClientError:
+                    continue  # progress is best effort; the action's own answer decides
+                progress.update(agents)
+    finally:
+        progress.finish()
+    if "error" in outcome:
+        exc = outcome["error"]
+        fail(str(exc), exc.exit_code, c.as_json, getattr(exc, "code", None))
+    return outcome["result"]
 
 
 def _action_command(verb: str, help_text: str, default_timeout: float, with_force: bool = False):

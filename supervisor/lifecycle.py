@@ -141,6 +141,9 @@ class AgentProcess:
         self.backoff_until: float | None = None
         self.stop_deadline: float | None = None
         self.kill_sent_at: float | None = None
+        # How the current (or, once over, the last) stop went beyond the stop signal: "" or e.g.
+        # "SIGKILL after 10s (still running after SIGTERM)"; agentctl shows it live and in the result.
+        self.stop_note = ""
         self.kill_warned = False
         # What to do once the tree is gone: None (stay stopped), "start", "policy" or "remove".
         self.after_stop: str | None = None
@@ -243,6 +246,8 @@ class AgentProcess:
             if force and self.kill_sent_at is None and self.handle is not None:
                 self.ops.signal_tree(self.handle, signal_mod.SIGKILL)
                 self.kill_sent_at = now
+                self.stop_note = "SIGKILL at once (--force)"
+                self.dirty = True
                 return ActionResult(True, "already stopping; sent SIGKILL")
             return ActionResult(True, "already stopping")
         self._begin_stop(now, reason + (" (SIGKILL)" if force else ""), after=None, kill=force)
@@ -483,6 +488,8 @@ class AgentProcess:
             log.warning("%s: still running %.0fs after SIG%s; sending SIGKILL to its tree", self.spec.id, self.spec.stop_timeout, self.spec.stop_signal)
             self.ops.signal_tree(handle, signal_mod.SIGKILL)
             self.kill_sent_at = now
+            self.stop_note = f"SIGKILL after {self.spec.stop_timeout:g}s (still running after SIG{self.spec.stop_signal})"
+            self.dirty = True  # shown live by status and by agentctl's progress view
         elif self.kill_sent_at is not None and not self.kill_warned and now >= self.kill_sent_at + KILL_GRACE:
             self.kill_warned = True
             log.error("%s: processes survive SIGKILL for %.0fs (uninterruptible sleep?); still waiting", self.spec.id, KILL_GRACE)
@@ -542,6 +549,7 @@ class AgentProcess:
         self.pending_clean = clean
         self.stop_deadline = now + self.spec.stop_timeout
         self.kill_sent_at = now if kill else None
+        self.stop_note = "SIGKILL at once (--force)" if kill else ""
         self.kill_warned = False
         signum = signal_mod.SIGKILL if kill else getattr(signal_mod, "SIG" + self.spec.stop_signal)
         self.ops.signal_tree(handle, signum)

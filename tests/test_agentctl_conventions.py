@@ -76,3 +76,38 @@ def test_operator_start_after_failed_is_not_shown_as_a_restart(agentd):
     assert st["started_by_restart"] is False
     line = [ln for ln in agentd.agentctl("status").stdout.splitlines() if ln.startswith("f ")][0]
     assert "restarted" not in line, line
+
+
+def test_stop_shows_progress_and_says_sigkill_was_needed(agentd):
+    stubborn = agentd.helper_agent("stubborn", "ignore-term", stop_timeout=2)
+    agentd.write_config([stubborn, agentd.helper_agent("meek", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("stubborn", "running")
+    agentd.wait_state("meek", "running")
+    result = agentd.agentctl("stop", "--all")  # not a terminal: plain progress lines
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "stubborn: stopping" in out, out  # progress while it waits out stop_timeout
+    assert "SIGKILL after 2s (still running after SIGTERM)" in out
+    final = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith(("stubborn ", "meek "))}
+    assert "stopped (SIGKILL after 2s" in final["stubborn"] and final["meek"].rstrip().endswith("ok: stopped"), out
+    st = agentd.status("stubborn")
+    assert st["stop_note"].startswith("SIGKILL after 2s")
+
+
+def test_progress_on_a_terminal_redraws_in_place():
+    import io
+
+    from supervisor.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    p = Progress("stop", out=out, delay=0)
+    p.update([{"id": "a", "state": "stopping", "stop_elapsed_s": 1.0, "stop_note": ""}])
+    p.update([{"id": "a", "state": "stopping", "stop_elapsed_s": 11.0, "stop_note": "SIGKILL after 10s (still running after SIGTERM)"}])
+    p.finish()
+    text = out.getvalue()
+    assert "\x1b[2F" in text and "stopping 11s: SIGKILL after 10s" in text and text.endswith("\x1b[2F\x1b[J")

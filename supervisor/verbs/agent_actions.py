@@ -75,8 +75,9 @@ def is_up_or_settled(agent: AgentProcess) -> bool:
 def describe_start(agent: AgentProcess, res: ActionResult) -> tuple[bool, str]:
     """Say where a started agent ended up; an agent that died or failed is not a success."""
     state = agent.state
+    old = f"; the old process needed {agent.stop_note}" if agent.stop_note and agent.started_by_restart else ""
     if state == AgentState.RUNNING:
-        return True, f"running (pid {agent.handle.pid})"
+        return True, f"running (pid {agent.handle.pid}){old}"
     if state == AgentState.STARTING:
         return True, f"started (pid {agent.handle.pid}), waiting for its first heartbeat"
     if state == AgentState.RESTARTING:

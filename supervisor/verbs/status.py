@@ -44,6 +44,8 @@ class AgentStatus(BaseModel):
     last_restart: str | None
     last_restart_age_s: float | None
     last_restart_reason: str | None
+    stop_note: str = ""  # how the current or last stop went beyond the stop signal, e.g. "SIGKILL after 10s (...)"
+    stop_elapsed_s: float | None = None  # while stopping: seconds since the stop signal
     started_by_restart: bool  # the current process came from a restart, so last_restart_reason describes it
     next_restart_in_s: float | None
     operator_stopped: bool
@@ -105,6 +107,12 @@ def manager_link(daemon) -> ManagerLink | None:
     )
 
 
+def _stop_elapsed(agent: AgentProcess, now: float) -> float | None:
+    if agent.state != AgentState.STOPPING or agent.stop_deadline is None:
+        return None
+    return round(max(0.0, now - (agent.stop_deadline - agent.spec.stop_timeout)), 3)
+
+
 def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
     """Build the status view of one agent at monotonic time `now`."""
     h = agent.handle
@@ -141,6 +149,8 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
         expects_heartbeat=agent.spec.expects_heartbeat,
         config_file_problem=agent.config_problem,
         started_by_restart=agent.started_by_restart,
+        stop_note=agent.stop_note,
+        stop_elapsed_s=_stop_elapsed(agent, now),
         generation=agent.generation,
         ready=agent.spec.ready,
         notify_status=agent.notify_status if live else None,

@@ -14,7 +14,9 @@ def _settled(agent) -> bool:
 
 
 def _describe(agent, res):
-    return True, res.message if res.message.startswith("already") else "stopped"
+    if res.message.startswith("already") and not res.message.startswith("already stopping"):
+        return True, res.message  # nothing was stopped now: an old stop's note does not apply
+    return True, f"stopped ({agent.stop_note})" if agent.stop_note else "stopped"
 
 
 async def handle(daemon, args: Args) -> Result:
