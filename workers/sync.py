@@ -248,8 +248,8 @@ class ManagerSync:
         self._register_due = time.monotonic() + self.settings.register_interval
         self.registered = True
         self.info["registered"] = "yes"
-        log.log(logging.DEBUG if periodic else logging.INFO, "registered node %s with the Manager at %s (%s, %s, %s/%s)", self.node_id, self.settings.address,
-                facts.hostname, facts.ip, facts.os, facts.arch)
+        log.log(logging.DEBUG if periodic else logging.INFO, "registered node %s with the Manager at %s (%s, %s, %s/%s)",
+                self.node_id, self.settings.address, facts.hostname, facts.ip, facts.os, facts.arch)
         return True
 
     async def heartbeat(self) -> bool:
@@ -299,14 +299,21 @@ class ManagerSync:
 
     async def _collect_loop(self, collector) -> None:
         """Run one collector now and then every its interval, keeping only its newest reading (as the original)."""
+        failing = ""
         while True:
             started = time.monotonic()
             try:
                 values = await asyncio.to_thread(collector.collect)
-            except Exception:  # psutil trouble must not end the loop
-                log.exception("collecting %s metrics failed", collector.type)
+            except Exception as exc:  # psutil trouble must not end the loop
                 self.counters["collect_failed"] += 1
+                # One traceback per kind of trouble, not one per interval of a lasting one.
+                if repr(exc) != failing:
+                    log.exception("collecting %s metrics failed", collector.type)
+                failing = repr(exc)
             else:
+                if failing:
+                    log.info("collecting %s metrics works again", collector.type)
+                failing = ""
                 self.latest[collector.type] = reading(collector.type, values)
             await asyncio.sleep(max(0.0, collector.interval - (time.monotonic() - started)))
 
