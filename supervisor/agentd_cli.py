@@ -56,6 +56,10 @@ def run(config_path: str, log_level: str | None) -> None:
     except PermissionError as exc:
         click.echo(f"agentd: permission denied: {exc.filename or exc} (run as root, or point run_dir/data_dir/log_dir somewhere writable)", err=True)
         sys.exit(1)
+    except OSError as exc:  # a full or read-only disk at start: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"agentd: cannot start: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
     sys.exit(code)
 
 

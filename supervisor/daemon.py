@@ -46,6 +46,7 @@ from .process_ops import RealProcessOps, agent_log_path
 from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request, error_reply
 from .registry import Registry
 from .reload_plan import AgentChange, ReloadPlan, plan_reload
+from .safe_paths import prepare_dir
 from .sd_notify import sd_notify
 from .stall_watch import Stall, StallWatch
 from .state_feed import StateFeed
@@ -288,12 +289,12 @@ class Daemon:
         return specs
 
     def _prepare_dirs(self) -> None:
-        # run_dir is 0755 so agents running as other users can reach the heartbeat socket; the
-        # control socket inside it is born 0600.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o755)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # A new run_dir is 0755 so agents running as other users can reach the heartbeat socket; the
+        # control socket inside it is born 0600. Existing directories keep their mode, and are refused
+        # if another user controls them (supervisor/safe_paths.py).
+        prepare_dir(self.run_dir, "daemon.run_dir", 0o755)
+        prepare_dir(self.data_dir, "daemon.data_dir", 0o750)
+        prepare_dir(self.log_dir, "daemon.log_dir", 0o750)
 
     def _load_agents(self) -> None:
         """Re-adopt what the previous agentd left running; start the rest unless told not to."""

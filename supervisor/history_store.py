@@ -450,6 +450,12 @@ class HistoryStore:
 
     def _connect(self) -> sqlite3.Connection:
         # Autocommit: transactions are explicit, so a failed write never leaves one open.
+        # Born owner-and-group only, like metadata and logs (SQLite gives its -wal and -shm files the same mode).
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640))
+            os.chmod(self.path, 0o640)
+        except OSError:
+            pass  # sqlite3 reports the real problem next, through the usual fault handling
         return sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
 
     def _configure(self, conn: sqlite3.Connection) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import socket
+import struct
 from pathlib import Path
 
 from .config import split_listen
@@ -56,13 +58,50 @@ def _bind_tcp(listen: str, host: str, port: int) -> socket.socket:
     return sock
 
 
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket left by a killed daemon; refuse a live one (another agentd's) or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"heartbeat.unix.path {path}: exists and is not a socket; agentd does not remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    listener = None
+    try:
+        probe.connect(str(path))
+        # The pid that called listen(): a dead one means the socket is held on only by the dying workers of
+        # a killed agentd (they inherited it), not by a live daemon.
+        listener = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: stale
+    except OSError:
+        listener = -1  # a full backlog or a timeout: somebody is listening
+    finally:
+        probe.close()
+    if listener is not None and (listener <= 0 or _alive(listener)):
+        who = f" (pid {listener})" if listener > 0 else ""
+        raise ListenError(f"heartbeat.unix.path {path}: another process{who} is listening on it (another agentd?); not removing it")
+    path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def unix_listener(path: Path) -> socket.socket:
     """Bind the heartbeat socket 0666: identity comes from peer credentials, not file permissions."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise ListenError(f"heartbeat.unix.path {path}: is a directory")
-    if path.exists() or path.is_symlink():
-        path.unlink()  # stale from a killed daemon; we hold the pid lock
+    _clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0)
     try:

@@ -7,6 +7,7 @@ moved aside as ``<name>.corrupt-<UTC timestamp>`` and treated as absent: it neve
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -103,6 +104,15 @@ class AgentRecord(BaseModel):
     schema_version: int = SCHEMA_VERSION
 
 
+def _read_nofollow(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -195,14 +205,18 @@ class MetadataStore:
 
     def _read(self, path: Path, agent_id: str) -> AgentRecord | None:
         try:
-            raw = path.read_bytes()
+            raw = _read_nofollow(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self._quarantine(path, f"unreadable ({exc.strerror or exc})")
+            why = "a symbolic link, not followed" if exc.errno == errno.ELOOP else exc.strerror or exc
+            self._quarantine(path, f"unreadable ({why})")
             return None
         try:
             doc = json.loads(raw)
+        except RecursionError:
+            self._quarantine(path, "not valid JSON (nested too deeply)")
+            return None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             reason = "empty file" if not raw.strip() else f"not valid JSON ({exc})"
             self._quarantine(path, reason)
@@ -212,6 +226,9 @@ class MetadataStore:
             return None
         try:
             record = AgentRecord.model_validate(doc)
+        except RecursionError:
+            self._quarantine(path, "wrong shape: nested too deeply")
+            return None
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "<root>"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .metadata_store import AgentRecord, MetadataStore
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
+REPEAT_LOG_EVERY = 60.0  # a write that keeps failing (full or read-only disk) is logged again this often
 
 
 class MetadataWriter:
@@ -27,6 +29,7 @@ class MetadataWriter:
         self._busy = False
         self._closed = False
         self.failures = 0
+        self._failing: dict[str, tuple[float, int]] = {}  # agent id -> (last logged, failures since), per episode
         self._thread = threading.Thread(target=self._run, name="metadata-writer", daemon=True)
         self._thread.start()
 
@@ -71,7 +74,7 @@ class MetadataWriter:
             except Exception as exc:  # a full disk must not kill the writer
                 failed = True
                 self.failures += 1
-                log.error("could not write metadata for %s: %s; retrying in %.0fs", agent_id, exc, RETRY_DELAY)
+                self._log_failure(agent_id, exc)
             with self._cond:
                 if failed:
                     # Retry it unless a newer record arrived meanwhile: an operator stop must not be
@@ -83,3 +86,16 @@ class MetadataWriter:
                 else:
                     self._busy = False
                     self._cond.notify_all()
+            if not failed and self._failing.pop(agent_id, None) is not None:
+                log.warning("metadata for %s written again", agent_id)
+
+    def _log_failure(self, agent_id: str, exc: Exception) -> None:
+        """Once when an agent's writes start failing, then once a minute with a count, not every second."""
+        now = time.monotonic()
+        last, count = self._failing.get(agent_id, (None, 0))
+        if last is None or now - last >= REPEAT_LOG_EVERY:
+            more = f" ({count} more failures since the last report)" if count else ""
+            log.error("could not write metadata for %s: %s; retrying every %.0fs%s", agent_id, exc, RETRY_DELAY, more)
+            self._failing[agent_id] = (now, 0)
+        else:
+            self._failing[agent_id] = (last, count + 1)

@@ -24,14 +24,20 @@ def node_id(configured: str | None, data_dir: Path) -> str:
     except FileNotFoundError:
         pass
     new = str(uuid.uuid4())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".node_id.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".node_id.", suffix=".tmp")
+    except OSError as exc:  # a full or read-only data_dir at the very first start
+        raise ValueError(f"cannot store the node id in {path}: {exc.strerror or exc} (free space in data_dir, or set daemon.id)") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(new + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ValueError(f"cannot store the node id in {path}: {exc.strerror or exc} (free space in data_dir, or set daemon.id)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

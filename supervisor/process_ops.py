@@ -87,7 +87,8 @@ class RealProcessOps:
         try:
             Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
             if "user" in kwargs:
-                os.chown(spec.work_dir, kwargs["user"], kwargs.get("group", -1))
+                # Not through a symlink: the agent's user could point work_dir at any directory for root to chown.
+                os.chown(spec.work_dir, kwargs["user"], kwargs.get("group", -1), follow_symlinks=False)
             log_fd = open_agent_log(agent_log_path(self.log_dir, spec.id))
         except OSError as exc:
             raise SpawnError(f"cannot prepare work dir or log file: {exc}") from exc

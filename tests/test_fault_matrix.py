@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.daemon import ROOT, TAG_VAR, processes_tagged
@@ -281,3 +282,103 @@ def test_break9_manager_api_without_token_is_refused_on_loopback_too(agentd):
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0
     assert "warning: agent a: user 'no-such-user-x' does not exist on this machine" in checked.stderr, checked.stderr
+
+
+# ----------------------------------------------------------------------------- break 10: paths trusted blindly
+
+NOBODY = 65534
+
+
+def _run_agentd_once(agentd, **daemon) -> subprocess.CompletedProcess:
+    """Start agentd on a config with these daemon settings and return when it exits (refusals are immediate)."""
+    doc = yaml.safe_load(agentd.config_path.read_text())
+    doc["daemon"].update({k: str(v) for k, v in daemon.items()})
+    path = agentd.base / "other.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return _second_agentd(agentd, path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own directories as another user")
+def test_break10_directories_another_user_controls_are_refused_in_one_line(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    theirs = agentd.base / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    refused = _run_agentd_once(agentd, run_dir=theirs)
+    assert refused.returncode == 1 and "daemon.run_dir" in _refusal(refused) and "is owned by" in _refusal(refused)
+    open_to_all = agentd.base / "open"
+    open_to_all.mkdir()
+    os.chmod(open_to_all, 0o777)
+    refused = _run_agentd_once(agentd, data_dir=open_to_all)
+    assert refused.returncode == 1 and "daemon.data_dir" in _refusal(refused) and "world-writable (mode 0777)" in _refusal(refused)
+    assert not agentd.agent_pids()
+    # A shared run_dir of ours keeps its mode (and sticky bit): agentd never chmods an existing directory.
+    agentd.run_dir.mkdir(exist_ok=True)
+    os.chmod(agentd.run_dir, 0o1770)
+    agentd.start()
+    agentd.wait_state("a", "running")
+    assert oct(os.stat(agentd.run_dir).st_mode & 0o7777) == oct(0o1770)
+
+
+def test_break10_planted_pid_file_symlink_is_not_followed(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    victim = agentd.base / "victim"
+    victim.write_text("precious\n")
+    agentd.run_dir.mkdir()
+    (agentd.run_dir / "agentd.pid").symlink_to(victim)
+    refused = _second_agentd(agentd)
+    assert refused.returncode == 1 and "agentd.pid is a symbolic link; agentd does not follow it" in _refusal(refused)
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the chown happens only for agents with a user")
+def test_break10_work_dir_symlink_is_not_followed_by_chown(agentd):
+    target = agentd.base / "etc-like"
+    target.mkdir()
+    link = agentd.base / "work-link"
+    link.symlink_to(target)
+    agentd.write_config([agentd.helper_agent("a", "well-behaved", user="nobody", work_dir=str(link))])
+    agentd.start()
+    wait_until(lambda: agentd.status("a")["state"] in ("running", "failed"), timeout=30)
+    assert os.stat(target).st_uid == 0, "root chowned the symlink's target to the agent's user"
+
+
+def test_break10_heartbeat_socket_of_another_agentd_or_a_plain_file_is_never_removed(agentd):
+    shared = agentd.base / "hb.sock"
+    agentd.write_config([agentd.helper_agent("s", "heartbeat-socket", "--interval", "0.2", health_check=FAST)],
+                        heartbeat={"unix": {"path": str(shared)}})
+    agentd.start()
+    agentd.wait_state("s", "running")
+    other = {k: agentd.base / f"{k}2" for k in ("run_dir", "data_dir", "log_dir")}
+    refused = _run_agentd_once(agentd, **other)
+    assert refused.returncode == 1 and f"another process (pid {agentd.proc.pid}) is listening on it" in _refusal(refused), refused.stderr
+    assert shared.is_socket()
+    hb = agentd.status("s")["heartbeat_age_s"]
+    wait_until(lambda: (agentd.status("s")["heartbeat_age_s"] or 99) < 1, timeout=10, message=f"heartbeats still flowing ({hb})")
+    plain = agentd.base / "plain"
+    plain.write_text("not a socket\n")
+    doc = yaml.safe_load(agentd.config_path.read_text())
+    doc["heartbeat"]["unix"]["path"] = str(plain)
+    doc["daemon"].update({k: str(v) for k, v in other.items()})
+    (agentd.base / "plain.yaml").write_text(yaml.safe_dump(doc))
+    refused = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(agentd.base / "plain.yaml")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ, **{TAG_VAR: agentd.tag}))
+    assert refused.returncode == 1 and "exists and is not a socket; agentd does not remove it" in refused.stderr, refused.stderr
+    assert plain.read_text() == "not a socket\n"
+
+
+# ----------------------------------------------------------------------------- break 12: the smaller items
+
+
+def test_break12_history_db_not_world_readable_and_deep_metadata_set_aside(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.helper_agent("deep", "well-behaved")])
+    (agentd.data_dir / "metadata").mkdir(parents=True)
+    os.chmod(agentd.data_dir, 0o750)
+    (agentd.data_dir / "metadata" / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    agentd.start()
+    agentd.wait_state("a", "running")
+    agentd.wait_state("deep", "running")
+    assert list((agentd.data_dir / "metadata").glob("deep.json.corrupt-*"))
+    db = agentd.data_dir / "history.db"
+    wait_until(db.exists, timeout=20)
+    assert os.stat(db).st_mode & 0o007 == 0, oct(os.stat(db).st_mode)
