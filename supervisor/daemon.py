@@ -483,6 +483,9 @@ class Daemon:
         agent = self.registry.find(agent_id)
         if agent is None:
             return
+        self.notify.drain(agent_id)  # a MAINPID= hand-over sent before this exit comes first
+        if agent.handle is not None and agent.handle.generation == generation and self.ops.main_moved(agent.handle):
+            return  # the process that exited is no longer the main one
         agent.on_exit(self.now(), generation, code, signum)
         self._persist_dirty()
         self.wake()

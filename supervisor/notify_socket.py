@@ -205,6 +205,13 @@ class NotifyHub:
             # The agent still runs, only without NOTIFY_SOCKET; `ready: notify` agents then time out visibly.
             log.error("%s: cannot open its notify socket %s: %s", agent_id, path, exc)
 
+    def drain(self, agent_id: str) -> None:
+        """Handle what is queued now: an agent's MAINPID= sent just before its old main process
+        exited must be seen before that exit is judged."""
+        sock = self.sockets.get(agent_id)
+        if sock is not None:
+            sock._readable()
+
     def close(self, agent_id: str) -> None:
         sock = self.sockets.pop(agent_id, None)
         if sock is not None:

@@ -333,6 +333,10 @@ class RealProcessOps:
         log.info("%s: main process is now pid %d (MAINPID=, was %d)", agent_id, pid, old_pid)
         return None
 
+    def main_moved(self, handle: ProcessHandle) -> bool:
+        """True when the exit just reported was of a former main process (a MAINPID= came first)."""
+        return isinstance(handle.os_state, ExitWatch) and handle.os_state.pidfd is not None
+
     def remove_cgroup(self, agent_id: str) -> None:
         """rmdir an agent's cgroup once nothing runs in it (after removal from the config)."""
         cgroup = self.cgroup_of(agent_id)

@@ -150,3 +150,20 @@ def test_check_config_says_which_mode_would_be_used(agentd, cgroup_root):
     assert not cgroup_root.exists()  # a check creates nothing
     agentd.write_config(cgroups={"mode": "off"})
     assert "process groups: cgroups.mode is off" in agentd_cli("check-config", str(agentd.config_path)).stdout
+
+
+@needs_cgroup2
+def test_heartbeats_from_an_escaped_process_count_in_cgroup_mode(agentd, cgroup_root):
+    """The Unix-socket intake names the agent by the sender's cgroup: a double-forked, setsid'd
+    process that nothing else ties to the agent still speaks for it."""
+    agentd.write_config([agentd.helper_agent("hb", "escape-heartbeat", "--interval", "0.2",
+                                             health_check={"heartbeat_timeout": "30s", "interval": 0.5})],
+                        cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    st = agentd.wait_state("hb", "running")
+    assert st["reason"] == "first heartbeat received"
+    escaped = int(wait_for_marker(agentd.marker("hb"), "GRANDCHILD")[0][1])
+    assert escaped != st["pid"]
+    wait_until(lambda: agentd.status("hb")["heartbeat_age_s"] is not None, timeout=20)
+    assert agentd.agentctl("stop", "hb").returncode == 0
+    assert not pid_alive(escaped)

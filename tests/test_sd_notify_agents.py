@@ -9,6 +9,7 @@ import stat
 
 import pytest
 
+from tests.support.processes import pid_alive
 from tests.support.wait import read_markers, wait_for_marker, wait_until
 
 HEALTH = {"interval": 0.5, "heartbeat_timeout": "2s", "startup_grace": "10s", "cpu_threshold": None, "memory_threshold": None}
@@ -105,3 +106,18 @@ def test_systemd_notify_from_a_shell_agent(agentd):
     wait_until(lambda: agentd.call("workers")["parent"].get("notify_watchdog", 0) >= 8, timeout=30, message="watchdog pings from systemd-notify")
     assert agentd.status("sh")["restarts"] == 0 and agentd.status("sh")["state"] == "running"
     assert "shell agent up" in agentd.agentctl("status").stdout
+
+
+def test_mainpid_hands_the_agent_over_to_a_forked_daemon(agentd):
+    agentd.write_config([agentd.helper_agent("fork", "notify-forking", ready="notify")])
+    agentd.start()
+    st = agentd.wait_state("fork", "running")
+    daemon_pid = int(wait_for_marker(agentd.marker("fork"), "DAEMON")[0][1])
+    launcher = int(wait_for_marker(agentd.marker("fork"), "START")[0][1])
+    wait_until(lambda: any(m[0] == "EXIT" and int(m[1]) == launcher for m in read_markers(agentd.marker("fork"))), message="the launcher to exit")
+    st = agentd.status("fork")
+    assert st["state"] == "running" and st["pid"] == daemon_pid and st["restarts"] == 0
+    assert st["notify_status"] == "forked daemon up"
+    assert agentd.agentctl("stop", "fork").returncode == 0
+    st = agentd.status("fork")
+    assert st["state"] == "stopped" and not pid_alive(daemon_pid)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Callable
 
+from supervisor.cgroups import MOUNTINFO, Mount, cgroup2_mounts
 from supervisor.config import AGENT_ID_PATTERN
 from supervisor.messages import AgentView, Heartbeat
 from supervisor.units import describe_value
@@ -275,6 +276,41 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[2])
 
 
+def _cgroup_of(pid: int) -> str | None:
+    """The cgroup v2 path of a live pid, or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb", buffering=0) as f:
+            raw = f.read()
+    except OSError:
+        return None
+    for line in raw.split(b"\n"):
+        if line.startswith(b"0::"):
+            return line[3:].decode("utf-8", "replace")
+    return None
+
+
+@lru_cache(maxsize=1)
+def _cgroup2_mounts() -> tuple[Mount, ...]:
+    try:
+        with open(MOUNTINFO) as f:
+            return tuple(cgroup2_mounts(f.read()))
+    except OSError:
+        return ()
+
+
+def _in_cgroup(agent: AgentView, name: str | None) -> bool:
+    """In cgroup mode, membership of the agent's cgroup (or one below it): no fork or setsid escapes it.
+    AgentView.cgroup is the directory; a process's cgroup path is that directory below its mount."""
+    if not agent.cgroup or not name:
+        return False
+    for mount in _cgroup2_mounts():
+        top = str(mount.path).rstrip("/") + "/"
+        if agent.cgroup.startswith(top):
+            own = mount.root.rstrip("/") + "/" + agent.cgroup[len(top):]
+            return name == own or name.startswith(own + "/")
+    return False
+
+
 def _group_of(agent: AgentView) -> int | None:
     """The process group whose members count as the agent's, or None when that would be too broad."""
     pgid = agent.pgid if agent.pgid is not None else agent.pid
@@ -357,6 +393,9 @@ class AgentDirectory:
         hit = self._cached(pid)
         if hit is not None and hit.id == agent.id:
             return
+        if agent.cgroup and _in_cgroup(agent, _cgroup_of(pid)):
+            self._remember(pid, agent)
+            return
         group = _group_of(agent)
         current = pid
         for _ in range(MAX_TREE_DEPTH):
@@ -381,7 +420,15 @@ class AgentDirectory:
             return hit
         by_pid: dict[int, AgentView] = {}
         by_group: dict[int, AgentView] = {}
-        for agent in self._agents().values():
+        agents = self._agents()
+        name = _cgroup_of(pid)
+        if name and "/agent-" in name:
+            for part in name.split("/"):
+                agent = agents.get(part[len("agent-"):]) if part.startswith("agent-") else None
+                if agent is not None and _in_cgroup(agent, name):
+                    self._remember(pid, agent)
+                    return agent
+        for agent in agents.values():
             if agent.pid is not None:
                 by_pid[agent.pid] = agent
                 group = _group_of(agent)

@@ -307,6 +307,43 @@ def mode_sd_notify(h: Helper) -> None:
     h.exit(0)
 
 
+def mode_notify_forking(h: Helper) -> None:
+    """A classic forking daemon under sd_notify: the launcher forks the real daemon, which sends
+    MAINPID=<own pid> and READY=1; the launcher exits once the daemon has sent them."""
+    ready_r, ready_w = os.pipe()
+
+    def daemon() -> None:
+        os.close(ready_r)
+        h.mark("DAEMON", *ids())
+        sd_notify(f"MAINPID={os.getpid()}\nREADY=1\nSTATUS=forked daemon up")
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+        h.run_until_stop()
+        h.exit(0)
+
+    h.fork(daemon)
+    os.close(ready_w)
+    os.read(ready_r, 1)
+    h.children = []  # not ours to reap any more: the daemon outlives us
+    h.exit(0)
+
+
+def mode_escape_heartbeat(h: Helper) -> None:
+    """The escaped grandchild of daemonize-escape sends the heartbeats, over the Unix socket."""
+    def grandchild() -> None:
+        os.setsid()
+        h.mark("GRANDCHILD", *ids())
+        heartbeat_loop(h, SocketSender().send, 0)
+        h.exit(0)
+
+    def middle() -> None:
+        h.fork(grandchild)
+        os._exit(0)
+
+    h.fork(middle)
+    mode_well_behaved(h)
+
+
 def mode_spew_output(h: Helper) -> None:
     rate, limit = h.args.rate, h.args.count
     start, written = time.monotonic(), 0
@@ -402,6 +439,8 @@ MODES = {
     "setsid-grandchild": mode_setsid_grandchild,
     "daemonize-escape": mode_daemonize_escape,
     "sd-notify": mode_sd_notify,
+    "notify-forking": mode_notify_forking,
+    "escape-heartbeat": mode_escape_heartbeat,
     "spew-output": mode_spew_output,
     "heartbeat-then-stall": mode_heartbeat_then_stall,
     "heartbeat-http": mode_heartbeat_http,
