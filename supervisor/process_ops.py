@@ -19,7 +19,7 @@ from typing import Callable
 
 import psutil
 
-from .cgroups import CONTROLLER_OF, AgentCgroup, Tracking, cgroup_name, limit_values
+from .cgroups import CONTROLLER_OF, MOUNTINFO, AgentCgroup, Tracking, cgroup2_mounts, cgroup_name, limit_values
 from .agent_config_check import check_agent_config
 from .config import AgentSpec
 from .exit_watch import ExitWatch, watch_exit
@@ -71,6 +71,7 @@ class RealProcessOps:
         self.loop = loop
         self.tracking = tracking or Tracking("process-group", "not configured")
         self.notify_path = notify_path or (lambda agent_id: None)
+        self._mounts = cgroup2_mounts(Path(MOUNTINFO).read_text()) if Path(MOUNTINFO).exists() else []
         self._retired: dict[int, ExitWatch] = {}  # watches of former main processes (MAINPID=), kept to reap them
         self.log_dir = log_dir
         self.agent_env = agent_env
@@ -208,9 +209,9 @@ class RealProcessOps:
             tree={record.pid: record.start_ticks},
             boot_id=self.boot_id,
         )
-        cgroup = self.cgroup_of(agent_id)
+        cgroup = self._recorded_cgroup(record) or self.cgroup_of(agent_id)
         if cgroup is not None and cgroup.contains(record.pid):
-            handle.cgroup = str(cgroup.path)
+            handle.cgroup = str(cgroup.path)  # where it was started, even if cgroups.root changed since
         elif cgroup is not None:
             log.warning("%s: re-adopted pid %d is not in cgroup %s (started in process-group mode?); tracked by process group", agent_id, record.pid, cgroup.path)
         if not self._watch(agent_id, handle, None):
@@ -357,11 +358,20 @@ class RealProcessOps:
             del handle.tree[pid]  # gone: keeps the map bounded however much the tree churns
         return live
 
+    def _cgroup_at(self, path: Path) -> AgentCgroup | None:
+        """The cgroup at a directory of any cgroup2 mount; None when it is in none (or gone)."""
+        mounts = [m for m in self._mounts if m.path in path.parents]
+        if not mounts or not path.is_dir():
+            return None
+        mount = max(mounts, key=lambda m: len(m.path.parts))
+        return AgentCgroup(path, cgroup_name(mount, path))
+
+    def _recorded_cgroup(self, record) -> AgentCgroup | None:
+        return self._cgroup_at(Path(record.cgroup)) if getattr(record, "cgroup", None) else None
+
     def _cgroup(self, handle: ProcessHandle) -> AgentCgroup:
         path = Path(handle.cgroup)
-        mount = self.tracking.mount
-        name = cgroup_name(mount, path) if mount is not None and mount.path in path.parents else str(path)
-        return AgentCgroup(path, name)
+        return self._cgroup_at(path) or AgentCgroup(path, "")
 
     def signal_main(self, handle: ProcessHandle, signum: int) -> bool:
         # Only the main process: a reload signal's default action (SIGHUP: exit) would kill children that
@@ -410,7 +420,7 @@ class RealProcessOps:
     def cgroup_leftovers(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
         """In cgroup mode, whatever still runs in the agent's cgroup is the agent's, recorded or not:
         a handle to stop it before a new generation starts (so none runs twice)."""
-        cgroup = self.cgroup_of(agent_id)
+        cgroup = (self._recorded_cgroup(record) if record is not None else None) or self.cgroup_of(agent_id)
         if cgroup is None or not cgroup.exists() or not cgroup.populated():
             return None
         members = {p: t for p in cgroup.pids() if (t := start_ticks(p)) is not None}
@@ -425,7 +435,7 @@ class RealProcessOps:
 
     def leftovers(self, agent_id: str, record, generation: int, now: float) -> ProcessHandle | None:
         """The recorded main process is gone but members of its group may live on: a handle to stop them."""
-        if self.cgroup_of(agent_id) is not None:
+        if self.cgroup_of(agent_id) is not None or (record is not None and self._recorded_cgroup(record) is not None):
             found = self.cgroup_leftovers(agent_id, record, generation, now)
             if found is not None or record is None:
                 return found

@@ -23,12 +23,14 @@ def agentd_cli(*argv):
 
 
 @pytest.fixture
-def cgroup_root():
-    """A fresh cgroup directory for agentd's cgroups.root; removed, with everything in it, afterwards."""
+def cgroup_root(agentd):
+    """A fresh cgroup directory for agentd's cgroups.root; removed, with everything in it, afterwards
+    (agentd first, so it cannot start an agent into the cgroup while it is being emptied)."""
     root = MOUNT / f"agentd-test-{uuid.uuid4().hex[:10]}"
     try:
         yield root
     finally:
+        agentd.cleanup()
         remove_tree(root)
 
 
@@ -166,4 +168,22 @@ def test_heartbeats_from_an_escaped_process_count_in_cgroup_mode(agentd, cgroup_
     assert escaped != st["pid"]
     wait_until(lambda: agentd.status("hb")["heartbeat_age_s"] is not None, timeout=20)
     assert agentd.agentctl("stop", "hb").returncode == 0
+    assert not pid_alive(escaped)
+
+
+@needs_cgroup2
+def test_agent_started_in_a_cgroup_stays_tracked_by_it_when_agentd_restarts_without_cgroups(agentd, cgroup_root):
+    """The cgroup is recorded in the agent's metadata: switching `cgroups.mode: off` (or moving
+    cgroups.root) does not lose the processes started before."""
+    agentd.write_config([agentd.helper_agent("moved", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    before = agentd.wait_state("moved", "running")
+    escaped = int(wait_for_marker(agentd.marker("moved"), "GRANDCHILD")[0][1])
+    agentd.terminate()
+    agentd.write_config(cgroups={"mode": "off"})
+    agentd.start()
+    after = agentd.wait_state("moved", "running")
+    assert after["pid"] == before["pid"] and after["cgroup"] == str(cgroup_root / "agent-moved")
+    assert agentd.call("status")["daemon"]["tracking"] == "process-group"
+    assert agentd.agentctl("stop", "moved").returncode == 0
     assert not pid_alive(escaped)
