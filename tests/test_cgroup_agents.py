@@ -187,3 +187,20 @@ def test_agent_started_in_a_cgroup_stays_tracked_by_it_when_agentd_restarts_with
     assert agentd.call("status")["daemon"]["tracking"] == "process-group"
     assert agentd.agentctl("stop", "moved").returncode == 0
     assert not pid_alive(escaped)
+
+
+@needs_cgroup2
+def test_resource_figures_count_escaped_processes_from_the_cgroup(agentd, cgroup_root):
+    agentd.extra = {"resources": {"interval": 0.5}}
+    agentd.write_config([agentd.helper_agent("acct", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    agentd.wait_state("acct", "running")
+    wait_for_marker(agentd.marker("acct"), "GRANDCHILD")
+
+    def sample():
+        item = next(i for i in agentd.call("top")["agents"] if i["status"]["id"] == "acct")
+        s = item["sample"]
+        return s if s and s["procs"] == 2 and s["cpu"] is not None else None
+
+    s = wait_until(sample, timeout=30, message="a sample of main + escaped grandchild with a CPU rate")
+    assert s["rss"] > 0 and s["cpu"] >= 0
