@@ -121,3 +121,35 @@ def test_mainpid_hands_the_agent_over_to_a_forked_daemon(agentd):
     assert agentd.agentctl("stop", "fork").returncode == 0
     st = agentd.status("fork")
     assert st["state"] == "stopped" and not pid_alive(daemon_pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running an agent as another user needs root")
+def test_notify_and_cgroup_placement_work_for_an_agent_running_as_another_user(agentd):
+    """The notify socket is owned by the agent's user; the cgroup move happens after the uid change."""
+    from tests.test_cgroup_agents import MOUNT, remove_tree
+
+    from tests.support.daemon import HELPER
+
+    if not all(os.stat(d).st_mode & 0o001 for d in HELPER.parents) or not os.stat(HELPER).st_mode & 0o004:
+        pytest.skip(f"{HELPER} cannot be run by another user")
+    os.chmod(agentd.base, 0o755)
+    os.chmod(agentd.markers, 0o777)
+    root = None
+    cgroups = {"mode": "off"}
+    if MOUNT is not None:
+        import uuid
+        root = MOUNT / f"agentd-test-{uuid.uuid4().hex[:10]}"
+        cgroups = {"root": str(root)}
+    try:
+        agentd.write_config([notify_agent(agentd, "nob", "--after", "0.5", user="nobody", health={"heartbeat_timeout": None})], cgroups=cgroups)
+        agentd.start()
+        st = agentd.wait_state("nob", "running")
+        assert st["reason"] == "READY=1 received"
+        assert os.stat(agentd.run_dir / "notify" / "nob").st_uid == os.stat(f"/proc/{st['pid']}").st_uid != 0
+        if root is not None:
+            assert st["cgroup"] == str(root / "agent-nob")
+            assert (root / "agent-nob" / "cgroup.procs").read_text().split() == [str(st["pid"])]
+    finally:
+        agentd.cleanup()
+        if root is not None:
+            remove_tree(root)
