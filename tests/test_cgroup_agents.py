@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -94,22 +96,48 @@ def test_agent_re_adopted_after_kill9_is_still_tracked_by_its_cgroup(agentd, cgr
 
 
 @needs_cgroup2
-def test_cgroup_processes_without_metadata_are_stopped_before_a_new_start(agentd, cgroup_root):
-    """Metadata lost while agentd was down: what runs in the agent's cgroup is still the agent, and
-    stopping it first means the agent never runs twice."""
-    agentd.write_config([agentd.helper_agent("dup", "well-behaved")], cgroups={"root": str(cgroup_root)})
+def test_agent_whose_metadata_is_lost_is_adopted_and_still_tracked_by_its_cgroup(agentd, cgroup_root):
+    """Metadata lost while agentd was down: the process is found again (by its identity marks) and
+    its cgroup still holds everything it forked, so the stop reaches the escaped grandchild."""
+    agentd.write_config([agentd.helper_agent("dup", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
     agentd.start()
     first = agentd.wait_state("dup", "running")
+    escaped = int(wait_for_marker(agentd.marker("dup"), "GRANDCHILD")[0][1])
     agentd.kill9()
     for f in (agentd.data_dir / "metadata").glob("dup*"):
         f.unlink()
     agentd.start()
-    wait_until(lambda: not pid_alive(first["pid"]), timeout=30, message="the unrecorded old process to be stopped")
     second = agentd.wait_state("dup", "running")
-    assert second["pid"] != first["pid"]
-    # Only the new process is left (the interpreter's launcher, a pyenv shim here, may fork briefly).
-    wait_until(lambda: (cgroup_root / "agent-dup" / "cgroup.procs").read_text().split() == [str(second["pid"])], timeout=30,
-               message="the new process alone in the agent's cgroup")
+    assert second["pid"] == first["pid"] and second["cgroup"] == str(cgroup_root / "agent-dup")
+    assert agentd.agentctl("stop", "dup").returncode == 0
+    assert not pid_alive(escaped) and _populated(cgroup_root / "agent-dup") == 0
+
+
+@needs_cgroup2
+def test_unrecorded_unmarked_processes_in_an_agents_cgroup_are_stopped_before_it_starts(agentd, cgroup_root):
+    """Nothing but the cgroup ties this process to the agent (no metadata, no identity in its
+    environment): it is still the agent's, and is stopped before a new copy starts."""
+    agentd.write_config([agentd.helper_agent("strag", "well-behaved")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    first = agentd.wait_state("strag", "running")
+    agentd.kill9()
+    cg = cgroup_root / "agent-strag"
+    straggler = subprocess.Popen(["sleep", "300"], env={}, start_new_session=True)
+    try:
+        (cg / "cgroup.procs").write_text(str(straggler.pid))
+        os.kill(first["pid"], signal.SIGKILL)
+        wait_until(lambda: not pid_alive(first["pid"]))
+        for f in (agentd.data_dir / "metadata").glob("strag*"):
+            f.unlink()
+        agentd.start()
+        assert straggler.wait(timeout=30) is not None
+        second = agentd.wait_state("strag", "running")
+        assert second["pid"] not in (first["pid"], straggler.pid)
+        assert "live on in its cgroup" in agentd.log_text()
+    finally:
+        if straggler.poll() is None:
+            straggler.kill()
+            straggler.wait()
 
 
 @needs_cgroup2
