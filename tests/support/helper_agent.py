@@ -315,6 +315,7 @@ def mode_notify_forking(h: Helper) -> None:
     def daemon() -> None:
         os.close(ready_r)
         h.mark("DAEMON", *ids())
+        h.mark("START", *ids())  # the agent's main process from now on, as tests that wait for START expect
         sd_notify(f"MAINPID={os.getpid()}\nREADY=1\nSTATUS=forked daemon up")
         os.write(ready_w, b"1")
         os.close(ready_w)
