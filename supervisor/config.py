@@ -506,6 +506,9 @@ class LogSettings(_Section):
     compress: bool = True
     interval: OptionalDuration = Field(None, gt=0)  # also rotate when the live file's content is this old (daily: 24h)
     max_age: OptionalDuration = 30 * 86400.0  # rotated copies older than this are deleted (as the original: 30 days)
+    # plain: the agent writes to the file itself (O_APPEND). stamped: a log writer outside the agent's tree
+    # prefixes each line with the time and out|err, and outlives agentd (supervisor/log_writer.py).
+    format: Literal["plain", "stamped"] = "plain"
 
     @field_validator("max_size")
     @classmethod

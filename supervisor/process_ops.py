@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 AgentExitCallback = Callable[[str, int, "int | None", "int | None"], None]
 # systemd's variables for agentd itself: an agent must never report to agentd's service manager.
 SYSTEMD_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID")
+
+
+LOG_WRITER = Path(__file__).with_name("log_writer.py")
 
 
 def agent_log_path(log_dir: Path, agent_id: str) -> Path:
@@ -73,6 +77,7 @@ class RealProcessOps:
         self.notify_path = notify_path or (lambda agent_id: None)
         self._mounts = cgroup2_mounts(Path(MOUNTINFO).read_text()) if Path(MOUNTINFO).exists() else []
         self._retired: dict[int, ExitWatch] = {}  # watches of former main processes (MAINPID=), kept to reap them
+        self._log_writers: list[subprocess.Popen] = []  # log.format: stamped; polled to reap the ones that ended
         self.log_dir = log_dir
         self.agent_env = agent_env
         self.on_exit = on_exit
@@ -94,6 +99,11 @@ class RealProcessOps:
         except OSError as exc:
             raise SpawnError(f"cannot prepare work dir or log file: {exc}") from exc
         env = self._environment(spec)
+        try:
+            out_fd, err_fd = (log_fd, log_fd) if spec.log.format == "plain" else self._start_log_writer(spec, log_fd, env)
+        except OSError as exc:
+            os.close(log_fd)
+            raise SpawnError(f"cannot start the log writer: {exc.strerror or exc}") from exc
         argv = [str(spec.binary_path), *spec.effective_args()]
         cgroup, procs_fd = self._prepare_cgroup(spec)
         preexec = None
@@ -106,8 +116,8 @@ class RealProcessOps:
                 cwd=spec.work_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
+                stdout=out_fd,
+                stderr=err_fd,
                 start_new_session=True,
                 close_fds=True,
                 restore_signals=True,
@@ -119,7 +129,8 @@ class RealProcessOps:
         except OSError as exc:
             raise SpawnError(f"exec of {argv[0]} failed: {exc.strerror or exc}") from exc
         finally:
-            os.close(log_fd)
+            for fd in {log_fd, out_fd, err_fd}:
+                os.close(fd)
             if procs_fd is not None:
                 os.close(procs_fd)
         # Our unreaped child: its stat is readable even if it already exited.
@@ -239,6 +250,31 @@ class RealProcessOps:
             return self._credentials(spec).get("user", os.geteuid())
         except SpawnError:
             return os.geteuid()
+
+    def _start_log_writer(self, spec: AgentSpec, log_fd: int, agent_env: dict[str, str]) -> tuple[int, int]:
+        """Start the agent's log writer (log.format: stamped); returns the write ends for the agent's stdout
+        and stderr. The writer has a session of its own and no agent identity, so stops, re-adoption and the
+        identity scan never take it for the agent; it ends when the agent's last process closes its output."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        # The agent's environment without agentd's own variables (identity, heartbeat, notify socket).
+        env = {k: v for k, v in agent_env.items() if not k.startswith("AGENTD_") and k != "NOTIFY_SOCKET" and k != "WATCHDOG_USEC"}
+        self._log_writers = [w for w in self._log_writers if w.poll() is None]  # reap the ones that ended
+        try:
+            writer = subprocess.Popen(
+                [sys.executable, "-I", str(LOG_WRITER), str(agent_log_path(self.log_dir, spec.id)), str(out_r), str(err_r)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fd, pass_fds=(out_r, err_r),
+                start_new_session=True, env=env,
+            )
+        except OSError:
+            for fd in (out_w, err_w):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        self._log_writers.append(writer)
+        return out_w, err_w
 
     def _credentials(self, spec: AgentSpec) -> dict:
         if not (spec.user or spec.group):
