@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 Dispatcher = Callable[[Request], Awaitable[Reply]]
 
+# Back-pressure (issue 10): bounded work per client and in total, so a flood of requests (the owner's, or
+# control.group's) costs bounded memory and cannot starve heartbeats, verdicts or other clients. The
+# excess is answered `busy` at once. Verbs that wait (stop, events) hold their slot while they wait.
+MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT_PER_CLIENT = 32
+RCVHWM = 100  # messages queued per client in ZeroMQ before it stops reading that client
+YIELD_EVERY = 16  # messages taken in a row before the loop lets other tasks run
+_ID_PEEK_BYTES = 4096  # a busy answer parses the request for its id only when it is small
+
 
 class BadRequest(Exception):
     """A control message that is not a valid request: the sentence for its `bad_request` reply, and its id if readable."""
@@ -75,19 +84,59 @@ class ControlServer:
         # A client that went away must not make us block or buffer forever.
         self.sock.setsockopt(zmq.SNDHWM, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
         bind_private(self.sock, path, group)
         self._tasks: set[asyncio.Task] = set()
         self._garbage = RateLimitedLog(log)
         self.requests = 0
         self.bad_requests = 0
+        self.busy = 0
+        self._per_client: dict[bytes, int] = {}
 
     async def serve(self) -> None:
+        taken = 0
         while True:
             frames = await self.sock.recv_multipart(copy=True)
             self.requests += 1
+            taken += 1
+            if taken >= YIELD_EVERY:
+                # A ready socket never makes `await recv` yield: give heartbeats and timers their turn.
+                taken = 0
+                await asyncio.sleep(0)
+            identity = frames[0] if len(frames) >= 2 else b""
+            mine = self._per_client.get(identity, 0)
+            if len(self._tasks) >= MAX_IN_FLIGHT or mine >= MAX_IN_FLIGHT_PER_CLIENT:
+                self._refuse_busy(frames, mine)
+                continue
+            self._per_client[identity] = mine + 1
             task = asyncio.create_task(self._handle(frames))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t, i=identity: self._done(t, i))
+
+    def _done(self, task: asyncio.Task, identity: bytes) -> None:
+        self._tasks.discard(task)
+        left = self._per_client.get(identity, 1) - 1
+        if left > 0:
+            self._per_client[identity] = left
+        else:
+            self._per_client.pop(identity, None)
+
+    def _refuse_busy(self, frames: list[bytes], mine: int) -> None:
+        self.busy += 1
+        self._garbage("control: busy: %d requests in progress (%d from one client); answering busy", len(self._tasks), mine)
+        if len(frames) != 2:
+            return
+        identity, payload = frames
+        request_id = None
+        if len(payload) <= _ID_PEEK_BYTES:
+            try:
+                request_id = parse_request(payload).id
+            except BadRequest as exc:
+                request_id = exc.request_id
+        which = "from this client" if mine >= MAX_IN_FLIGHT_PER_CLIENT else "in all"
+        limit = MAX_IN_FLIGHT_PER_CLIENT if mine >= MAX_IN_FLIGHT_PER_CLIENT else MAX_IN_FLIGHT
+        message = f"agentd is busy: {limit} requests already in progress {which}; try again shortly"
+        asyncio.ensure_future(self._send(identity, error_reply(request_id, ErrorCode.BUSY, message)))
 
     async def _handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2:

@@ -616,7 +616,7 @@ class Daemon:
     def intake_counters(self) -> dict[str, int]:
         return {
             **self.heartbeat_counters, **{f"events_{k}": v for k, v in self.intake.counters.items()}, **self.stalls.counters(),
-            **{f"notify_{k}": v for k, v in self.notify.counters.items()},
+            **{f"notify_{k}": v for k, v in self.notify.counters.items()}, "control_busy": self.control.busy,
         }
 
     def _on_worker_message(self, msg) -> None:

@@ -25,6 +25,7 @@ class ErrorCode:
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
     UNSUPPORTED_VERSION = "unsupported_version"
+    BUSY = "busy"  # back-pressure: too many requests in progress (from this client, or in all); retry later
 
 
 class ControlError(Exception):

@@ -382,3 +382,66 @@ def test_break12_history_db_not_world_readable_and_deep_metadata_set_aside(agent
     db = agentd.data_dir / "history.db"
     wait_until(db.exists, timeout=20)
     assert os.stat(db).st_mode & 0o007 == 0, oct(os.stat(db).st_mode)
+
+
+# ----------------------------------------------------------------------------- break 5: control flood
+
+
+def test_break5_control_flood_gets_busy_bounded_memory_and_costs_no_agent(agentd):
+    import threading
+    import uuid
+
+    import psutil
+    import zmq
+
+    agentd.extra = {"resources": {"interval": 0.5}}
+    agentd.write_config(_heartbeating_agents(agentd))
+    agentd.start()
+    pids, worker_pids = _settle(agentd, ["h", "s", "q"])
+    parent = psutil.Process(agentd.proc.pid)
+    rss_before = parent.memory_info().rss
+    stop, replies, peak = threading.Event(), {"busy": 0, "ok": 0}, [0]
+
+    def flood() -> None:
+        ctx = zmq.Context()
+        socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
+        try:
+            for sock in socks:
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 100_000)
+                sock.connect(f"ipc://{agentd.run_dir / 'control.ipc'}")
+            big = "x" * 200_000  # large arguments cost parsing and memory, and are refused as bad requests
+            while not stop.is_set():
+                for sock in socks:
+                    for verb, args in (("events", {"after": 10**9, "wait": 30}), ("ping", {}), ("status", {"ids": [big]})):
+                        msg = {"v": 1, "id": uuid.uuid4().hex[:16], "verb": verb, "args": args}
+                        try:
+                            sock.send(json.dumps(msg).encode(), zmq.NOBLOCK)
+                        except zmq.Again:
+                            pass
+                    while sock.poll(0):
+                        reply = json.loads(sock.recv())
+                        replies["busy" if (reply.get("error") or {}).get("code") == "busy" else "ok"] += 1
+                peak[0] = max(peak[0], parent.memory_info().rss)
+        finally:
+            ctx.destroy(linger=0)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        deadline = time.monotonic() + 15
+        slowest = 0.0
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            result = agentd.agentctl("status", timeout=30)  # another client: it is answered during the flood
+            slowest = max(slowest, time.monotonic() - began)
+            assert result.returncode in (0, 1), result.stderr
+            assert result.returncode == 0 or "busy" in result.stderr, result.stderr
+    finally:
+        stop.set()
+        flooder.join(30)
+    assert replies["busy"] > 0, replies
+    assert peak[0] - rss_before < 150 * 1024 * 1024, f"parent grew by {(peak[0] - rss_before) >> 20} MiB under the flood"
+    assert slowest < 10, f"agentctl status took {slowest:.1f}s during the flood"
+    _assert_nothing_lost(agentd, pids, worker_pids)
+    assert agentd.call("workers")["parent"]["control_busy"] > 0
