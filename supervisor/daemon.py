@@ -47,7 +47,7 @@ from .protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Reply, Request,
 from .registry import Registry
 from .reload_plan import AgentChange, ReloadPlan, plan_reload
 from .safe_paths import prepare_dir
-from .sd_notify import sd_notify
+from .sd_notify import Watchdog, sd_notify
 from .stall_watch import Stall, StallWatch
 from .state_feed import StateFeed
 from .states import DOWN_STATES, PROCESS_STATES, UP_STATES, AgentState
@@ -111,6 +111,7 @@ class Daemon:
         self.intake_restarted_mono: float = self.started_mono  # what deadlines use; the wall one is for display
         # Our own loop stalls (SIGSTOP, VM pause, swap): nobody is blamed for silence across them.
         self.stalls = StallWatch("agentd")
+        self.watchdog = Watchdog()  # WatchdogSec= in the unit sets WATCHDOG_USEC; without it this does nothing
         self.stalls.listeners.append(self._on_stall)
         self._intake_outage_since: float | None = None
         self._grace_expired_logged = False
@@ -415,10 +416,15 @@ class Daemon:
     # ----------------------------------------------------------------- the supervision loop
 
     async def _supervise(self) -> None:
+        watchdog = self.watchdog
         while not self._shutdown.is_set():
             next_due = self._tick_all()
+            watchdog.tick(time.monotonic())  # only from here: pings stop when supervision does (docs/operations.md)
             self._wake.clear()
             timeout = 1.0 if next_due is None else min(1.0, max(0.0, next_due - self.now()))
+            ping_due = watchdog.due_in(time.monotonic())
+            if ping_due is not None:
+                timeout = min(timeout, ping_due)
             if timeout > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
@@ -827,6 +833,7 @@ class Daemon:
     async def _supervise_until(self, fut: asyncio.Future) -> None:
         while not fut.done():
             next_due = self._tick_all()
+            self.watchdog.tick(time.monotonic())  # a long stop of every agent is still supervision
             self._wake.clear()
             timeout = 0.5 if next_due is None else min(0.5, max(0.0, next_due - self.now()))
             try:

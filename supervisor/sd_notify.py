@@ -20,3 +20,46 @@ def sd_notify(message: str) -> bool:
         return True
     except OSError:
         return False
+
+
+# A WatchdogSec= below ~1 s cannot be met by a loop that also supervises; this floor keeps a tiny value from
+# turning the supervision loop into a busy loop (systemd then restarts agentd, which the operator will see).
+MIN_PING_INTERVAL = 0.1
+
+
+class Watchdog:
+    """systemd's watchdog for agentd itself: WATCHDOG=1 at half of $WATCHDOG_USEC, sent by the supervision loop.
+
+    `tick()` is called by the parent's supervision loop after each pass over the agents, so pings stop
+    when that loop stops (a hung loop, a stopped process), not merely when the process is gone.
+    """
+
+    def __init__(self, environ: dict[str, str] | None = None, send=sd_notify) -> None:
+        env = os.environ if environ is None else environ
+        self.interval = watchdog_interval(env)
+        self._send = send
+        self._last: float | None = None
+
+    def tick(self, now: float) -> None:
+        """Ping if half the watchdog timeout has passed since the last ping (monotonic seconds)."""
+        if self.interval is not None and (self._last is None or now - self._last >= self.interval):
+            self._last = now
+            self._send("WATCHDOG=1")
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the next ping is due, for the loop's sleep; None without a watchdog."""
+        if self.interval is None:
+            return None
+        return 0.0 if self._last is None else max(0.0, self._last + self.interval - now)
+
+
+def watchdog_interval(env) -> float | None:
+    """Half of $WATCHDOG_USEC in seconds (sd_watchdog_enabled(3)), or None: unset, unparsable, or for another pid."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return max(MIN_PING_INTERVAL, usec / 2_000_000)

@@ -24,6 +24,7 @@ from .exit_watch import ExitWatch, watch_exit
 from .lifecycle import describe_exit
 from .messages import WorkerBeat
 from .metadata_store import iso_utc
+from .process_ops import SYSTEMD_ONLY_ENV
 from .stall_watch import Stall, StallWatch
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class WorkerPool:
             "--run-dir", str(self.run_dir), "--name", spec.name,
             "--log-level", self.log_level, "--log-format", self.log_format, *spec.args,
         ]
-        env = dict(os.environ, AGENTD_PARENT_PID=str(os.getpid()))
+        # Workers do not talk to systemd: only agentd's main process does (NotifyAccess=main would drop it anyway).
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_ENV}
+        env["AGENTD_PARENT_PID"] = str(os.getpid())
         pass_fds, settings_fd = spec.pass_fds, None
         try:
             argv, settings_fd = _settings_off_argv(argv, spec.name)
