@@ -192,19 +192,21 @@ class _Translator:
             out["manager"] = self.manager(self.mapping("manager", data["manager"]))
         if ports.get("grpc_port"):
             api = self.mapping("manager_api", data.get("manager_api"))
-            listen = f"127.0.0.1:{ports['grpc_port']}"
             if "listen" in api:
                 self.note("daemon.grpc_port", f"manager_api.listen {api['listen']} is set and wins")
             else:
-                api = {**api, "listen": listen}
+                # Serving it as the original did (plaintext, no token, to anyone) would let anyone who can
+                # connect stop every agent: that needs the operator's explicit `insecure` + `allow_from`.
                 self.note(
                     "daemon.grpc_port",
-                    f"the Manager API listens on {listen} (loopback only): the original served it to anyone, "
-                    "unauthenticated, on every interface; to let a remote Manager in, set manager_api.listen "
-                    "with a token, TLS, or insecure + allow_from (docs/migration.md)",
+                    f"the Manager API is not served: the original served it on :{ports['grpc_port']} without "
+                    "authentication to anyone. For the original Manager add manager_api: {listen: "
+                    f"'0.0.0.0:{ports['grpc_port']}', insecure: true, allow_from: [<the Manager's IP>/32]}} "
+                    "(docs/manager.md)",
                     warn=True,
                 )
-            out["manager_api"] = api
+            if api:
+                out["manager_api"] = api
         for key, value in data.items():
             if key in ("daemon", "heartbeat", "manager", "agent", "agents", "agent_defaults", "update", "collectors"):
                 continue

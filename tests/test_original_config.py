@@ -112,9 +112,9 @@ def test_integration_test_file_with_agent_and_agents(tmp_path):
     assert spec.work_dir == FIXTURES / "test/integration/tmp/daemon/agents/agent-001"  # relative to the file
     assert has_warning(config, "relative paths are taken from the config file's directory")
     assert config.heartbeat.unix.path == Path("/tmp/daemon.sock")
-    # grpc_port: the Manager API, on loopback only unless configured with protection.
-    assert config.manager_api.listen == "127.0.0.1:9091"
-    assert has_warning(config, "daemon.grpc_port", "loopback only")
+    # grpc_port: not served unauthenticated as the original did; the warning says how to allow the Manager.
+    assert config.manager_api.listen is None
+    assert has_warning(config, "daemon.grpc_port", "not served", "insecure: true, allow_from")
     # The legacy section's other keys are not used when agents: is set, as in the original.
     assert has_warning(config, "agent: binary_path, health_check ignored because agents: is set")
 
@@ -182,7 +182,7 @@ def test_every_key_of_the_original_is_mapped_or_warned_about(tmp_path):
     assert d.id is None and d.log_level == "warning"
     assert (d.log_file, d.pid_file) == (Path("/tmp/od/daemon.log"), Path("/tmp/od/daemon.pid"))
     assert (d.data_dir, d.log_dir) == (Path("/srv/daemon"), Path("/srv/daemon/logs"))
-    assert config.manager_api.listen == "127.0.0.1:19091"
+    assert config.manager_api.listen is None and has_warning(config, "daemon.grpc_port", "'0.0.0.0:19091'")
     assert config.heartbeat.http.enabled and config.heartbeat.http.listen == "127.0.0.1:18084"
     assert has_warning(config, "daemon.pprof_port", "ignored") and has_warning(config, "daemon.max_procs", "ignored")
     m = config.manager
@@ -215,6 +215,15 @@ def test_every_key_of_the_original_is_mapped_or_warned_about(tmp_path):
     c = config.collectors  # node metrics: taken as is; without `enabled: true` a collector is off, as in the original
     assert (c.cpu.enabled, c.cpu.interval, c.disk.mount_points) == (True, 30, ["/"])
     assert c.network.enabled is False and c.network.interfaces == ["eth0"]
+
+
+def test_grpc_port_with_an_explicit_manager_api_loads(tmp_path):
+    path = tmp_path / "daemon.yaml"
+    path.write_text("daemon: {work_dir: /srv, grpc_port: 9091}\n"
+                    "manager_api: {listen: '0.0.0.0:9091', insecure: true, allow_from: [10.0.0.5/32]}\n")
+    config = load_config(path, env={})
+    assert config.manager_api.listen == "0.0.0.0:9091" and config.manager_api.insecure
+    assert has_warning(config, "manager_api is insecure")
 
 
 def test_legacy_conversion_uses_agent_defaults_for_zero_fields(tmp_path):
