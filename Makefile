@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-stress venv clean proto proto-check
+.PHONY: run test test-stress venv clean proto proto-check bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ test: $(STAMP)
 test-stress: $(STAMP)
 	tests/under_load.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# bench/lifecycle.py against supervisord and circus (about 10 min); writes its table into docs/performance.md.
+# The anchors (the `bench` extra) go into their own environment without agentd: supervisord's package is
+# also called `supervisor`, so the two cannot share one. agentd runs from .venv as always.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))" > $(BENCH_VENV)/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r $(BENCH_VENV)/requirements.txt
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/lifecycle.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .agentd .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .agentd .pytest_cache
 
 # Regenerate supervisor/proto/*_pb2*.py from the .proto files (committed; CI checks they match).
 proto: $(STAMP)
