@@ -41,7 +41,7 @@ from bench_daemon import die_with_us, marked_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the bench environment (`bench` extra): supervisord and circusd
-AGENTD_BIN = ROOT / ".venv" / "bin"  # agentd as installed for everything else; it cannot share BIN (both are `supervisor`)
+AGENTD_BIN = ROOT / ".venv" / "bin"  # agentd as installed for everything else (--agentd-venv); it cannot share BIN (both are `supervisor`)
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- lifecycle.py: generated block, begin -->", "<!-- lifecycle.py: generated block, end -->"
 MARKER_ENV = "AGENTD_LIFECYCLE_BENCH"
@@ -473,9 +473,13 @@ def main() -> int:
     p.add_argument("--status-runs", type=int, default=5)
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--max-minutes", type=float, default=30.0, help="give up (and fail) past this")
+    p.add_argument("--agentd-venv", type=Path, help="run agentd from this venv (e.g. another checkout's, for a before/after); default .venv")
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/performance.md")
     args = p.parse_args()
+    if args.agentd_venv:
+        global AGENTD_BIN
+        AGENTD_BIN = args.agentd_venv.resolve() / "bin"
     args.systems = args.systems.split(",")
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown or not args.systems:

@@ -19,8 +19,10 @@ from typing import Any
 import click
 
 from . import __version__, timefmt
+from .agentctl_main import DEFAULT_CONFIG, DEFAULT_RUN_DIR, EXIT_AGENT_FAILED, fail
 from .config import ConfigError, load_config
 from .control_client import ClientError, ControlClient, DaemonTimeout, DaemonUnavailable
+from .status_view import render_ping, render_status
 from .tables import printable, render_table
 from .units import format_bytes, format_duration
 from .verbs import events as events_verb
@@ -31,11 +33,8 @@ from .verbs import shutdown as shutdown_verb
 from .verbs import status as status_verb
 from .verbs.agent_actions import ActionArgs, ActionResultList
 
-DEFAULT_RUN_DIR = "/run/agentd"
-DEFAULT_CONFIG = "/etc/agentd/agentd.yaml"
 EXIT_FAILED = 1
 EXIT_PENDING = 4
-EXIT_AGENT_FAILED = 5  # `status`: the daemon answered, and at least one agent shown is failed
 
 
 class Ctx:
@@ -74,15 +73,6 @@ class Ctx:
 
     def emit(self, result: dict[str, Any], human: str) -> None:
         click.echo(json.dumps(result, indent=2) if self.as_json else printable(human))  # JSON escapes controls itself
-
-
-def fail(message: str, code: int, as_json: bool = False, error_code: str | None = None) -> None:
-    """Print a one-line (or, for config errors, multi-line) error and exit."""
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": {"code": error_code or "client_error", "message": message}}))
-    else:
-        click.echo(printable(f"agentctl: {message}"), err=True)
-    sys.exit(code)
 
 
 @dataclass(frozen=True)
@@ -181,60 +171,6 @@ def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: fl
 
 
 # ----------------------------------------------------------------------------- status
-
-
-def _age(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{format_duration(seconds)} ago"
-
-
-def _info(agent: dict[str, Any]) -> str:
-    state = agent["state"]
-    if state == "restarting" and agent.get("next_restart_in_s") is not None:
-        return f"next try in {format_duration(agent['next_restart_in_s'])}: {agent.get('last_restart_reason') or ''}"
-    if state in ("running", "starting") and agent.get("last_restart_reason") and agent["restarts"] and agent.get("started_by_restart", True):
-        age = agent.get("last_restart_age_s")
-        when = f"restarted {format_duration(age)} ago" if age is not None else "restarted"
-        return f"{when}: {agent['last_restart_reason']}"
-    if state == "starting" and agent.get("ready") == "notify":
-        return "waiting for READY=1"
-    if state == "starting" and agent.get("expects_heartbeat"):
-        return "waiting for first heartbeat"
-    if state in ("stopped", "failed", "stopping"):
-        return agent["reason"]
-    if agent.get("notify_status"):
-        phase = f"[{agent['notify_phase']}] " if agent.get("notify_phase") else ""
-        return f"{phase}{agent['notify_status']}"
-    return ""
-
-
-def render_status(result: dict[str, Any]) -> str:
-    rows = []
-    named = any(a.get("name") for a in result["agents"])  # the NAME column only when the config gives names
-    for a in result["agents"]:
-        hb = _age(a["heartbeat_age_s"]) if a["expects_heartbeat"] or a["heartbeat_age_s"] is not None else "n/a"
-        rows.append([
-            a["id"], *([a.get("name")] if named else []), a["type"], a["state"], a["pid"],
-            format_duration(a["uptime_s"]) if a["uptime_s"] is not None else None,
-            a["restarts"], a["health"], hb, a["version"], _info(a),
-        ])
-    headers = ["ID", *(["NAME"] if named else []), "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "HEARTBEAT", "VERSION", "INFO"]
-    table = render_table(headers, rows, max_last=90) if rows else "no agents configured"
-    link = result.get("manager")
-    if link:
-        state = "connected" if link["connected"] else "not connected"
-        parts = [f"manager {link['address']}: {state}", f"last sync {link['last_sync'] or 'never'}"]
-        if link["pending"]:
-            parts.append(f"{link['pending']} states pending")
-        if link["last_error"]:
-            parts.append(f"last error: {link['last_error']}")
-        table += "\n\n" + ", ".join(parts)
-    tracking = result.get("daemon", {}).get("tracking_detail")
-    if tracking:
-        table += f"\n\ntracking: {tracking}"
-    waiting = result.get("daemon", {}).get("restart_required")
-    if waiting:
-        table += f"\n\nrestart agentd to apply: {', '.join(waiting)} (changed in the config, not yet in force)"
-    return table
 
 
 @cli.command()
@@ -782,7 +718,7 @@ def ping(click_ctx: click.Context, as_json: bool) -> None:
     """Check that agentd answers."""
     c = _ctx(click_ctx, as_json)
     result = c.call("ping")
-    c.emit(result, f"agentd is running (pid {result['pid']}, up {format_duration(result['uptime_s'])})")
+    c.emit(result, render_ping(result))
 
 
 @cli.command()

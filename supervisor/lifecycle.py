@@ -53,6 +53,7 @@ class ProcessHandle:
     cgroup: str | None = None  # the agent's cgroup directory, in cgroup mode (supervisor/cgroups.py)
     os_state: object = None  # owned by the ProcessOps implementation (Popen, pidfd, ...)
     launch: dict[str, str] | None = None  # what it was started with (launch_spec.launch_of); None if unknown
+    table_stamp: int = 0  # owned by ProcessOps: the last event (signal, exit) a process-table snapshot must postdate
 
 
 class ProcessOps(Protocol):

@@ -11,7 +11,9 @@ import os
 import time
 from dataclasses import dataclass
 
-_CACHE_SECONDS = 0.05
+# A snapshot older than this is re-read even without an event: descendants exit and fork unseen.
+# It counts from the end of the scan, which alone can take longer than this on a loaded box.
+_CACHE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,21 @@ def is_same_process(pid: int, ticks: int | None, recorded_boot: str | None = Non
 
 
 class ProcessTable:
-    """A snapshot of every process, re-read at most every 50 ms however many agents ask."""
+    """A snapshot of every process, shared by every agent that looks in the same loop pass.
+
+    `seq` counts the events after which a snapshot is stale for one tree (a signal sent to it, its
+    main process's exit). Each tree remembers the `seq` of its last event (`mark`), and `fresh_for`
+    rescans only when the snapshot predates it, or is older than 100 ms. So stopping 200 agents takes
+    one scan to list their trees before signalling them all, and one more to see them all gone.
+    """
 
     def __init__(self) -> None:
         self._taken = -1.0
+        self._taken_seq = -1
+        self.seq = 0
         self._procs: dict[int, ProcInfo] = {}
         self._children: dict[int, list[int]] = {}
+        self._groups: dict[int, list[int]] = {}
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -84,13 +95,26 @@ class ProcessTable:
                 if info is not None:
                     procs[info.pid] = info
         children: dict[int, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for info in procs.values():
             children.setdefault(info.ppid, []).append(info.pid)
-        self._procs, self._children, self._taken = procs, children, now
+            groups.setdefault(info.pgid, []).append(info.pid)
+        self._procs, self._children, self._groups, self._taken = procs, children, groups, time.monotonic()
+        self._taken_seq = self.seq
 
     def invalidate(self) -> None:
-        """Forget the snapshot (after sending signals, the next look must be fresh)."""
+        """Forget the snapshot: the next look scans /proc again."""
         self._taken = -1.0
+
+    def mark(self) -> int:
+        """Record an event that makes snapshots taken so far stale for one tree; returns its number."""
+        self.seq += 1
+        return self.seq
+
+    def fresh_for(self, stamp: int) -> None:
+        """Make sure the next look sees a snapshot taken after event `stamp` (from `mark`)."""
+        if self._taken_seq < stamp:
+            self.invalidate()
 
     def tree(self, roots: dict[int, int], pgid: int | None) -> dict[int, int]:
         """Live processes of a tree: the roots still matching their start ticks, their descendants,
@@ -103,7 +127,7 @@ class ProcessTable:
             if info is not None and info.start_ticks == ticks:
                 stack.append(pid)  # even a zombie root: its children are still ours
         if pgid is not None:
-            stack.extend(p.pid for p in self._procs.values() if p.pgid == pgid)
+            stack.extend(self._groups.get(pgid, ()))
         seen: set[int] = set()
         while stack:
             pid = stack.pop()

@@ -150,6 +150,7 @@ class RealProcessOps:
             tree={popen.pid: ticks},
             boot_id=self.boot_id,
             cgroup=str(cgroup.path) if cgroup else None,
+            table_stamp=self.table.mark(),  # snapshots from before the spawn do not list it
         )
         if not self._watch(spec.id, handle, popen):
             popen.kill()
@@ -219,6 +220,7 @@ class RealProcessOps:
             adopted=True,
             tree={record.pid: record.start_ticks},
             boot_id=self.boot_id,
+            table_stamp=self.table.mark(),
         )
         cgroup = self._recorded_cgroup(record) or self.cgroup_of(agent_id)
         if cgroup is not None and cgroup.contains(record.pid):
@@ -306,6 +308,7 @@ class RealProcessOps:
             self._retired.pop(pid, None)
             if handle.pid != pid:
                 return  # a former main process (MAINPID= moved on): reaped, not the agent's exit
+            handle.table_stamp = self.table.mark()  # a snapshot from before the exit still lists it
             self.on_exit(agent_id, handle.generation, code, signum)
 
         handle.os_state = watch_exit(self.loop, handle.pid, popen, exited)
@@ -387,7 +390,9 @@ class RealProcessOps:
     # ----------------------------------------------------------------- trees
 
     def _refresh_tree(self, handle: ProcessHandle) -> dict[int, int]:
-        """Every live process of the agent: recorded ones, their descendants, group members."""
+        """Every live process of the agent: recorded ones, their descendants, group members, from a
+        snapshot taken after the last signal sent to this tree and after its main process's exit."""
+        self.table.fresh_for(handle.table_stamp)
         live = self.table.tree(handle.tree, handle.pgid)
         handle.tree.update(live)
         for pid in [p for p in handle.tree if p not in live and p != handle.pid]:
@@ -430,8 +435,9 @@ class RealProcessOps:
                 sent = cgroup.signal(signum)
                 log.debug("sent %s to %d processes in %s", signal.Signals(signum).name, sent, cgroup.path)
             return
-        self.table.invalidate()
-        live = self._refresh_tree(handle)  # list first, so a dying parent cannot hide its children
+        # List first, so a dying parent cannot hide its children. Agents signalled in the same loop
+        # pass (stop --all, shutdown) share one snapshot: signals to other trees do not change this one.
+        live = self._refresh_tree(handle)
         try:
             os.killpg(handle.pgid, signum)
         except (ProcessLookupError, PermissionError):
@@ -443,7 +449,7 @@ class RealProcessOps:
                     os.kill(pid, signum)
                 except (ProcessLookupError, PermissionError):
                     continue
-        self.table.invalidate()
+        handle.table_stamp = self.table.mark()
         log.debug("sent %s to pgid %d and %d processes", signal.Signals(signum).name, handle.pgid, len(live))
 
     def tree_alive(self, handle: ProcessHandle) -> bool:

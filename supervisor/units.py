@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
+from .human_format import format_bytes, format_duration  # agentctl's quick path needs them without pydantic
+
 __all__ = [
     "Duration",
     "OptionalDuration",
@@ -39,7 +41,6 @@ _SIZE_UNITS = {
     "t": _TI, "ti": _TI, "tib": _TI, "tb": 1000**4,
 }
 _SIZE_HINT = "use 500MiB, 64KiB, 1GiB or bytes"
-_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
 def describe_value(value: Any) -> str:
@@ -106,49 +107,6 @@ def parse_size(value: Any) -> int:
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"not a size: {describe_value(value)} ({_SIZE_HINT})")
     return int(round(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]))
-
-
-def format_duration(seconds: float | None) -> str:
-    """Short human form: "45s", "2m05s", "3h04m", "2d03h"; "-" for None."""
-    if seconds is None:
-        return "-"
-    if seconds < 0:
-        return "-" + format_duration(-seconds)
-    if 0 < seconds and round(seconds * 1000) < 1000:
-        return f"{round(seconds * 1000)}ms"
-    if seconds < 10 and not float(seconds).is_integer():
-        text = f"{seconds:.1f}"
-        if float(text) < 10:
-            return text.removesuffix(".0") + "s"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def format_bytes(n: int | None) -> str:
-    """Short human form with binary units: "512B", "1.5KiB", "612MiB"; "-" for None."""
-    if n is None:
-        return "-"
-    if n < 0:
-        return "-" + format_bytes(-n)
-    if n < 1024:
-        return f"{int(n)}B"
-    for power, unit in enumerate(_BYTE_UNITS, start=1):
-        scaled = n / 1024**power
-        text = f"{scaled:.1f}" if scaled < 10 else f"{scaled:.0f}"
-        text = text.removesuffix(".0")
-        # Rounding can reach 1024 (e.g. 1023.6KiB); show it in the next unit instead.
-        if float(text) < 1024 or unit == _BYTE_UNITS[-1]:
-            return text + unit
-    raise AssertionError("unreachable")
 
 
 def _optional_duration(value: Any) -> float | None:

@@ -137,7 +137,7 @@ class TestDaemon:
     def agentctl(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run the real agentctl CLI against this daemon."""
         return subprocess.run(
-            [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(self.run_dir), *argv],
+            [sys.executable, "-m", "supervisor.agentctl_main", "--run-dir", str(self.run_dir), *argv],
             cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         )
 
