@@ -121,6 +121,7 @@ class Daemon:
         # so a verdict or heartbeat still in flight about the removed process never fits its successor.
         self._removed_generations: dict[str, int] = {}
         self._notify_log = RateLimitedLog(log, 10.0)
+        self._heartbeats_since_publish = False
 
     # ----------------------------------------------------------------- clocks and small views
 
@@ -183,8 +184,6 @@ class Daemon:
             self.ops = RealProcessOps(loop, self.log_dir, env, self._on_exit, self.tracking, self.notify.path)
             self.control = ControlServer(self.zctx, self.run_dir / ipc.CONTROL, self._dispatch, self.config.control.group)
             self._closers.append(self.control.close)
-            self.state_feed = StateFeed(self.sync_zctx, self.run_dir / ipc.STATE)
-            self._closers.append(self.state_feed.close)
             self.history = HistoryStore(self.data_dir / "history.db", self.config.history.retention)
             self._closers.append(self.history.close)
             self.intake = EventIntake(self.zctx, self.run_dir / ipc.EVENTS, self._on_worker_message)
@@ -193,6 +192,10 @@ class Daemon:
             self.config_watch = ConfigWatch(loop, self._on_config_file_change)
             self._closers.append(self.config_watch.close)
             self.config_watch.update(self.config.agents)
+            # After the agents: no worker is there yet to hear 200 start-up transitions (each costs
+            # a model and a send); workers take a snapshot when they join.
+            self.state_feed = StateFeed(self.sync_zctx, self.run_dir / ipc.STATE)
+            self._closers.append(self.state_feed.close)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 # Read the setting when the signal comes: a reload may have changed it.
                 loop.add_signal_handler(sig, lambda name=signal.Signals(sig).name: self.request_shutdown(self.config.shutdown.stop_agents, name))
@@ -561,6 +564,7 @@ class Daemon:
             transitioned = transitioned or agent.dirty
             if hb.version is not None and hb.version != version and self.state_feed is not None:
                 self.state_feed.agent_changed(agent)  # the Manager sync reports versions
+        self._heartbeats_since_publish = True  # the housekeeping loop publishes the new times
         if transitioned:  # only transitions (first heartbeat) are written at once; no scan per batch otherwise
             self._persist_dirty()
 
@@ -695,6 +699,7 @@ class Daemon:
         """Once a second publish heartbeat times; every flush_interval write heartbeat-only changes."""
         flush_every = max(0.1, self.config.metadata.flush_interval)
         last_flush = self.now()
+        published_marks: tuple | None = None
         while True:
             await asyncio.sleep(min(1.0, flush_every))
             if self._intake_outage():
@@ -712,8 +717,14 @@ class Daemon:
             else:
                 self._intake_outage_since = None
                 self._grace_expired_logged = False
-            self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall, self.heartbeat_times_mono(),
-                                            self.intake_restarted_mono, self.stalls.last_end)
+            # Published only when it changed: with no heartbeats, an idle node sends the workers nothing.
+            # Every message carries all times, and a worker that joins gets them in its snapshot.
+            marks = (self.intake_restarted_wall, self.intake_restarted_mono, self.stalls.last_end)
+            if self._heartbeats_since_publish or marks != published_marks:
+                self._heartbeats_since_publish = False
+                published_marks = marks
+                self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall, self.heartbeat_times_mono(),
+                                                self.intake_restarted_mono, self.stalls.last_end)
             if self.now() - last_flush >= flush_every:
                 last_flush = self.now()
                 self._persist_dirty(heartbeats_too=True)
@@ -862,19 +873,27 @@ class Daemon:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(LOG_ROTATE_CHECK_INTERVAL)
-            for agent in self.registry:
-                settings = agent.spec.log
-                path = self.log_path(agent.spec.id)
-                # When this daemon first saw the file: the start of its content for log.interval, until a rotation.
-                started = self._log_started.setdefault(agent.spec.id, time.time())
-                try:
-                    rotated = await loop.run_in_executor(
-                        None, rotate_by_settings, path, settings.max_size, settings.keep, settings.compress, settings.interval, started, time.time()
-                    )
-                    if rotated:
-                        self._log_started[agent.spec.id] = time.time()
-                except OSError as exc:
-                    log.error("%s: log rotation failed: %s", agent.spec.id, exc)
-                    continue
-                if rotated:
-                    log.info("%s: rotated %s", agent.spec.id, path)
+            # One executor job per round, not one per agent: an idle node with 200 agents would
+            # otherwise hand 40 jobs a second to the thread pool. It stays off the loop (a hung
+            # filesystem must not stall supervision).
+            now = time.time()
+            # When this daemon first saw each file: the start of its content for log.interval, until a rotation.
+            jobs = [(a.spec.id, self.log_path(a.spec.id), a.spec.log, self._log_started.setdefault(a.spec.id, now)) for a in self.registry]
+            for agent_id, path, outcome in await loop.run_in_executor(None, _rotation_round, jobs):
+                if isinstance(outcome, OSError):
+                    log.error("%s: log rotation failed: %s", agent_id, outcome)
+                else:
+                    self._log_started[agent_id] = time.time()
+                    log.info("%s: rotated %s", agent_id, path)
+
+
+def _rotation_round(jobs) -> list[tuple[str, Path, "bool | OSError"]]:
+    """Rotate every log that is due (size or interval); returns the rotated ones and the failures."""
+    out: list[tuple[str, Path, "bool | OSError"]] = []
+    for agent_id, path, settings, started in jobs:
+        try:
+            if rotate_by_settings(path, settings.max_size, settings.keep, settings.compress, settings.interval, started, time.time()):
+                out.append((agent_id, path, True))
+        except OSError as exc:
+            out.append((agent_id, path, exc))
+    return out

@@ -53,7 +53,8 @@ _COPY_FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSU
 def open_agent_log(path: Path) -> int:
     """Open (create) the live log for appending; returns a close-on-exec fd to dup onto 1 and 2."""
     path = Path(path)
-    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
 
 

@@ -39,6 +39,7 @@ START_GRACE = 15.0  # a fresh worker may take this long before its first beat (i
 # is wedged (issue 8: it answered 200 and beat on while forwarding nothing) and is replaced.
 FORWARD_STALL = 5.0
 STOP_TIMEOUT = 5.0
+CHECK_MAX_SLEEP = 1.0  # run_checks looks at least this often, whatever it expects
 
 
 @dataclass
@@ -124,6 +125,7 @@ class WorkerPool:
         self.stalls = stalls
         if stalls is not None:
             stalls.listeners.append(self._credit_stall)
+        self._respawn_scheduled = asyncio.Event()  # wakes run_checks for a respawn sooner than it planned
 
     # ----------------------------------------------------------------- spawn / exit
 
@@ -193,6 +195,7 @@ class WorkerPool:
         worker.restarts += 1
         worker.causes[cause.split(" (")[0]] += 1
         worker.respawn_at = now + delay
+        self._respawn_scheduled.set()
         self.on_respawn(worker.spec.name, cause)
 
     # ----------------------------------------------------------------- liveness
@@ -267,9 +270,28 @@ class WorkerPool:
                 if worker.stalled_since is not None:
                     worker.stalled_since = min(stall.end, worker.stalled_since + stall.duration)
 
+    def next_due(self, now: float) -> float:
+        """When `check` next has something to do: a respawn, or a worker's silence deadline."""
+        due = now + CHECK_MAX_SLEEP
+        for worker in self.workers.values():
+            if worker.popen is None:
+                if worker.respawn_at is not None:
+                    due = min(due, worker.respawn_at)
+            elif worker.killing_cause is None:
+                due = min(due, worker.silent_since + (SILENCE_TIMEOUT if worker.last_beat_mono is not None else START_GRACE))
+        return due
+
     async def run_checks(self) -> None:
+        # Sleeps until something is due instead of waking ten times a second: an idle pool costs
+        # (almost) nothing. A worker's exit schedules its respawn and wakes this loop at once.
         while True:
-            await asyncio.sleep(0.1)
+            self._respawn_scheduled.clear()
+            # A little past the due time: check() acts only once a deadline has strictly passed.
+            delay = max(0.0, self.next_due(time.monotonic()) + 0.01 - time.monotonic())
+            try:
+                await asyncio.wait_for(self._respawn_scheduled.wait(), delay)
+            except TimeoutError:
+                pass
             self.check(time.monotonic())
 
     # ----------------------------------------------------------------- stop

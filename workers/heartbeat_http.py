@@ -148,6 +148,7 @@ class HeartbeatHttpServer:
         except OSError as exc:  # no sock_diag (a container without it): peers are told apart by address only
             log.warning("sock_diag netlink unavailable (%s): loopback peers are limited by address, not by user", exc)
             self._diag = None
+        self.has_connections = asyncio.Event()  # set when a connection opens; wakes the sweeper
         self._sock: socket.socket | None = None
         self._accepting: dict[asyncio.Task, socket.socket] = {}  # accepted, transport not yet set up
         self._sweeper: asyncio.Task | None = None
@@ -239,8 +240,12 @@ class HeartbeatHttpServer:
 
     async def _sweep(self) -> None:
         # One timer for all connections: cheaper than a call_later per request, precise enough for timeouts.
+        # With no connection open it sleeps until one arrives: an idle intake has no timer running.
         loop = asyncio.get_running_loop()
         while True:
+            if not self.connections:
+                self.has_connections.clear()
+                await self.has_connections.wait()
             await asyncio.sleep(SWEEP_INTERVAL)
             now = loop.time()
             for conn in list(self.connections):
@@ -494,6 +499,7 @@ class _Connection(asyncio.Protocol):
             return
         self.peer_key = key
         server.connections.add(self)
+        server.has_connections.set()
         server.counters["connections_open"] = len(server.connections)
 
     def verified(self) -> None:
