@@ -1,7 +1,9 @@
-"""Resource use of whole agent process trees (pid, descendants, process-group members) with psutil.
+"""Resource use of whole agent process trees (pid, descendants, process-group members).
 
-One /proc scan per round builds the ppid/pgid table that every agent's tree is walked from; psutil
-`Process` objects are kept between rounds (keyed by pid + start time) so `cpu_percent()` is a real rate.
+One /proc scan per round builds the ppid/pgid table that every agent's tree is walked from. Each
+sampled process then costs three reads: its /proc stat line (cpu time, threads, vsize, rss, in one
+read instead of psutil's four files) and psutil's io counters and fd count. Entries are kept between
+rounds (keyed by pid + start time), so the cpu figure is a real rate over the interval.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ CREATE_TIME_TOLERANCE = 0.01  # as in supervisor.process_ops: a pid reused by an
 MAX_NOTED = 10_000  # bound on the names whose AccessDenied was already logged
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
 @dataclass
 class _Entry:
     ticks: int  # start time in clock ticks since boot: with the pid, the process's identity
     proc: psutil.Process
-    primed: bool = False  # cpu_percent() was called once, so the next call returns a real rate
+    cpu_ticks: int | None = None  # utime + stime at the last sample, the baseline of the next rate
+    cpu_at: float = 0.0  # monotonic time of that reading
     used: float = 0.0  # monotonic time of the last sample that included it
 
 
@@ -49,6 +56,31 @@ def _read_stat(pid: int) -> tuple[str, _Row] | None:
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
         return fields[0].decode(), _Row(int(fields[1]), int(fields[2]), int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass
+class _Usage:
+    ticks: int
+    cpu_ticks: int
+    threads: int
+    vms: int
+    rss: int
+
+
+def _read_usage(pid: int) -> _Usage | None:
+    """What /proc/<pid>/stat says a live process uses; None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        if fields[0] in (b"Z", b"X"):
+            return None
+        return _Usage(int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[17]), int(fields[20]), int(fields[21]) * PAGE_SIZE)
     except (IndexError, ValueError):
         return None
 
@@ -203,36 +235,33 @@ class TreeSampler:
             entry = self._entry(pid)
             if entry is None:
                 continue
-            proc = entry.proc
-            got: dict[str, object] = {}
-            try:
-                with proc.oneshot():
-                    if proc.status() == psutil.STATUS_ZOMBIE:
-                        raise psutil.ZombieProcess(pid)
-                    # Each read on its own: AccessDenied on one (io, fds of another user's process)
-                    # must not hide the others, nor the fact that the process exists.
-                    for key, read in (("mem", proc.memory_info), ("threads", proc.num_threads), ("cpu", lambda: proc.cpu_percent(None)),
-                                      ("io", proc.io_counters), ("fds", proc.num_fds)):
-                        try:
-                            got[key] = read()
-                        except (psutil.AccessDenied, NotImplementedError):
-                            denied = True
-            except psutil.NoSuchProcess:  # also ZombieProcess: it vanished between the scan and now
+            usage = _read_usage(pid)
+            if usage is None or usage.ticks != entry.ticks:  # vanished (or became a zombie) since the scan
                 self._cache.pop(pid, None)
                 continue
-            except psutil.AccessDenied:
-                denied = True
+            got: dict[str, object] = {}
+            try:
+                # Each read on its own: AccessDenied on one (io, fds of another user's process)
+                # must not hide the other, nor the fact that the process exists.
+                for key, read in (("io", entry.proc.io_counters), ("fds", entry.proc.num_fds)):
+                    try:
+                        got[key] = read()
+                    except (psutil.AccessDenied, NotImplementedError):
+                        denied = True
+            except psutil.NoSuchProcess:  # also ZombieProcess: it vanished between the stat and now
+                self._cache.pop(pid, None)
+                continue
             entry.used = now
             procs += 1
-            if (mem := got.get("mem")) is not None:
-                rss += mem.rss
-                vms += mem.vms
-            threads += got.get("threads", 0)
-            if "cpu" in got:
-                if entry.primed:
-                    cpu = (cpu or 0.0) + got["cpu"]
-                else:
-                    entry.primed = True  # the first call only sets psutil's baseline; its 0.0 means nothing
+            rss += usage.rss
+            vms += usage.vms
+            threads += usage.threads
+            if entry.cpu_ticks is not None and now > entry.cpu_at:
+                # As psutil's cpu_percent(): % of one core over the interval, summed over the tree.
+                rate = (usage.cpu_ticks - entry.cpu_ticks) / CLOCK_TICKS / (now - entry.cpu_at) * 100.0
+                cpu = (cpu or 0.0) + rate
+            # The first reading only sets the baseline: a rate needs two.
+            entry.cpu_ticks, entry.cpu_at = usage.cpu_ticks, now
             if (io := got.get("io")) is not None:
                 read_bytes = (read_bytes or 0) + io.read_bytes
                 write_bytes = (write_bytes or 0) + io.write_bytes
