@@ -476,7 +476,17 @@ def main() -> int:
     p.add_argument("--agentd-venv", type=Path, help="run agentd from this venv (e.g. another checkout's, for a before/after); default .venv")
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/performance.md")
+    p.add_argument("--from-json", type=Path, help="no run: render a result saved with --json (and write the docs unless --no-docs)")
     args = p.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        for key, value in saved["args"].items():
+            setattr(args, key, value)
+        block = render(saved["results"], args, saved["meta"])
+        print(block)
+        if not args.no_docs:
+            write_docs(block)
+        return 0
     if args.agentd_venv:
         global AGENTD_BIN
         AGENTD_BIN = args.agentd_venv.resolve() / "bin"
@@ -535,7 +545,8 @@ def main() -> int:
     block = render(results, args, meta)
     print(block)
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        kept = {k: getattr(args, k) for k in ("agents", "trials", "systems", "settle", "idle_seconds", "status_runs", "kills")}
+        Path(args.json).write_text(json.dumps({"meta": meta, "args": kept, "results": results}, indent=1))
     if not args.no_docs:
         write_docs(block)
     return 0
