@@ -17,7 +17,10 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-TICK = 0.1
+# Well under the threshold, so a loop that runs is never taken for stalled; not much more often, because
+# this is the one timer an idle agentd (and its health worker) still runs (issue 11: idle cost). A stall
+# is measured from the last tick before it, so it may read up to one TICK long, never short.
+TICK = 0.5
 # A loop late by more than this did not run: a busy 2-core box delays ticks by tenths of a second,
 # never by seconds. Lower would defer verdicts on mere load; higher would miss stalls that matter.
 STALL_THRESHOLD = 2.0
