@@ -19,10 +19,10 @@ from typing import Any
 import click
 
 from . import __version__, timefmt
-from .agentctl_main import DEFAULT_CONFIG, DEFAULT_RUN_DIR, EXIT_AGENT_FAILED, fail
+from .agentctl_main import DEFAULT_CONFIG, DEFAULT_RUN_DIR, EXIT_AGENT_FAILED, EXIT_FAILED, EXIT_PENDING, fail
 from .config import ConfigError, load_config
 from .control_client import ClientError, ControlClient, DaemonTimeout, DaemonUnavailable
-from .status_view import render_ping, render_status
+from .status_view import render_action, render_ping, render_status
 from .tables import printable, render_table
 from .units import format_bytes, format_duration
 from .verbs import events as events_verb
@@ -33,8 +33,6 @@ from .verbs import shutdown as shutdown_verb
 from .verbs import status as status_verb
 from .verbs.agent_actions import ActionArgs, ActionResultList
 
-EXIT_FAILED = 1
-EXIT_PENDING = 4
 
 
 class Ctx:
@@ -234,8 +232,8 @@ def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: boo
         result = ActionResultList.model_validate(c.call(verb, args, timeout=c.timeout))
     else:
         result = ActionResultList.model_validate(_call_with_progress(c, verb, args, list(ids)))
-    rows = [[r.id, r.state, r.pid, ("ok" if r.ok else "FAILED") + ": " + r.message] for r in result.results]
-    c.emit(result.model_dump(mode="json"), render_table(["ID", "STATE", "PID", "RESULT"], rows))
+    dumped = result.model_dump(mode="json")
+    c.emit(dumped, render_action(dumped))
     if any(not r.ok for r in result.results):
         sys.exit(EXIT_FAILED)
     if result.pending:

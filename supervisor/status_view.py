@@ -1,4 +1,4 @@
-"""What `agentctl status` and `agentctl ping` print, from the verbs' JSON results.
+"""What `agentctl status`, `ping` and `start`/`stop`/`restart` print, from the verbs' JSON results.
 
 Free of click and pydantic: both the quick path (supervisor/agentctl_main.py) and the full CLI use it.
 """
@@ -69,3 +69,9 @@ def render_status(result: dict[str, Any]) -> str:
 def render_ping(result: dict[str, Any]) -> str:
     """The one line `agentctl ping` prints."""
     return f"agentd is running (pid {result['pid']}, up {format_duration(result['uptime_s'])})"
+
+
+def render_action(result: dict[str, Any]) -> str:
+    """The table `agentctl start|stop|restart` prints: one row per agent."""
+    rows = [[r["id"], r["state"], r["pid"], ("ok" if r["ok"] else "FAILED") + ": " + r["message"]] for r in result["results"]]
+    return render_table(["ID", "STATE", "PID", "RESULT"], rows)

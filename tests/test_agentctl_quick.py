@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from supervisor.agentctl import cli
-from supervisor.agentctl_main import DEFAULT_RUN_DIR, QuickCall, quick_call
+from supervisor.agentctl_main import ACTION_TIMEOUTS, DEFAULT_RUN_DIR, QuickCall, quick_call, request_args
 from supervisor.protocol import PROTOCOL_VERSION, Request
 from supervisor.verbs import status as status_verb
+from supervisor.verbs.agent_actions import ActionArgs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,11 +31,18 @@ def click_reading(argv: list[str], env: dict[str, str]) -> QuickCall:
     sub = cli.get_command(ctx, name)
     sub_ctx = sub.make_context(name, rest, parent=ctx)
     run_dir = params["run_dir"] or env.get("AGENTD_RUN_DIR") or DEFAULT_RUN_DIR
-    return QuickCall(Path(run_dir), params["timeout"], params["as_json"] or sub_ctx.params["as_json"], name, list(sub_ctx.params.get("ids", ())))
+    timeout = params["timeout"]
+    if name in ACTION_TIMEOUTS and ctx.get_parameter_source("timeout").name == "DEFAULT":
+        timeout = ACTION_TIMEOUTS[name]
+    sp = sub_ctx.params
+    flags = {flag for flag, key in (("--all", "all_"), ("--no-wait", "no_wait"), ("--force", "force")) if sp.get(key)}
+    return QuickCall(Path(run_dir), timeout, params["as_json"] or sp["as_json"], name, list(sp.get("ids", ())), frozenset(flags))
 
 
 GLOBAL_CHOICES = [[], ["--json"], ["--run-dir", "/tmp/x"], ["--run-dir=/tmp/y"], ["--timeout", "2.5"], ["--timeout=30"]]
-TAIL_CHOICES = [["status"], ["status", "a", "b"], ["status", "--json"], ["status", "a", "--json", "b"], ["ping"], ["ping", "--json"]]
+TAIL_CHOICES = [["status"], ["status", "a", "b"], ["status", "--json"], ["status", "a", "--json", "b"], ["ping"], ["ping", "--json"],
+                ["stop", "--all"], ["stop", "a", "b", "--no-wait"], ["stop", "--force", "a"], ["stop", "--all", "--json", "--no-wait", "--force"],
+                ["start", "a"], ["start", "--no-wait", "--all"], ["restart", "--all"], ["restart", "a", "--json"]]
 
 
 @pytest.mark.parametrize("globals_", [list(itertools.chain(*c)) for n in range(3) for c in itertools.combinations(GLOBAL_CHOICES, n)])
@@ -45,6 +53,10 @@ def test_quick_path_reads_a_command_line_as_click_does(globals_, tail):
     call = quick_call(argv, env)
     assert call is not None, argv
     assert call == click_reading(argv, env)
+    if call.verb in ACTION_TIMEOUTS:  # what the click CLI would send (supervisor/agentctl.py, _action)
+        sent = ActionArgs(ids=call.ids, all="--all" in call.flags, wait="--no-wait" not in call.flags,
+                          timeout=min(3600.0, max(1.0, call.timeout - 2.0)), force="--force" in call.flags)
+        assert request_args(call) == sent.model_dump(mode="json", exclude_defaults=True)
 
 
 @pytest.mark.parametrize("argv, env", [
@@ -55,7 +67,7 @@ def test_quick_path_reads_a_command_line_as_click_does(globals_, tail):
     (["status", "--help"], {}),
     (["status", "-h"], {}),
     (["--version"], {}),
-    (["stop", "--all"], {}),
+    (["logs", "a"], {}),
     (["top"], {}),
     (["ping", "extra"], {}),
     ([], {}),
@@ -68,6 +80,10 @@ def test_quick_path_reads_a_command_line_as_click_does(globals_, tail):
     (["--run-dir", __file__, "status"], {}),  # a file: click says so
     (["--bogus", "status"], {}),
     (["status", "--", "a"], {}),
+    (["stop"], {}),  # neither ids nor --all
+    (["stop", "a", "--all"], {}),  # both
+    (["start", "--force", "a"], {}),  # --force is stop's
+    (["restart", "--bogus", "a"], {}),
 ])
 def test_anything_else_goes_to_the_click_cli(argv, env):
     assert quick_call(argv, env) is None
@@ -112,6 +128,22 @@ def test_quick_and_full_paths_print_the_same(agentd):
         quick, full = run(*base, *argv, module="supervisor.agentctl_main"), run(*base, *argv, module="supervisor.agentctl")
         assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr)
         assert quick.returncode == 1 and "no agent 'nope'; known: a, b" in quick.stdout + quick.stderr
+
+
+def test_quick_and_full_actions_print_the_same(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved"), agentd.helper_agent("b", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("b", "running")
+    base = ["--run-dir", str(agentd.run_dir)]
+    first = run(*base, "stop", "b", module="supervisor.agentctl_main")
+    assert first.returncode == 0 and first.stdout.split("\n")[1].split()[:2] == ["b", "stopped"], first.stdout + first.stderr
+    for argv in (["stop", "b"], ["--json", "stop", "b"], ["start", "nope"]):  # the same answer twice: "already stopped"
+        quick, full = run(*base, *argv, module="supervisor.agentctl_main"), run(*base, *argv, module="supervisor.agentctl")
+        assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr), argv
+    assert run(*base, "start", "nope", module="supervisor.agentctl_main").returncode == 1
+    again = run(*base, "start", "--all", module="supervisor.agentctl_main")
+    assert again.returncode == 0 and "ok: " in again.stdout
+    agentd.wait_state("b", "running")
 
 
 def test_quick_path_against_no_daemon_says_so_like_the_full_cli(tmp_path):
