@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 LOG_ROTATE_CHECK_INTERVAL = 5.0
 LOG_PRUNE_FIRST_DELAY = 2.0  # soon after start, so a node that was down a month is cleaned up at once
 LOG_PRUNE_INTERVAL = 3600.0
+HEARTBEAT_TIMES_RESEND = 30.0  # unchanged heartbeat times go out again this often
 INTAKE_SILENCE = 3.0  # an intake worker silent this long counts as an outage for heartbeat deadlines
 MAX_INTAKE_GRACE = 300.0  # an intake outage longer than this no longer shields agents
 # Verbs still answered while shutting down, so an operator can watch it happen.
@@ -121,7 +122,6 @@ class Daemon:
         # so a verdict or heartbeat still in flight about the removed process never fits its successor.
         self._removed_generations: dict[str, int] = {}
         self._notify_log = RateLimitedLog(log, 10.0)
-        self._heartbeats_since_publish = False
 
     # ----------------------------------------------------------------- clocks and small views
 
@@ -564,7 +564,6 @@ class Daemon:
             transitioned = transitioned or agent.dirty
             if hb.version is not None and hb.version != version and self.state_feed is not None:
                 self.state_feed.agent_changed(agent)  # the Manager sync reports versions
-        self._heartbeats_since_publish = True  # the housekeeping loop publishes the new times
         if transitioned:  # only transitions (first heartbeat) are written at once; no scan per batch otherwise
             self._persist_dirty()
 
@@ -699,7 +698,8 @@ class Daemon:
         """Once a second publish heartbeat times; every flush_interval write heartbeat-only changes."""
         flush_every = max(0.1, self.config.metadata.flush_interval)
         last_flush = self.now()
-        published_marks: tuple | None = None
+        last_published: tuple | None = None
+        last_publish_at = self.now()
         while True:
             await asyncio.sleep(min(1.0, flush_every))
             if self._intake_outage():
@@ -719,11 +719,12 @@ class Daemon:
                 self._grace_expired_logged = False
             # Published only when it changed: with no heartbeats, an idle node sends the workers nothing.
             # Every message carries all times, and a worker that joins gets them in its snapshot.
-            marks = (self.intake_restarted_wall, self.intake_restarted_mono, self.stalls.last_end)
-            if self._heartbeats_since_publish or marks != published_marks:
-                self._heartbeats_since_publish = False
-                published_marks = marks
-                self.state_feed.heartbeat_times(self.heartbeat_times(), self.intake_restarted_wall, self.heartbeat_times_mono(),
+            # (Heartbeats arrive by the intakes and by sd_notify WATCHDOG=1, hence a comparison, not a flag.)
+            published = (self.heartbeat_times(), self.heartbeat_times_mono(), self.intake_restarted_wall, self.intake_restarted_mono, self.stalls.last_end)
+            # Still re-sent now and then: a subscriber that lost the last one (PUB drops past its high-water mark) catches up.
+            if published != last_published or self.now() - last_publish_at >= HEARTBEAT_TIMES_RESEND:
+                last_published, last_publish_at = published, self.now()
+                self.state_feed.heartbeat_times(published[0], self.intake_restarted_wall, published[1],
                                                 self.intake_restarted_mono, self.stalls.last_end)
             if self.now() - last_flush >= flush_every:
                 last_flush = self.now()
