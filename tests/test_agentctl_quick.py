@@ -41,8 +41,9 @@ def click_reading(argv: list[str], env: dict[str, str]) -> QuickCall:
 
 GLOBAL_CHOICES = [[], ["--json"], ["--run-dir", "/tmp/x"], ["--run-dir=/tmp/y"], ["--timeout", "2.5"], ["--timeout=30"]]
 TAIL_CHOICES = [["status"], ["status", "a", "b"], ["status", "--json"], ["status", "a", "--json", "b"], ["ping"], ["ping", "--json"],
-                ["stop", "--all"], ["stop", "a", "b", "--no-wait"], ["stop", "--force", "a"], ["stop", "--all", "--json", "--no-wait", "--force"],
-                ["start", "a"], ["start", "--no-wait", "--all"], ["restart", "--all"], ["restart", "a", "--json"]]
+                ["stop", "--all", "--no-wait"], ["stop", "a", "b", "--no-wait"], ["stop", "--force", "a", "--json"],
+                ["stop", "--all", "--json", "--no-wait", "--force"], ["start", "a", "--json"], ["start", "--no-wait", "--all"],
+                ["restart", "--all", "--no-wait"], ["restart", "a", "--json"]]
 
 
 @pytest.mark.parametrize("globals_", [list(itertools.chain(*c)) for n in range(3) for c in itertools.combinations(GLOBAL_CHOICES, n)])
@@ -80,10 +81,12 @@ def test_quick_path_reads_a_command_line_as_click_does(globals_, tail):
     (["--run-dir", __file__, "status"], {}),  # a file: click says so
     (["--bogus", "status"], {}),
     (["status", "--", "a"], {}),
+    (["stop", "--all"], {}),  # waiting, with a table: the click CLI shows progress
+    (["restart", "a"], {}),
     (["stop"], {}),  # neither ids nor --all
     (["stop", "a", "--all"], {}),  # both
-    (["start", "--force", "a"], {}),  # --force is stop's
-    (["restart", "--bogus", "a"], {}),
+    (["start", "--force", "a", "--json"], {}),  # --force is stop's
+    (["restart", "--bogus", "a", "--json"], {}),
 ])
 def test_anything_else_goes_to_the_click_cli(argv, env):
     assert quick_call(argv, env) is None
@@ -135,13 +138,13 @@ def test_quick_and_full_actions_print_the_same(agentd):
     agentd.start()
     agentd.wait_state("b", "running")
     base = ["--run-dir", str(agentd.run_dir)]
-    first = run(*base, "stop", "b", module="supervisor.agentctl_main")
-    assert first.returncode == 0 and first.stdout.split("\n")[1].split()[:2] == ["b", "stopped"], first.stdout + first.stderr
-    for argv in (["stop", "b"], ["--json", "stop", "b"], ["start", "nope"]):  # the same answer twice: "already stopped"
+    first = json.loads(run(*base, "stop", "b", "--json", module="supervisor.agentctl_main").stdout)
+    assert [(r["id"], r["state"], r["ok"]) for r in first["results"]] == [("b", "stopped", True)], first
+    for argv in (["stop", "b", "--no-wait"], ["--json", "stop", "b"], ["start", "nope", "--json"]):  # "already stopped" twice
         quick, full = run(*base, *argv, module="supervisor.agentctl_main"), run(*base, *argv, module="supervisor.agentctl")
         assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr), argv
-    assert run(*base, "start", "nope", module="supervisor.agentctl_main").returncode == 1
-    again = run(*base, "start", "--all", module="supervisor.agentctl_main")
+    assert run(*base, "start", "nope", "--no-wait", module="supervisor.agentctl_main").returncode == 1
+    again = run(*base, "start", "--all", "--no-wait", module="supervisor.agentctl_main")
     assert again.returncode == 0 and "ok: " in again.stdout
     agentd.wait_state("b", "running")
 
