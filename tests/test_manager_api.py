@@ -273,13 +273,13 @@ def test_allow_from_applies_before_the_token(standalone):
 def test_keepalive_pings_between_calls_keep_the_connection(standalone, min_ping_interval, survives):
     """A client pinging every second while idle, as the Manager does every 45 s against the default 10 s floor.
     With the floor above the ping rate, the server's GOAWAY too_many_pings shows the check bites."""
-    api = standalone(min_ping_interval=min_ping_interval)
+    api = standalone(min_ping_interval=min_ping_interval, token=TOKEN)
     states: list[str] = []
     options = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 5000),
                ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
     with grpc.insecure_channel(f"127.0.0.1:{api.port}", options=options) as channel:
         channel.subscribe(lambda state: states.append(state.name), try_to_connect=False)
-        assert api.answer(channel) == grpc.StatusCode.UNIMPLEMENTED
+        assert api.answer(channel, AUTH) == grpc.StatusCode.UNIMPLEMENTED
         ready = states.index("READY")
         if survives:
             time.sleep(6)
