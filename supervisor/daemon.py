@@ -30,7 +30,7 @@ from . import ipc
 from .listeners import HTTP_PORT_FILE, read_port, remember_port, bound_address, tcp_listener, unix_listener
 from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from .lifecycle import AgentProcess, ProcessHandle
-from .log_files import prune_old_logs, rotate_by_settings
+from .log_files import TRUNCATED_FOR_SPACE, prune_old_logs, rotate_by_settings
 from .metadata_store import AgentRecord, ExitRecord, MetadataStore, iso_utc, parse_iso
 from .metadata_writer import MetadataWriter
 from .history_store import HistoryStore
@@ -58,7 +58,8 @@ from .worker_pool import WorkerPool, WorkerSpec
 
 log = logging.getLogger(__name__)
 
-LOG_ROTATE_CHECK_INTERVAL = 5.0
+LOG_ROTATE_CHECK_INTERVAL = 5.0  # rotation by age (log.interval)
+LOG_SIZE_CHECK_INTERVAL = 1.0  # log.max_size is enforced this promptly (issue 10)
 LOG_PRUNE_FIRST_DELAY = 2.0  # soon after start, so a node that was down a month is cleaned up at once
 LOG_PRUNE_INTERVAL = 3600.0
 HEARTBEAT_TIMES_RESEND = 30.0  # unchanged heartbeat times go out again this often
@@ -871,30 +872,46 @@ class Daemon:
             await asyncio.sleep(LOG_PRUNE_INTERVAL)
 
     async def _rotate_logs_forever(self) -> None:
+        """Every second, rotate the logs that reached log.max_size; every 5 s, by age (log.interval) too."""
         loop = asyncio.get_running_loop()
+        age_every = max(1, round(LOG_ROTATE_CHECK_INTERVAL / LOG_SIZE_CHECK_INTERVAL))
+        rounds = 0
         while True:
-            await asyncio.sleep(LOG_ROTATE_CHECK_INTERVAL)
+            await asyncio.sleep(LOG_SIZE_CHECK_INTERVAL)
+            rounds += 1
             # One executor job per round, not one per agent: an idle node with 200 agents would
             # otherwise hand 40 jobs a second to the thread pool. It stays off the loop (a hung
             # filesystem must not stall supervision).
             now = time.time()
             # When this daemon first saw each file: the start of its content for log.interval, until a rotation.
             jobs = [(a.spec.id, self.log_path(a.spec.id), a.spec.log, self._log_started.setdefault(a.spec.id, now)) for a in self.registry]
-            for agent_id, path, outcome in await loop.run_in_executor(None, _rotation_round, jobs):
+            for agent_id, path, outcome in await loop.run_in_executor(None, _rotation_round, jobs, rounds % age_every == 0):
                 if isinstance(outcome, OSError):
                     log.error("%s: log rotation failed: %s", agent_id, outcome)
+                    continue
+                self._log_started[agent_id] = time.time()
+                agent = self.registry.find(agent_id)
+                if outcome == TRUNCATED_FOR_SPACE and agent is not None:
+                    why = f"log {path} truncated in place: no room on its disk for a rotated copy; its oldest output is lost"
+                    self.events.append(iso_utc(), agent_id, agent.state.value, agent.state.value, why)
+                    log.warning("%s: %s", agent_id, why)
                 else:
-                    self._log_started[agent_id] = time.time()
                     log.info("%s: rotated %s", agent_id, path)
 
 
-def _rotation_round(jobs) -> list[tuple[str, Path, "bool | OSError"]]:
-    """Rotate every log that is due (size or interval); returns the rotated ones and the failures."""
-    out: list[tuple[str, Path, "bool | OSError"]] = []
+def _rotation_round(jobs, by_age: bool) -> list[tuple[str, Path, "bool | str | OSError"]]:
+    """Rotate every log that is due (size every round, interval when `by_age`); returns the rotated ones
+    (True, or TRUNCATED_FOR_SPACE) and the failures."""
+    out: list[tuple[str, Path, "bool | str | OSError"]] = []
     for agent_id, path, settings, started in jobs:
         try:
-            if rotate_by_settings(path, settings.max_size, settings.keep, settings.compress, settings.interval, started, time.time()):
-                out.append((agent_id, path, True))
+            if not by_age and os.stat(path).st_size < settings.max_size:
+                continue  # the cheap check that lets size be enforced every second
+            rotated = rotate_by_settings(path, settings.max_size, settings.keep, settings.compress, settings.interval, started, time.time())
+            if rotated:
+                out.append((agent_id, path, rotated))
+        except FileNotFoundError:
+            continue
         except OSError as exc:
             out.append((agent_id, path, exc))
     return out

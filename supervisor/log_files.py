@@ -72,11 +72,32 @@ def list_log_files(path: Path) -> list[Path]:
     return files
 
 
-def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bool:
+TRUNCATED_FOR_SPACE = "truncated_for_space"  # what rotate_if_needed returns when the disk had no room for a copy
+SPACE_MARGIN = 1 << 20  # free space kept beyond the copy's size before copying at all
+
+
+def _room_for_copy(path: Path, size: int) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return True  # cannot tell: try, and fall back on ENOSPC
+    return st.f_bavail * st.f_frsize >= size + SPACE_MARGIN
+
+
+def _truncate_in_place(fd: int, path: Path, size: int, why: str) -> str:
+    """No room to copy: the agent's logging must not break (nor everyone's on that disk), so its oldest
+    bytes go instead. The caller turns this into an event for the operator."""
+    os.ftruncate(fd, 0)
+    log.warning("%s: %s; truncated it in place, dropping %d bytes of its oldest output", path, why, size)
+    return TRUNCATED_FOR_SPACE
+
+
+def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bool | str:
     """Copy-and-truncate ``path`` when it has reached ``max_size`` bytes, keeping ``keep`` copies.
 
-    Returns True if it rotated. ``keep=0`` truncates without a copy. A rotation already running on
-    the same file (in any process) makes this return False.
+    Returns True if it rotated, TRUNCATED_FOR_SPACE (also true) if the disk had no room for the copy and
+    the file was truncated in place instead. ``keep=0`` truncates without a copy. A rotation already
+    running on the same file (in any process) makes this return False.
     """
     if max_size < 1:
         raise ValueError(f"max_size must be at least 1 byte, got {max_size}")
@@ -97,6 +118,8 @@ def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bo
         if size < max_size:
             return False
         _remove_tmp_leftovers(path)
+        if keep and not _room_for_copy(path, size):
+            return _truncate_in_place(fd, path, size, "no room on the disk for a rotated copy")
         # Shift before copying so a crash at any point leaves every byte in a properly named file.
         _shift(path, keep)
         if keep == 0:
@@ -105,7 +128,12 @@ def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bo
             log.info("truncated %s (%d bytes, keep=0)", path, size)
             return True
         dest = rotated_path(path, 1, compressed=False)
-        copied, lost = _copy_and_truncate(fd, dest)
+        try:
+            copied, lost = _copy_and_truncate(fd, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or os.fstat(fd).st_size == 0:
+                raise
+            return _truncate_in_place(fd, path, size, f"copying it failed ({exc.strerror})")
         if lost:
             log.warning(
                 "rotating %s: writer outpaced the copy; at least %d bytes were dropped", path, lost
@@ -373,10 +401,11 @@ def prune_old_logs(log_dir: Path, max_age: dict[str, float | None], default_max_
     return removed
 
 
-def rotate_by_settings(path: Path, max_size: int, keep: int, compress: bool, interval: float | None, started: float, now: float) -> bool:
+def rotate_by_settings(path: Path, max_size: int, keep: int, compress: bool, interval: float | None, started: float, now: float) -> bool | str:
     """Rotate by size (`log.max_size`), else by age (`log.interval`); True if it rotated."""
-    if rotate_if_needed(path, max_size, keep, compress):
-        return True
+    rotated = rotate_if_needed(path, max_size, keep, compress)
+    if rotated:
+        return rotated  # True, or TRUNCATED_FOR_SPACE
     if interval is not None and rotation_due_by_age(path, interval, started, now):
         return rotate_if_needed(path, 1, keep, compress)
     return False

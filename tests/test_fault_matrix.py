@@ -445,3 +445,52 @@ def test_break5_control_flood_gets_busy_bounded_memory_and_costs_no_agent(agentd
     assert slowest < 10, f"agentctl status took {slowest:.1f}s during the flood"
     _assert_nothing_lost(agentd, pids, worker_pids)
     assert agentd.call("workers")["parent"]["control_busy"] > 0
+
+
+# ----------------------------------------------------------------------------- break 3: a full log disk
+
+
+@pytest.fixture
+def small_log_fs(agentd):
+    """log_dir on a 16 MiB tmpfs of the test's own, so it can be filled without touching anyone else's disk."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs for log_dir")
+    agentd.log_dir.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0750", "tmpfs", str(agentd.log_dir)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield agentd.log_dir
+    finally:
+        agentd.cleanup()  # agents and agentd hold files on it
+        subprocess.run(["umount", "-l", str(agentd.log_dir)], capture_output=True)
+
+
+def test_break3_full_log_disk_truncates_in_place_promptly_and_recovers(agentd, small_log_fs):
+    agentd.write_config([
+        agentd.helper_agent("flood", "spew-output", "--rate", "20000", log={"max_size": "2MiB", "keep": 3, "compress": False}),
+        agentd.helper_agent("quiet", "spew-output", "--rate", "20", log={"max_size": "2MiB", "keep": 3, "compress": False}),
+    ])
+    filler = small_log_fs / "filler"
+    filler.write_bytes(b"\0" * (12 << 20))  # what is left cannot hold a live file plus its rotated copy
+    agentd.start()
+    pids = {i: agentd.wait_state(i, "running")["pid"] for i in ("flood", "quiet")}
+
+    def truncated():
+        return [e for e in agentd.call("events", {"ids": ["flood"]})["events"] if "truncated in place" in e["reason"]]
+    wait_until(truncated, timeout=60, message="an event saying the flood's log was truncated in place")
+    flood_log = small_log_fs / "flood" / "agent.log"
+    quiet_log = small_log_fs / "quiet" / "agent.log"
+    # The cap holds within about a second of output (20,000 lines/s of ~100 bytes is ~2 MiB/s).
+    for _ in range(10):
+        assert flood_log.stat().st_size < 8 << 20
+        time.sleep(0.3)
+    # The other agent keeps logging on the same disk.
+    size = quiet_log.stat().st_size
+    wait_until(lambda: quiet_log.stat().st_size > size or quiet_log.stat().st_size < size, timeout=20, message="quiet agent still logging")
+    # Space comes back: rotation copies again, with nothing for the operator to do.
+    filler.unlink()
+    wait_until(lambda: (small_log_fs / "flood" / "agent.log.1").exists(), timeout=30, message="a normal rotation after recovery")
+    for agent_id, pid in pids.items():
+        st = agentd.status(agent_id)
+        assert (st["pid"], st["restarts"]) == (pid, 0), st
