@@ -238,6 +238,9 @@ class HttpIntake(_Section):
     # per peer (uid on loopback, else address), and how long such a connection may take to deliver one.
     max_unverified_per_peer: int = Field(32, ge=1)
     unverified_timeout: PositiveDuration = 3.0
+    # A heartbeat for agent A is accepted only from A's own process tree, or with A's token (docs/decisions.md).
+    # Off only for load tests and test harnesses that send for agents from outside them.
+    verify_sender: bool = True
 
 
 class UnixIntake(_Section):

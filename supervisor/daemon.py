@@ -28,6 +28,7 @@ from .event_intake import EventIntake
 from .event_log import EventLog
 from . import ipc
 from .listeners import HTTP_PORT_FILE, read_port, remember_port, bound_address, tcp_listener, unix_listener
+from .heartbeat_secrets import HeartbeatSecrets
 from .messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from .lifecycle import AgentProcess, ProcessHandle
 from .log_files import TRUNCATED_FOR_SPACE, prune_old_logs, rotate_by_settings
@@ -183,6 +184,7 @@ class Daemon:
             self.notify = NotifyHub(loop, self.run_dir / "notify", self._on_notify)
             self._closers.append(self.notify.close_all)
             self.ops = RealProcessOps(loop, self.log_dir, env, self._on_exit, self.tracking, self.notify.path)
+            self.ops.heartbeat_secret = HeartbeatSecrets(self.data_dir).for_agent
             self.control = ControlServer(self.zctx, self.run_dir / ipc.CONTROL, self._dispatch, self.config.control.group)
             self._closers.append(self.control.close)
             self.history = HistoryStore(self.data_dir / "history.db", self.config.history.retention)

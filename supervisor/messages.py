@@ -132,6 +132,7 @@ class AgentView(BaseModel):
     create_time: float | None = None
     generation: int = 0
     token: str | None = None  # per-agent heartbeat bearer token
+    secret: str | None = None  # the agent's own heartbeat secret, from its environment: proof of an HTTP sender
     expects_heartbeat: bool = False
     operator_stopped: bool = False
     started_at: float | None = None  # wall clock start of the current process (for display)

@@ -24,6 +24,7 @@ from .cgroups import CONTROLLER_OF, MOUNTINFO, AgentCgroup, Tracking, cgroup2_mo
 from .agent_config_check import check_agent_config
 from .config import AgentSpec
 from .exit_watch import ExitWatch, watch_exit
+from .heartbeat_secrets import ENV_VAR as HEARTBEAT_TOKEN_ENV
 from .lifecycle import ProcessHandle, SpawnError
 from .metadata_store import parse_iso
 from .log_files import open_agent_log
@@ -86,6 +87,8 @@ class RealProcessOps:
         self.table = ProcessTable()  # one /proc scan serves every agent stopping in the same tick
         self.boot_id = boot_id()
         self.boot_time = psutil.boot_time()
+        # agent id -> its heartbeat secret (supervisor/heartbeat_secrets.py); set by the daemon.
+        self.heartbeat_secret: Callable[[str], str] | None = None
 
     # ----------------------------------------------------------------- spawn / adopt
 
@@ -166,6 +169,9 @@ class RealProcessOps:
         env.update(spec.env)
         env.update(self.agent_env)
         env["AGENTD_AGENT_ID"] = spec.id
+        if self.heartbeat_secret is not None and HEARTBEAT_TOKEN_ENV not in spec.env:
+            # What proves an HTTP heartbeat is this agent's when the kernel cannot (docs/decisions.md).
+            env[HEARTBEAT_TOKEN_ENV] = spec.heartbeat.token or self.heartbeat_secret(spec.id)
         notify = self.notify_path(spec.id)
         if notify is not None:
             env["NOTIFY_SOCKET"] = str(notify)

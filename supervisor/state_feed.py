@@ -17,6 +17,13 @@ from .messages import STATE_TOPIC, AgentRemoved, AgentUpdate, AgentView, Heartbe
 from .states import PROCESS_STATES
 
 
+def _secret(agent: AgentProcess) -> str | None:
+    derive = getattr(agent.ops, "heartbeat_secret", None)
+    if derive is None:
+        return agent.spec.heartbeat.token
+    return agent.spec.heartbeat.token or derive(agent.spec.id)
+
+
 def agent_view(agent: AgentProcess) -> AgentView:
     """What workers are told about one agent."""
     h = agent.handle if agent.state in PROCESS_STATES else None
@@ -29,6 +36,7 @@ def agent_view(agent: AgentProcess) -> AgentView:
         create_time=h.create_time if h else None,
         generation=agent.generation,
         token=agent.spec.heartbeat.token,
+        secret=_secret(agent),
         expects_heartbeat=agent.spec.expects_heartbeat,
         operator_stopped=agent.operator_stopped,
         started_at=h.started_wall if h else None,

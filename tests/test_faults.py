@@ -12,6 +12,7 @@ import urllib.request
 
 import psutil
 
+from tests.support.hostile import agent_secret
 from tests.support.processes import pid_alive
 from tests.support.wait import wait_until
 
@@ -82,8 +83,9 @@ def test_hung_intake_worker_is_replaced_and_its_agents_are_not_blamed(agentd):
     assert agentd.status("s")["restarts"] == 0, agentd.status("s")
 
 
-def _post(url, body, timeout=10):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+def _post(url, body, timeout=10, token=None):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
@@ -101,13 +103,14 @@ def test_frozen_parent_gives_503_not_memory_growth_and_loses_nothing_answered_20
     worker = psutil.Process(ws["heartbeat-http-0"]["pid"])
     rss_before = worker.memory_info().rss
     batch = [{"agent_id": "a", "pid": st["pid"], "status": "load"} for _ in range(500)]
+    token = agent_secret(st["pid"])  # the test sends for the agent from outside its tree
 
     os.kill(agentd.proc.pid, signal.SIGSTOP)  # the parent stops reading events.ipc
     accepted = 0
     saw_503 = None
     try:
         for _ in range(2000):  # bounded: the buffers hold well under 2000 × 500 heartbeats
-            status, reply = _post(url, batch)
+            status, reply = _post(url, batch, token=token)
             if status == 503:
                 saw_503 = reply
                 break

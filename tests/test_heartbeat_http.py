@@ -117,7 +117,9 @@ class Worker:
         self.port = self.listener.getsockname()[1]
         fd = self.listener.fileno()
         self.log = parent.dir / f"{name}.log"
-        conf = {"listen": "127.0.0.1:0", "processes": 1, "max_body": MAX_BODY, "request_timeout": REQUEST_TIMEOUT}
+        # The test process sends for the agents from outside their trees: the sender check is off here and
+        # exercised with real agents in tests/test_hostile_identity.py.
+        conf = {"listen": "127.0.0.1:0", "processes": 1, "max_body": MAX_BODY, "request_timeout": REQUEST_TIMEOUT, "verify_sender": False}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.heartbeat_http", "--run-dir", str(parent.dir), "--name", name,
@@ -688,7 +690,7 @@ def test_standalone_config_binds_its_own_socket(agent_procs, tmp_path):
     plain, tree, _child = agent_procs
     parent = StandInParent(_agents(plain, tree))
     config = tmp_path / "agentd.yaml"
-    config.write_text(f"daemon:\n  run_dir: {parent.dir}\nheartbeat:\n  http:\n    listen: 127.0.0.1:0\nagents: []\n")
+    config.write_text(f"daemon:\n  run_dir: {parent.dir}\nheartbeat:\n  http:\n    listen: 127.0.0.1:0\n    verify_sender: false\nagents: []\n")
     proc = subprocess.Popen([sys.executable, "-m", "workers.heartbeat_http", "--config", str(config)], cwd=ROOT,
                             stderr=subprocess.DEVNULL)
     try:

@@ -4,14 +4,9 @@ both intakes (idle Unix connections, slow HTTP headers) does not cost the agents
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import subprocess
-import uuid
 
-import pytest
-
-from tests.support.hostile import FAST, Legit, http_address, workers
+from tests.support.hostile import FAST, Legit, http_address, outsider, run_as, system_python, workers  # noqa: F401 (fixture)
 from tests.support.processes import kill_tree
 from tests.support.wait import wait_until
 
@@ -50,21 +45,7 @@ while time.monotonic() < end:
 '''
 
 
-@pytest.fixture
-def outsider():
-    """A fresh unprivileged user; removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a second, unprivileged user (useradd)")
-    name = f"agt{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
-
-
 def test_one_user_holding_every_slot_it_can_does_not_cost_agents_their_heartbeats(agentd, outsider, tmp_path):
-    os.chmod(agentd.base, 0o755)  # the socket must be reachable by other users, as /run/agentd is
     agentd.write_config([
         agentd.helper_agent("h", "heartbeat-http", "--interval", "0.2", health_check=FAST),
         agentd.helper_agent("s", "heartbeat-socket", "--interval", "0.2", health_check=FAST),
@@ -76,12 +57,8 @@ def test_one_user_holding_every_slot_it_can_does_not_cost_agents_their_heartbeat
     os.chmod(script, 0o644)
     host, port = http_address(agentd)
     unix_path = agentd.run_dir / "heartbeat.sock"
-    python = shutil.which("python3", path="/usr/bin:/bin")  # ours lives under /root, which the outsider cannot reach
-    if python is None:
-        pytest.skip("no system python3 the unprivileged user can run")
-    flooder = subprocess.Popen([python, str(script), str(unix_path), host, str(port), "40"],
-                               user=outsider.pw_uid, group=outsider.pw_gid, extra_groups=[], stdout=subprocess.PIPE, text=True,
-                               env={"PATH": "/usr/bin:/bin", "AGENTD_TEST_TAG": agentd.tag}, cwd="/")
+    python = system_python()
+    flooder = run_as(outsider, [python, str(script), str(unix_path), host, str(port), "40"], agentd, stdout=subprocess.PIPE, text=True)
     try:
         line = wait_until(lambda: flooder.stdout.readline(), timeout=30, message="the flooder's first round")
         assert line

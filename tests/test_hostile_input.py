@@ -9,7 +9,7 @@ import json
 import zmq
 
 from supervisor.metadata_store import AgentRecord, MetadataStore
-from tests.support.hostile import FAST, Legit, http_address, post, workers
+from tests.support.hostile import FAST, Legit, agent_secret, http_address, post, workers
 from tests.support.wait import wait_until
 
 SURROGATE = '"\\ud800"'  # JSON text for a lone UTF-16 surrogate: legal JSON, not encodable as UTF-8
@@ -34,8 +34,10 @@ def test_lone_surrogate_over_http_is_a_400_and_the_intake_keeps_forwarding(agent
         status, reply = post(agentd, f'{{"agent_id": "h", "pid": {pid}, "{field}": {SURROGATE}}}')
         assert status == 400, reply
         assert reply["message"].startswith(f"{field}: must be printable text"), reply
-    # The same in a batch: that item refused by name, the rest of the batch goes through.
-    status, reply = post(agentd, f'[{{"agent_id": "h", "pid": {pid}, "version": {SURROGATE}}}, {{"agent_id": "h", "pid": {pid}}}]', "/heartbeats")
+    # The same in a batch: that item refused by name, the rest of the batch goes through (sent with h's
+    # own secret, as the test process is not h).
+    status, reply = post(agentd, f'[{{"agent_id": "h", "pid": {pid}, "version": {SURROGATE}}}, {{"agent_id": "h", "pid": {pid}}}]', "/heartbeats",
+                         headers={"Authorization": f"Bearer {agent_secret(pid)}"})
     assert status == 200 and reply["accepted"] == 1 and reply["rejected"][0]["message"].startswith("version:"), reply
     legit.assert_unharmed()
     assert workers(agentd)["heartbeat-http-0"]["pid"] == http_worker["pid"]  # never needed replacing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import hmac
 import json
 import logging
 import socket
@@ -28,7 +29,7 @@ from supervisor.config import HttpIntake, split_listen
 from supervisor.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
 from supervisor.states import AgentState
 from supervisor.rate_limited_log import RateLimitedLog
-from workers.peer_socket import SockDiag, is_loopback
+from workers.peer_socket import SockDiag, is_loopback, socket_in_tree
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
@@ -44,7 +45,8 @@ PARENT_METRICS_REFRESH = 5.0  # seconds between fetches of the parent's metrics 
 ACCEPT_BATCH = 4  # connections accepted per wake-up; small, so that workers sharing the socket share a burst
 ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long (as asyncio's own server does)
 UNVERIFIED_SHARE = 4  # at most 1/4 of max_connections may be connections that delivered no valid heartbeat yet
-REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large")
+REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large",
+                  "sender_not_agent", "sender_unproven")
 JSON_TYPE = b"application/json"
 METRICS_TYPE = PROMETHEUS_CONTENT_TYPE.encode()
 ROUTES: dict[bytes, tuple[bytes, ...]] = {
@@ -254,8 +256,9 @@ class HeartbeatHttpServer:
 
     # ------------------------------------------------------------------------------------------ peers
 
-    def peer_key(self, transport: asyncio.BaseTransport) -> str:
-        """Whom a new connection counts against: its owner's uid on loopback, else its address."""
+    def peer_of(self, transport: asyncio.BaseTransport) -> tuple[str, int | None, str]:
+        """Whom a new connection counts against (its owner's uid on loopback, else its address), the client
+        socket's inode when the kernel could tell (loopback only), and the address for messages."""
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else "?"
         if self._diag is not None and is_loopback(host):
@@ -266,8 +269,37 @@ class HeartbeatHttpServer:
                 self.limited.warning("sock_diag", "sock_diag lookup failed: %s", exc)
                 found = None
             if found is not None:
-                return f"uid:{found.uid}"
-        return f"addr:{host}"
+                return f"uid:{found.uid}", found.inode, host
+        return f"addr:{host}", None, host
+
+    def prove_sender(self, conn: "_Connection | None", fields: dict, token: str | None) -> None:
+        """HTTP sender identity (docs/decisions.md): the heartbeat's agent must be the connection's own.
+
+        Proof is the agent's secret (or configured token) as Bearer, or, on loopback, the client socket
+        found among the open files of the agent's process tree (checked once per connection and agent
+        generation, then kept for keep-alive). Raises HeartbeatRejected 401/403 otherwise."""
+        if conn is None or not self.settings.verify_sender:
+            return
+        agent = self.link.agents.get(fields["agent_id"])
+        if agent is None:
+            return  # directory.check has just found it; a removal in between is handled by the parent
+        proof = (agent.id, agent.generation)
+        if proof in conn.proven:
+            return
+        if token is not None and agent.secret and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), agent.secret.encode()):
+            conn.proven.add(proof)
+            return
+        if conn.peer_inode is None:
+            self.counters["sender_checks_failed"] += 1
+            raise HeartbeatRejected(401, "sender_unproven", f"agent {agent.id!r}: a heartbeat from {conn.peer_host} must carry the "
+                                    f"agent's token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
+        self.counters["sender_checks"] += 1
+        holder = socket_in_tree(conn.peer_inode, [fields["pid"], agent.pid or 0], agent.pid or 0)
+        if holder is None:
+            self.counters["sender_checks_failed"] += 1
+            raise HeartbeatRejected(403, "sender_not_agent", f"this connection is not held by agent {agent.id!r}'s processes; send "
+                                    f"from the agent itself, or with its token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
+        conn.proven.add(proof)
 
     def admit_unverified(self, key: str) -> str | None:
         """Count a new connection against its peer; the refusal's sentence when it has no room."""
@@ -287,7 +319,7 @@ class HeartbeatHttpServer:
 
     # ------------------------------------------------------------------------------------------ requests
 
-    def handle(self, method: bytes, path: bytes, token: str | None, body: bytes | bytearray) -> tuple[int, bytes, bytes, tuple]:
+    def handle(self, method: bytes, path: bytes, token: str | None, body: bytes | bytearray, conn: "_Connection | None" = None) -> tuple[int, bytes, bytes, tuple]:
         """Answer one complete request: (status, body, content type, extra headers)."""
         allowed = ROUTES.get(path)
         if allowed is None:
@@ -300,21 +332,21 @@ class HeartbeatHttpServer:
             return 200, self.metrics(), METRICS_TYPE, ()
         if path == b"/heartbeat/stats":
             return 200, json_reply(True, "heartbeat intake counters", **self.stats()), JSON_TYPE, ()
-        return self._heartbeats(body, token, batch=path == b"/heartbeats")
+        return self._heartbeats(body, token, batch=path == b"/heartbeats", conn=conn)
 
-    def _heartbeats(self, body: bytes | bytearray, token: str | None, *, batch: bool) -> tuple[int, bytes, bytes, tuple]:
+    def _heartbeats(self, body: bytes | bytearray, token: str | None, *, batch: bool, conn: "_Connection | None" = None) -> tuple[int, bytes, bytes, tuple]:
         received_at = time.time()
         try:
             doc = decode_json(body)
         except HeartbeatRejected as exc:
             return self._invalid(exc.message)
         if not batch:
-            return self._one(doc, token, received_at)
+            return self._one(doc, token, received_at, conn)
         if not isinstance(doc, list):
             return self._invalid("body: expected a JSON array of heartbeat objects")
         if not doc:
             return self._invalid("body: the batch is empty")
-        return self._batch(doc, token, received_at)
+        return self._batch(doc, token, received_at, conn)
 
     def _invalid(self, message: str) -> tuple[int, bytes, bytes, tuple]:
         self.counters["received"] += 1
@@ -327,7 +359,7 @@ class HeartbeatHttpServer:
             return 503, json_reply(False, "this intake worker cannot forward heartbeats; retry shortly"), JSON_TYPE, ((b"Retry-After", b"1"),)
         return 503, BUSY(), JSON_TYPE, ((b"Retry-After", b"1"),)
 
-    def _one(self, doc: object, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
+    def _one(self, doc: object, token: str | None, received_at: float, conn: "_Connection | None" = None) -> tuple[int, bytes, bytes, tuple]:
         self.counters["received"] += 1
         self.last_received_at = received_at
         # Refuse before validating: under overload the cheapest answer is the right one.
@@ -336,6 +368,7 @@ class HeartbeatHttpServer:
         started = time.perf_counter_ns()
         try:
             heartbeat = self.directory.check(doc, agent_id_required=True, token=token, received_at=received_at)
+            self.prove_sender(conn, heartbeat, token)
         except HeartbeatRejected as exc:
             self.counters[f"rejected_{exc.reason}"] += 1
             return exc.status, json_reply(False, exc.message), JSON_TYPE, ()
@@ -345,7 +378,7 @@ class HeartbeatHttpServer:
         self.counters["accepted"] += 1
         return 200, ACCEPTED(), JSON_TYPE, ()
 
-    def _batch(self, items: list, token: str | None, received_at: float) -> tuple[int, bytes, bytes, tuple]:
+    def _batch(self, items: list, token: str | None, received_at: float, conn: "_Connection | None" = None) -> tuple[int, bytes, bytes, tuple]:
         n = len(items)
         self.counters["received"] += n
         self.last_received_at = received_at
@@ -358,6 +391,7 @@ class HeartbeatHttpServer:
         for index, item in enumerate(items):
             try:
                 heartbeat = self.directory.check(item, agent_id_required=True, token=token, received_at=received_at)
+                self.prove_sender(conn, heartbeat, token)
             except HeartbeatRejected as exc:
                 self.counters[f"rejected_{exc.reason}"] += 1
                 status, reason, message = exc.status, exc.reason, exc.message
@@ -456,6 +490,9 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.deadline = self.loop.time() + min(self.settings.request_timeout, self.settings.unverified_timeout)
         self.peer_key: str | None = None  # set while this connection counts as unverified
+        self.peer_inode: int | None = None  # the client socket's inode (loopback), for the sender check
+        self.peer_host = "?"
+        self.proven: set[tuple[str, int]] = set()  # (agent id, generation) this connection has proven to be
         self.discarding = False  # a refusal was sent: read and drop until the client or LINGER ends it
         self.closed = False
         self.in_request = False
@@ -486,7 +523,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             return
-        key = server.peer_key(transport)
+        key, self.peer_inode, self.peer_host = server.peer_of(transport)
         refusal = server.admit_unverified(key)
         if refusal is not None:
             server.counters["rejected_too_many_unverified"] += 1
@@ -617,9 +654,9 @@ class _Connection(asyncio.Protocol):
         path = self.url.split(b"?", 1)[0]
         try:
             if path == b"/heartbeat" and method == b"POST":  # the hot path, without the routing
-                status, body, content_type, headers = self.server._heartbeats(self.body, self.token, batch=False)
+                status, body, content_type, headers = self.server._heartbeats(self.body, self.token, batch=False, conn=self)
             else:
-                status, body, content_type, headers = self.server.handle(method, path, self.token, self.body)
+                status, body, content_type, headers = self.server.handle(method, path, self.token, self.body, conn=self)
         except Exception:  # a bug must cost one request, not the worker; the traceback stays in our log, rate-limited
             self.server.limited.exception("internal", "request %s %s failed", method.decode("latin-1"), path[:200].decode("latin-1"))
             status, body, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()

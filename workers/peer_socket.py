@@ -89,37 +89,53 @@ class SockDiag:
             return PeerSocket(uid, inode)
 
 
-def socket_inodes(pid: int) -> set[int]:
-    """Inodes of the sockets process `pid` has open (empty if it is gone or not ours to read)."""
-    found = set()
+def _holds(pid: int, needle: str) -> bool:
     base = f"/proc/{pid}/fd"
     try:
         names = os.listdir(base)
     except OSError:
-        return found
+        return False
     for name in names:
         try:
-            target = os.readlink(f"{base}/{name}")
+            if os.readlink(f"{base}/{name}") == needle:
+                return True
         except OSError:
             continue
-        if target.startswith("socket:["):
-            found.add(int(target[8:-1]))
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid, from /proc/<pid>/task/<tid>/children (no scan of all of /proc)."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
     return found
 
 
-def socket_in_tree(inode: int, pids: list[int]) -> int | None:
-    """The first of `pids` that has socket `inode` open, or None."""
+def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256) -> int | None:
+    """The process holding socket `inode`: tried in `first` (the claimed sender, the agent), then in the
+    descendants of `root`, at most `limit` processes; None if none of them holds it."""
     needle = f"socket:[{inode}]"
-    for pid in pids:
-        base = f"/proc/{pid}/fd"
-        try:
-            names = os.listdir(base)
-        except OSError:
-            continue
-        for name in names:
-            try:
-                if os.readlink(f"{base}/{name}") == needle:
-                    return pid
-            except OSError:
-                continue
+    seen: set[int] = set()
+    for pid in first:
+        if pid not in seen:
+            seen.add(pid)
+            if _holds(pid, needle):
+                return pid
+    queue = [root]
+    while queue and len(seen) < limit:
+        for child in _children(queue.pop()):
+            if child not in seen:
+                seen.add(child)
+                if _holds(child, needle):
+                    return child
+                queue.append(child)
     return None

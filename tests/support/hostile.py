@@ -8,14 +8,51 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import pwd
+import shutil
+import subprocess
 import time
+import uuid
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.wait import wait_until
 
 TIMEOUT_S = 3.0
 # Legitimate agents: quick beats, a short heartbeat_timeout, so harm shows within seconds.
 FAST = {"interval": 0.3, "heartbeat_timeout": f"{TIMEOUT_S:g}s", "startup_grace": "5s"}
+
+
+@pytest.fixture
+def outsider():
+    """A fresh unprivileged local user (pwd entry); removed afterwards. Skips when not root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second, unprivileged user (useradd)")
+    name = f"agt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def system_python() -> str:
+    """A python3 any user can run (the test venv's lives under /root, which the outsider cannot reach)."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 the unprivileged user can run")
+    return python
+
+
+def run_as(user, argv: list[str], agentd, **kwargs) -> subprocess.Popen:
+    """Start argv as `user`, tagged so the test's cleanup finds it; the test dir becomes reachable to it,
+    as /run/agentd is to every local user."""
+    os.chmod(agentd.base, 0o755)
+    return subprocess.Popen(argv, user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
+                            env={"PATH": "/usr/bin:/bin", "AGENTD_TEST_TAG": agentd.tag}, **kwargs)
 
 
 def workers(agentd) -> dict[str, dict[str, Any]]:
@@ -38,6 +75,12 @@ def post(agentd, body: bytes | str, path: str = "/heartbeat", headers: dict[str,
         return response.status, json.loads(response.read() or b"{}")
     finally:
         conn.close()
+
+
+def agent_secret(pid: int) -> str:
+    """The AGENTD_HEARTBEAT_TOKEN agentd gave the agent (root reads any environment; a stranger cannot)."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"AGENTD_HEARTBEAT_TOKEN="))
 
 
 class Legit:
