@@ -22,6 +22,11 @@ port in `agentctl workers --json` (`info.listen`) and the agents' pids in `agent
 3. **Full load**: both at once for `--rss-seconds`, sampling the RSS of every agentd process every 5 s.
 4. **Parent capacity**: ready-made heartbeat batches pushed straight into `events.ipc` for `--parent-seconds`,
    no worker involved: the ceiling of `EventIntake` + `Daemon.apply_heartbeats`.
+5. **Sender identity** (`heartbeat.http.verify_sender`, issue 8): two more agentds, the check off and on, each
+   with one agent that runs wrk as its own child (so wrk's connections are in the agent's tree); the same
+   load with the check off, proved by the tree, proved by the agent's secret, keep-alive and one connection
+   per request, interleaved for `--identity-repeats` rounds; medians of throughput and of the HTTP worker's
+   CPU per heartbeat. wrk in the HTTP phase above sends each sleep agent's secret (it is outside their trees).
 
 After each phase it waits for the queues to drain, then compares what the parent applied (`parent.applied`
 delta in `agentctl workers`, plus its `dropped_*` counters) with what the workers answered 200 (HTTP) or
@@ -68,6 +73,7 @@ TARGET_HTTP_X = 1.5
 TARGET_P99_MS = 25.0
 TARGET_SOCKET = 60_000
 TARGET_RSS_PCT = 10.0
+TARGET_IDENTITY_PCT = 10.0  # issue 8: the HTTP sender check may cost at most this much throughput
 TIMESTAMP = "2026-01-01T12:00:00.000Z"  # a fixed agent timestamp: parsing it is part of the work measured
 
 
@@ -256,6 +262,7 @@ def write_config(tmp: Path, agents: int, socket_agents: int, http_processes: int
         "  http:",
         "    listen: 127.0.0.1:0",
         f"    processes: {http_processes}",
+        "    max_unverified_per_peer: 512   # wrk opens all its connections at once from one user, as no agent does",
         "shutdown:",
         "  stop_agents: true      # a SIGTERM from the bench (or its death) stops the agents too",
         "agent_defaults:",
@@ -389,17 +396,30 @@ def cpu_pct(c0: dict, c1: dict, window: float) -> dict[str, tuple[float, float] 
 # ----------------------------------------------------------------------------------------------- HTTP load
 
 
-def wrk_script(bodies: list[bytes], path: str = "/heartbeat") -> str:
+def agent_secret(pid: int) -> str:
+    """The AGENTD_HEARTBEAT_TOKEN agentd put in an agent's environment: wrk sends for the agents from outside
+    their trees, so it proves each heartbeat with the agent's own secret (heartbeat.http.verify_sender)."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"AGENTD_HEARTBEAT_TOKEN="))
+
+
+def wrk_script(bodies: list[bytes], path: str = "/heartbeat", tokens: list[str] | None = None) -> str:
     items = ",\n".join(f"  [==[{b.decode()}]==]" for b in bodies)
+    toks = ",\n".join(f'  "Bearer {t}"' for t in (tokens or []))
     return f"""-- written by bench/heartbeat_load.py: POST {path}, bodies rotating over the agents
 local bodies = {{
 {items}
+}}
+local tokens = {{
+{toks}
 }}
 local requests = {{}}
 local i = 0
 function init(args)
   for k, body in ipairs(bodies) do
-    requests[k] = wrk.format("POST", "{path}", {{["Content-Type"] = "application/json"}}, body)
+    local headers = {{["Content-Type"] = "application/json"}}
+    if tokens[k] then headers["Authorization"] = tokens[k] end
+    requests[k] = wrk.format("POST", "{path}", headers, body)
   end
   i = math.random(#requests) - 1
 end
@@ -771,6 +791,19 @@ def render(r: dict) -> str:
             lines.append(f"| {name} | {mib(x['idle'])} | {mib(x['start'])} | {mib(x['warm'])} | {mib(x['max'])} | {mib(x['end'])} | "
                          f"{fmt_pct(pct_change(x['warm'], x['end']))} | {fmt_pct(x.get('trend_pct'))} | {fmt_pct(pct_change(x['idle'], x['end']))} |")
         lines.append("")
+    ident = r.get("identity")
+    if ident:
+        lines.append(f"Sender identity (heartbeat.http.verify_sender), 1 worker, {a['connections']} conns, wrk run by the agent itself "
+                     f"(so its connections are in the agent's tree), {a.get('identity_seconds', 10):g} s each:")
+        lines.append("")
+        lines.append("| load | worker CPU µs per heartbeat, median | heartbeats/s applied, median (rounds) | wrk req/s | p99 ms | non-200 (all rounds) | tree checks (all rounds) | throughput cost vs check off |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        costs = {label: pct for label, _rate, _base, pct in identity_cost(ident)}
+        for x in ident:
+            cost = f"{costs[x['label']]:+.1f} %" if x["label"] in costs else "baseline"
+            lines.append(f"| {x['label']} | {x['cpu_us']:.1f} | {x['applied_per_s']:,.0f} ({', '.join(f'{v:,}' for v in x['rates'])}) | "
+                         f"{x['wrk']['rps']:,.0f} | {x['wrk']['p99']:.2f} | {x['non2xx']} | {x['sender_checks']:,} | {cost} |")
+        lines.append("")
     lines.append("Targets (benchmark targets, not tests):")
     lines.append("")
     for line in targets(r):
@@ -805,6 +838,9 @@ def targets(r: dict) -> list[str]:
         lost += max(0, f["answered_200"] + f["delta"]["heartbeat_unix"].get("accepted", 0) - f["applied"])
     if s:
         lost += max(0, s["delta"]["heartbeat_unix"].get("accepted", 0) - s["applied"])
+    for label, _rate, _base, pct in identity_cost(r.get("identity") or []):
+        out.append(f"sender identity costs ≤ {TARGET_IDENTITY_PCT:g} % of intake throughput ({label}): {pct:+.1f} % → "
+                   f"{verdict(pct <= TARGET_IDENTITY_PCT, f'{pct:.1f} %')}")
     out.append(f"zero heartbeats lost that were answered 200 (accepted, for the socket): {lost} lost → {verdict(lost == 0, f'{lost} lost')}")
     return out
 
@@ -857,7 +893,7 @@ def run_daemon(args, processes: int, tmp_parent: Path, phases: set[str], marker_
         clients = [a["id"] for a in status["agents"] if a["id"].startswith("sock")]
         bodies = [json.dumps(heartbeat_fields(i, p), separators=(",", ":")).encode() for i, p in sleepers]
         lua = tmp / "heartbeat.lua"
-        lua.write_text(wrk_script(bodies))
+        lua.write_text(wrk_script(bodies, tokens=[agent_secret(p) for _i, p in sleepers]))
         pids = agentd_pids(agentd, status)
         rss_idle = rss_of(pids)
         if "http" in phases:
@@ -898,6 +934,154 @@ def run_daemon(args, processes: int, tmp_parent: Path, phases: set[str], marker_
             log_progress(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- sender identity
+# heartbeat.http.verify_sender: what proving "this HTTP heartbeat comes from its agent" costs. One agent,
+# `loadgen`, is a shell loop that runs wrk as its own child, so wrk's connections are in the agent's tree.
+# The same load runs with the check off, proved by the tree (socket inode found among the agent's open files,
+# once per connection), and proved by the agent's secret; keep-alive, and one connection per request.
+
+LOADGEN = r"""
+echo $$ > "$CTL/pid"
+n=0
+while true; do
+  while [ ! -s "$CTL/go.$n" ]; do sleep 0.05; done
+  set -- $(cat "$CTL/go.$n")   # port seconds connections closing(0/1) token(0/1)
+  MODE_CLOSE=$4 MODE_TOKEN=$5 wrk -t2 -c$3 -d$2s --latency -s "$CTL/loadgen.lua" "http://127.0.0.1:$1/heartbeat" > "$CTL/out.$n" 2>&1
+  touch "$CTL/done.$n"
+  n=$((n+1))
+done
+"""
+
+LOADGEN_LUA = """-- written by bench/heartbeat_load.py: loadgen's own heartbeats, with or without its secret
+-- wrk claims its own pid, as an agent's process sending its own heartbeat does (a child of the agent's shell)
+local pid = io.open("/proc/self/stat"):read("*l"):match("^(%%d+)")
+local req
+function init(args)
+  local headers = {["Content-Type"] = "application/json"}
+  if os.getenv("MODE_TOKEN") == "1" then headers["Authorization"] = "Bearer " .. os.getenv("AGENTD_HEARTBEAT_TOKEN") end
+  if os.getenv("MODE_CLOSE") == "1" then headers["Connection"] = "close" end  -- wrk then reconnects per request
+  local body = '{"agent_id":"loadgen","pid":' .. pid .. ',"timestamp":"%s","status":"running","version":"1.0.0","cpu":1.5,"memory":12345678}'
+  req = wrk.format("POST", "/heartbeat", headers, body)
+end
+function request() return req end
+""" % TIMESTAMP
+
+IDENTITY_MODES = [  # (label, verify_sender, token, closing)
+    ("check off, keep-alive", False, False, False),
+    ("tree proof, keep-alive", True, False, False),
+    ("secret proof, keep-alive", True, True, False),
+    ("check off, new connection per request", False, False, True),
+    ("tree proof, new connection per request", True, False, True),
+]
+
+
+def write_identity_config(tmp: Path, verify: bool) -> Path:
+    ctl = tmp / "ctl"
+    lines = [
+        "# written by bench/heartbeat_load.py (sender identity phase)",
+        "daemon: {run_dir: run, data_dir: data, log_dir: log, log_level: warning}",
+        # wrk opens all its connections at once, as no real agent does: room for them before their first heartbeat.
+        f"heartbeat: {{http: {{listen: 127.0.0.1:0, processes: 1, verify_sender: {str(verify).lower()}, max_unverified_per_peer: 512}}}}",
+        "shutdown: {stop_agents: true}",
+        "agents:",
+        "  - id: loadgen",
+        "    binary_path: /bin/sh",
+        f"    args: {json.dumps(['-c', LOADGEN])}",
+        f"    env: {json.dumps({'CTL': str(ctl), MARKER_ENV: str(tmp)})}",
+        "    stop_timeout: 5s",
+        "    health_check: {heartbeat_timeout: null}",
+    ]
+    path = tmp / "agentd.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def identity_round(agentd: Agentd, ctl: Path, n: int, port: int, args, token: bool, closing: bool) -> dict:
+    (ctl / f"go.{n}").write_text(f"{port} {max(1, round(args.identity_seconds))} {args.connections} {int(closing)} {int(token)}\n")
+    deadline = time.monotonic() + args.identity_seconds + 60
+    while not (ctl / f"done.{n}").exists():
+        if time.monotonic() > deadline or not agentd.alive():
+            raise RuntimeError(f"loadgen round {n} did not finish: {(ctl / f'out.{n}').read_text(errors='replace')[-2000:] if (ctl / f'out.{n}').exists() else ''}")
+        time.sleep(0.2)
+    return parse_wrk((ctl / f"out.{n}").read_text())
+
+
+def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict) -> None:
+    """Both agentds (check off, check on) up at once, the modes run in turn on the right one, repeated: on a
+    shared, noisy machine the median of interleaved rounds compares like with like."""
+    daemons: dict[bool, tuple[Agentd, Path, int]] = {}
+    rounds: dict[bool, int] = {False: 0, True: 0}
+    runs: dict[str, list[dict]] = {label: [] for label, *_ in IDENTITY_MODES}
+    try:
+        for verify in (False, True):
+            tmp = Path(tempfile.mkdtemp(prefix=f"hbid{int(verify)}-", dir=tmp_parent))
+            marker_dirs.append(tmp)
+            ctl = tmp / "ctl"
+            ctl.mkdir()
+            (ctl / "loadgen.lua").write_text(LOADGEN_LUA)
+            agentd = Agentd(tmp, write_identity_config(tmp, verify))
+            daemons[verify] = (agentd, ctl, 0)
+            log_progress(f"sender identity: agentd with verify_sender {verify} ({tmp})")
+            agentd.start()
+            agentd.wait_ready(1, 1, timeout=60)
+            workers = agentd.agentctl("workers")
+            port = int(next(w["info"]["listen"] for w in workers["workers"] if w["kind"] == "heartbeat_http").rsplit(":", 1)[1])
+            daemons[verify] = (agentd, ctl, port)
+        for rep in range(args.identity_repeats):
+            for label, verify, token, closing in IDENTITY_MODES:
+                agentd, ctl, port = daemons[verify]
+                before, _ = drain(agentd)
+                worker_pid = next(w["pid"] for w in before["workers"].values() if w["kind"] == "heartbeat_http")
+                cpu0 = proc_cpu(worker_pid)
+                w = identity_round(agentd, ctl, rounds[verify], port, args, token, closing)
+                rounds[verify] += 1
+                after, _ = drain(agentd)
+                cpu1 = proc_cpu(worker_pid)
+                d = delta(before, after)
+                applied = d["parent"].get("applied", 0)
+                hh = d["heartbeat_http"]
+                # The worker's own CPU per heartbeat: far less noisy than throughput on a shared machine.
+                cpu_us = (sum(cpu1) - sum(cpu0)) / max(1, hh.get("received", 0)) * 1e6 if cpu0 and cpu1 else None
+                runs[label].append({"wrk": w, "applied": applied, "applied_per_s": applied / w["duration_s"], "cpu_us": cpu_us,
+                                    "sender_checks": hh.get("sender_checks", 0),
+                                    "rejected": {k: v for k, v in hh.items() if k.startswith("rejected_") and v}})
+                x = runs[label][-1]
+                print(f"  [{rep + 1}/{args.identity_repeats}] {label}: {x['applied_per_s']:,.0f}/s applied, worker CPU "
+                      f"{x['cpu_us'] or 0:.1f} µs/heartbeat, wrk {w['rps']:,.0f} req/s, "
+                      f"p99 {w['p99']:.2f} ms, non-2xx {w['non2xx']}, socket errors {w['socket_errors'] or 'none'}, tree checks {x['sender_checks']:,}, "
+                      f"rejected {x['rejected'] or 'none'}", flush=True)
+    finally:
+        for verify, (agentd, ctl, _port) in daemons.items():
+            for note in agentd.shutdown(str(ctl.parent)):
+                log_progress(f"cleanup: {note}")
+            if not args.keep:
+                shutil.rmtree(ctl.parent, ignore_errors=True)
+    summary = []
+    for label, verify, token, closing in IDENTITY_MODES:
+        rs = sorted(runs[label], key=lambda x: x["applied_per_s"])
+        if not rs:
+            continue
+        mid = rs[len(rs) // 2]
+        cpus = sorted(x["cpu_us"] for x in runs[label] if x["cpu_us"] is not None)
+        summary.append({"label": label, "verify": verify, "token": token, "closing": closing, "wrk": mid["wrk"],
+                        "cpu_us": cpus[len(cpus) // 2] if cpus else None,
+                        "applied_per_s": mid["applied_per_s"], "rates": [round(x["applied_per_s"]) for x in runs[label]],
+                        "sender_checks": sum(x["sender_checks"] for x in runs[label]),
+                        "non2xx": sum(x["wrk"]["non2xx"] for x in runs[label])})
+    result["identity"] = summary
+    for label, rate, base, pct in identity_cost(summary):
+        print(f"  median {label}: {rate:.1f} µs/heartbeat of worker CPU vs {base:.1f} with the check off: throughput cost {pct:+.1f} %", flush=True)
+
+
+def identity_cost(runs: list[dict]) -> list[tuple[str, float, float, float]]:
+    """(label, worker CPU µs per heartbeat, baseline µs, cost %) for every run with the check on, against the
+    same load with it off. Cost is the extra worker CPU per heartbeat, i.e. the throughput a saturated worker
+    loses: 1 - baseline/µs."""
+    base = {r["closing"]: r["cpu_us"] for r in runs if not r["verify"] and r.get("cpu_us")}
+    return [(r["label"], r["cpu_us"], base[r["closing"]], 100.0 * (1 - base[r["closing"]] / r["cpu_us"]))
+            for r in runs if r["verify"] and r["closing"] in base and r.get("cpu_us")]
 
 
 def print_http(h: dict) -> None:
@@ -947,8 +1131,10 @@ def main() -> int:
     parser.add_argument("--socket-conns", type=int, default=4, help="connections per socket client (default 4)")
     parser.add_argument("--rss-seconds", type=float, default=60.0, help="length of the full-load RSS run (default 60)")
     parser.add_argument("--http-processes", default="1,2", help="heartbeat.http.processes values, one agentd each (default 1,2)")
-    parser.add_argument("--phases", default="http,socket,full,parent", help="subset of http,socket,full,parent")
+    parser.add_argument("--phases", default="http,socket,full,parent,identity", help="subset of http,socket,full,parent,identity")
     parser.add_argument("--parent-seconds", type=float, default=15.0, help="length of the parent-capacity run (default 15)")
+    parser.add_argument("--identity-seconds", type=float, default=10.0, help="length of each sender-identity run (default 10)")
+    parser.add_argument("--identity-repeats", type=int, default=3, help="interleaved rounds per sender-identity mode (default 3)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, agentd.log, wrk output)")
@@ -991,8 +1177,11 @@ def main() -> int:
     tmp_parent = Path("/tmp")
     dirs: list[Path] = []
     try:
-        for processes in args.http_processes:
-            run_daemon(args, processes, tmp_parent, phases, dirs, result)
+        if phases - {"identity"}:
+            for processes in args.http_processes:
+                run_daemon(args, processes, tmp_parent, phases, dirs, result)
+        if "identity" in phases:
+            identity_phase(args, tmp_parent, dirs, result)
     except KeyboardInterrupt as exc:
         print(f"\ninterrupted ({exc or 'SIGINT'}); cleaned up", file=sys.stderr)
         return 130

@@ -29,7 +29,7 @@ from supervisor.config import HttpIntake, split_listen
 from supervisor.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
 from supervisor.states import AgentState
 from supervisor.rate_limited_log import RateLimitedLog
-from workers.peer_socket import SockDiag, is_loopback, socket_in_tree
+from workers.peer_socket import FdHints, SockDiag, is_loopback, socket_in_tree
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
@@ -145,6 +145,7 @@ class HeartbeatHttpServer:
         self.unverified: Counter[str] = Counter()
         self.unverified_total = 0
         self.max_unverified = max(1, max_connections // UNVERIFIED_SHARE)
+        self._fd_hints = FdHints()
         try:
             self._diag: SockDiag | None = SockDiag()
         except OSError as exc:  # no sock_diag (a container without it): peers are told apart by address only
@@ -294,7 +295,7 @@ class HeartbeatHttpServer:
             raise HeartbeatRejected(401, "sender_unproven", f"agent {agent.id!r}: a heartbeat from {conn.peer_host} must carry the "
                                     f"agent's token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
         self.counters["sender_checks"] += 1
-        holder = socket_in_tree(conn.peer_inode, [fields["pid"], agent.pid or 0], agent.pid or 0)
+        holder = socket_in_tree(conn.peer_inode, [fields["pid"], agent.pid or 0], agent.pid or 0, hints=self._fd_hints)
         if holder is None:
             self.counters["sender_checks_failed"] += 1
             raise HeartbeatRejected(403, "sender_not_agent", f"this connection is not held by agent {agent.id!r}'s processes; send "

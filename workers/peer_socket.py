@@ -89,15 +89,56 @@ class SockDiag:
             return PeerSocket(uid, inode)
 
 
-def _holds(pid: int, needle: str) -> bool:
+HINTS_PER_PID = 8
+MAX_HINTED_PIDS = 1024
+
+
+class FdHints:
+    """Per process, the descriptor numbers where its recent connections were found: a client that opens a
+    connection per request gets the same low, just-freed numbers again, so one readlink usually finds it
+    instead of reading every descriptor the process has."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, list[str]] = {}
+
+    def get(self, pid: int) -> list[str]:
+        return self._by_pid.get(pid, [])
+
+    def hit(self, pid: int, fd: str) -> None:
+        hints = self._by_pid.get(pid)
+        if hints is None:
+            if len(self._by_pid) >= MAX_HINTED_PIDS:
+                self._by_pid.clear()
+            hints = self._by_pid[pid] = []
+        if fd in hints:
+            hints.remove(fd)
+        hints.insert(0, fd)
+        del hints[HINTS_PER_PID:]
+
+
+def _holds(pid: int, needle: str, hints: FdHints | None) -> bool:
     base = f"/proc/{pid}/fd"
+    tried = ()
+    if hints is not None:
+        tried = hints.get(pid)
+        for fd in tried:
+            try:
+                if os.readlink(f"{base}/{fd}") == needle:
+                    hints.hit(pid, fd)
+                    return True
+            except OSError:
+                continue
     try:
         names = os.listdir(base)
     except OSError:
         return False
     for name in names:
+        if name in tried:
+            continue
         try:
             if os.readlink(f"{base}/{name}") == needle:
+                if hints is not None:
+                    hints.hit(pid, name)
                 return True
         except OSError:
             continue
@@ -120,7 +161,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256) -> int | None:
+def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256, hints: FdHints | None = None) -> int | None:
     """The process holding socket `inode`: tried in `first` (the claimed sender, the agent), then in the
     descendants of `root`, at most `limit` processes; None if none of them holds it."""
     needle = f"socket:[{inode}]"
@@ -128,14 +169,14 @@ def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256) ->
     for pid in first:
         if pid not in seen:
             seen.add(pid)
-            if _holds(pid, needle):
+            if _holds(pid, needle, hints):
                 return pid
     queue = [root]
     while queue and len(seen) < limit:
         for child in _children(queue.pop()):
             if child not in seen:
                 seen.add(child)
-                if _holds(child, needle):
+                if _holds(child, needle, hints):
                     return child
                 queue.append(child)
     return None
