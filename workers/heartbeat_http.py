@@ -296,7 +296,10 @@ class HeartbeatHttpServer:
                                     f"agent's token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
         self.counters["sender_checks"] += 1
         holder = socket_in_tree(conn.peer_inode, [fields["pid"], agent.pid or 0], agent.pid or 0, hints=self._fd_hints)
-        if holder is None:
+        if holder is not None:
+            self._fd_hints.hit(*holder)
+            conn.holder = holder
+        else:
             self.counters["sender_checks_failed"] += 1
             raise HeartbeatRejected(403, "sender_not_agent", f"this connection is not held by agent {agent.id!r}'s processes; send "
                                     f"from the agent itself, or with its token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
@@ -494,6 +497,7 @@ class _Connection(asyncio.Protocol):
         self.peer_inode: int | None = None  # the client socket's inode (loopback), for the sender check
         self.peer_host = "?"
         self.proven: set[tuple[str, int]] = set()  # (agent id, generation) this connection has proven to be
+        self.holder: tuple[int, str] | None = None  # (pid, fd) that holds the client end, once proven by the tree
         self.discarding = False  # a refusal was sent: read and drop until the client or LINGER ends it
         self.closed = False
         self.in_request = False
@@ -548,6 +552,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.holder is not None:  # its descriptor is about to be free: the client's next socket likely gets it
+            self.server._fd_hints.hit(*self.holder)
         if self.peer_key is not None:
             self.server.release_unverified(self.peer_key)
             self.peer_key = None

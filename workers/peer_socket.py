@@ -89,14 +89,15 @@ class SockDiag:
             return PeerSocket(uid, inode)
 
 
-HINTS_PER_PID = 8
+HINTS_PER_PID = 16
 MAX_HINTED_PIDS = 1024
 
 
 class FdHints:
-    """Per process, the descriptor numbers where its recent connections were found: a client that opens a
-    connection per request gets the same low, just-freed numbers again, so one readlink usually finds it
-    instead of reading every descriptor the process has."""
+    """Per process, the descriptor numbers to try first: where its connections were found, and those whose
+    connections closed since. The kernel gives a new socket the lowest free number, so a client that opens
+    a connection per request gets a just-freed one again, and one readlink usually finds it instead of
+    reading every descriptor the process has."""
 
     def __init__(self) -> None:
         self._by_pid: dict[int, list[str]] = {}
@@ -116,33 +117,31 @@ class FdHints:
         del hints[HINTS_PER_PID:]
 
 
-def _holds(pid: int, needle: str, hints: FdHints | None) -> bool:
+def _holds(pid: int, needle: str, hints: FdHints | None) -> str | None:
+    """The descriptor number under which pid holds `needle`, or None."""
     base = f"/proc/{pid}/fd"
-    tried = ()
+    tried: list[str] = []
     if hints is not None:
-        tried = hints.get(pid)
+        tried = list(hints.get(pid))
         for fd in tried:
             try:
                 if os.readlink(f"{base}/{fd}") == needle:
-                    hints.hit(pid, fd)
-                    return True
+                    return fd
             except OSError:
                 continue
     try:
         names = os.listdir(base)
     except OSError:
-        return False
+        return None
     for name in names:
         if name in tried:
             continue
         try:
             if os.readlink(f"{base}/{name}") == needle:
-                if hints is not None:
-                    hints.hit(pid, name)
-                return True
+                return name
         except OSError:
             continue
-    return False
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -161,22 +160,25 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256, hints: FdHints | None = None) -> int | None:
-    """The process holding socket `inode`: tried in `first` (the claimed sender, the agent), then in the
-    descendants of `root`, at most `limit` processes; None if none of them holds it."""
+def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256,
+                   hints: FdHints | None = None) -> tuple[int, str] | None:
+    """(pid, descriptor) of the process holding socket `inode`: tried in `first` (the claimed sender, the
+    agent), then in the descendants of `root`, at most `limit` processes; None if none of them holds it."""
     needle = f"socket:[{inode}]"
     seen: set[int] = set()
     for pid in first:
         if pid not in seen:
             seen.add(pid)
-            if _holds(pid, needle, hints):
-                return pid
+            fd = _holds(pid, needle, hints)
+            if fd is not None:
+                return pid, fd
     queue = [root]
     while queue and len(seen) < limit:
         for child in _children(queue.pop()):
             if child not in seen:
                 seen.add(child)
-                if _holds(child, needle, hints):
-                    return child
+                fd = _holds(child, needle, hints)
+                if fd is not None:
+                    return child, fd
                 queue.append(child)
     return None
