@@ -804,6 +804,22 @@ def render(r: dict) -> str:
             lines.append(f"| {x['label']} | {x['cpu_us']:.1f} | {x['applied_per_s']:,.0f} ({', '.join(f'{v:,}' for v in x['rates'])}) | "
                          f"{x['wrk']['rps']:,.0f} | {x['wrk']['p99']:.2f} | {x['non2xx']} | {x['sender_checks']:,} | {cost} |")
         lines.append("")
+    micro = r.get("identity_micro")
+    if micro and ident:
+        base = {x["closing"]: x["cpu_us"] for x in ident if not x["verify"] and x.get("cpu_us")}
+        lines.append(f"The check's own steps, timed alone (min of 15 repeats; a client holding {micro['conns']} loopback connections, "
+                     f"as wrk does): sock_diag lookup {micro['sock_diag_us']:.1f} µs per connection (paid with the check off too: the "
+                     f"per-peer limits use it); tree proof {micro['tree_scan_us']:.1f} µs reading every descriptor, "
+                     f"{micro['tree_hinted_us']:.1f} µs with the descriptor hint, {micro['tree_child_us']:.1f} µs through a descendant; "
+                     f"per request afterwards: cached proof {micro['cached_us']:.2f} µs, secret compare {micro['secret_us']:.2f} µs.")
+        if False in base:
+            ka = (micro["cached_us"] + micro["secret_us"]) / base[False] * 100
+            lines.append(f"Against the worker CPU per heartbeat with the check off ({base[False]:.1f} µs keep-alive"
+                         + (f", {base[True]:.1f} µs with a connection per request" if True in base else "") + f"): a proved keep-alive "
+                         f"connection adds {ka:.1f} %" + (f"; a connection per request adds the tree proof once per heartbeat, "
+                         f"{micro['tree_hinted_us'] / base[True] * 100:.1f} % hinted, {micro['tree_scan_us'] / base[True] * 100:.1f} % unhinted"
+                         if True in base else "") + ".")
+        lines.append("")
     lines.append("Targets (benchmark targets, not tests):")
     lines.append("")
     for line in targets(r):
@@ -1071,8 +1087,59 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
                         "sender_checks": sum(x["sender_checks"] for x in runs[label]),
                         "non2xx": sum(x["wrk"]["non2xx"] for x in runs[label])})
     result["identity"] = summary
+    micro = identity_micro(args.connections)
+    result["identity_micro"] = micro
+    print("  identity steps, µs (min of repeats): " + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in micro.items() if k.endswith("_us")), flush=True)
     for label, rate, base, pct in identity_cost(summary):
         print(f"  median {label}: {rate:.1f} µs/heartbeat of worker CPU vs {base:.1f} with the check off: throughput cost {pct:+.1f} %", flush=True)
+
+
+HOLDER = r"""
+import socket, sys, time
+conns = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[2]))]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def identity_micro(conns: int = 64) -> dict:
+    """The identity check's own steps, timed in this process (min of repeats: what the code costs, not what
+    the shared machine did meanwhile): a client process holding `conns` loopback connections, as wrk does."""
+    import hmac as _hmac
+    import timeit
+    from workers.peer_socket import FdHints, SockDiag, socket_in_tree
+
+    srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 8)
+    holder = subprocess.Popen([str(PYTHON), "-c", HOLDER, str(srv.getsockname()[1]), str(conns)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, preexec_fn=die_with_us)
+    try:
+        holder.stdout.readline()
+        accepted = [srv.accept()[0] for _ in range(conns)]
+        diag = SockDiag()
+        peers = [diag.peer_of(c) for c in accepted]
+        target = peers[conns // 2].inode
+
+        def best(fn, number: int = 200) -> float:
+            return min(timeit.repeat(fn, number=number, repeat=15)) / number * 1e6
+
+        hints = FdHints()
+        found = socket_in_tree(target, [holder.pid], holder.pid)
+        hints.hit(*found)
+        proven = {("agent", 1)}
+        secret = "x" * 43
+        return {
+            "conns": conns,
+            "sock_diag_us": best(lambda: diag.peer_of(accepted[0])),
+            "tree_scan_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid)),
+            "tree_hinted_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, hints=hints)),
+            "tree_child_us": best(lambda: socket_in_tree(target, [os.getpid()], os.getpid())),  # found under a descendant
+            "cached_us": best(lambda: ("agent", 1) in proven, number=100_000),
+            "secret_us": best(lambda: _hmac.compare_digest(secret.encode("utf-8", "surrogateescape"), secret.encode()), number=100_000),
+        }
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+        srv.close()
 
 
 def identity_cost(runs: list[dict]) -> list[tuple[str, float, float, float]]:
