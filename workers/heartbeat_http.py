@@ -14,6 +14,7 @@ import errno
 import hmac
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -297,13 +298,30 @@ class HeartbeatHttpServer:
         self.counters["sender_checks"] += 1
         holder = socket_in_tree(conn.peer_inode, [fields["pid"], agent.pid or 0], agent.pid or 0, hints=self._fd_hints)
         if holder is not None:
-            self._fd_hints.hit(*holder)
+            self._fd_hints.taken(*holder)
             conn.holder = holder
+        elif self._orphan_of_agents_user(conn, agent.pid):
+            # The client closed its end before we got to its request (it waited in the backlog while this worker
+            # started): no process holds the socket any more, but the kernel still knows its owner's uid. Only
+            # the agent's own user can pass this, and that user can read the agent's secret anyway.
+            self.counters["sender_proved_by_uid"] += 1
         else:
             self.counters["sender_checks_failed"] += 1
             raise HeartbeatRejected(403, "sender_not_agent", f"this connection is not held by agent {agent.id!r}'s processes; send "
                                     f"from the agent itself, or with its token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
         conn.proven.add(proof)
+
+    def _orphan_of_agents_user(self, conn: "_Connection", agent_pid: int | None) -> bool:
+        """The connection's client socket is closed (inode 0 now) and was owned by the agent's uid."""
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if self._diag is None or sock is None or agent_pid is None:
+            return False
+        try:
+            now = self._diag.peer_of(sock)
+            owner = os.stat(f"/proc/{agent_pid}").st_uid
+        except OSError:
+            return False
+        return now is not None and now.inode == 0 and now.uid == owner
 
     def admit_unverified(self, key: str) -> str | None:
         """Count a new connection against its peer; the refusal's sentence when it has no room."""
@@ -553,7 +571,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.holder is not None:  # its descriptor is about to be free: the client's next socket likely gets it
-            self.server._fd_hints.hit(*self.holder)
+            self.server._fd_hints.freed(*self.holder)
         if self.peer_key is not None:
             self.server.release_unverified(self.peer_key)
             self.peer_key = None

@@ -105,7 +105,8 @@ class FdHints:
     def get(self, pid: int) -> list[str]:
         return self._by_pid.get(pid, [])
 
-    def hit(self, pid: int, fd: str) -> None:
+    def freed(self, pid: int, fd: str) -> None:
+        """A connection held under fd closed: its number is free, and likely the next socket's."""
         hints = self._by_pid.get(pid)
         if hints is None:
             if len(self._by_pid) >= MAX_HINTED_PIDS:
@@ -115,6 +116,12 @@ class FdHints:
             hints.remove(fd)
         hints.insert(0, fd)
         del hints[HINTS_PER_PID:]
+
+    def taken(self, pid: int, fd: str) -> None:
+        """A connection was found under fd: the number is in use until that connection closes."""
+        hints = self._by_pid.get(pid)
+        if hints is not None and fd in hints:
+            hints.remove(fd)
 
 
 def _holds(pid: int, needle: str, hints: FdHints | None) -> str | None:
