@@ -296,6 +296,27 @@ class TLSSettings(_Section):
         return self
 
 
+_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+
+
+def _check_manager_address(value: str) -> None:
+    """host:port (a DNS name, an IPv4 address or [IPv6]) or a gRPC target with a scheme (dns:, unix:, ...)."""
+    if value.startswith(_GRPC_SCHEMES):
+        return
+    expected = f"expected host:port (e.g. manager.example.com:9090) or a gRPC target such as dns:///host:port, got {value!r}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(expected)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(expected) from None
+    elif not _HOSTNAME.match(host):
+        raise ValueError(expected)
+
+
 class ManagerSettings(_Section):
     """`manager:` the link to the central Manager; no address means standalone."""
 
@@ -316,6 +337,8 @@ class ManagerSettings(_Section):
     def _address_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be empty (leave it out to run standalone)")
+        if value is not None:
+            _check_manager_address(value.strip())
         return value
 
 

@@ -753,3 +753,15 @@ def test_manager_api_on_loopback_needs_token_or_tls_too(tmp_path):
     assert load(tmp_path, "manager_api: {listen: '127.0.0.1:9000', token: s3cret}\n").manager_api.token == "s3cret"
     config = load(tmp_path, "manager_api: {listen: '127.0.0.1:9000', insecure: true, allow_from: ['127.0.0.1']}\n")
     assert any("manager_api is insecure" in w for w in config.warnings)
+
+
+@pytest.mark.parametrize("address", ["not a host", "host", "host:0", "host:99999", "-bad-.com:80", "[nope]:80"])
+def test_manager_address_that_is_not_host_port_is_refused(address):
+    """Regression: check-config accepted `manager.address: "not a host"`; the link then failed at run time."""
+    with pytest.raises(ConfigError, match=r"manager\.address: expected host:port"):
+        parse_config({"manager": {"address": address}}, source="a.yaml", base_dir=Path("/"))
+
+
+@pytest.mark.parametrize("address", ["manager.example.com:9090", "127.0.0.1:50051", "[::1]:9090", "dns:///m.example:443", "unix:/run/m.sock"])
+def test_manager_addresses_grpc_understands_are_accepted(address):
+    assert parse_config({"manager": {"address": address}}, source="a.yaml", base_dir=Path("/")).manager.address == address
