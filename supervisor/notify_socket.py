@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ class Sender:
 NotifyHandler = Callable[[str, "Sender | None", bytes], None]
 
 
+def _remove_stale_socket(path: Path) -> None:
+    """Unlink a socket left at path; anything else there (a file, a symlink) is refused, never removed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket; not replacing it")
+    path.unlink()
+
+
 class NotifySocket:
     """One agent's bound datagram socket, registered with the loop's reader."""
 
@@ -114,7 +126,7 @@ class NotifySocket:
         self.handler = handler
         self.counters = counters
         self.uid = uid if uid is not None else os.geteuid()  # who may send besides root
-        path.unlink(missing_ok=True)  # left by a previous agentd: re-adopted agents send to the same path
+        _remove_stale_socket(path)  # left by a previous agentd: re-adopted agents send to the same path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             old = os.umask(0o177)

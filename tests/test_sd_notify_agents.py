@@ -153,3 +153,17 @@ def test_notify_and_cgroup_placement_work_for_an_agent_running_as_another_user(a
         agentd.cleanup()
         if root is not None:
             remove_tree(root)
+
+
+def test_a_non_socket_at_an_agents_notify_path_is_left_alone(agentd):
+    """Whatever sits at run_dir/notify/<id> that is not a socket is not removed; the agent runs without NOTIFY_SOCKET."""
+    (agentd.run_dir / "notify").mkdir(parents=True)
+    keep = agentd.run_dir / "notify" / "plain"
+    keep.write_text("not a socket\n")
+    agentd.write_config([agentd.helper_agent("plain", "print-env", "--show", "NOTIFY_SOCKET")])
+    agentd.start()
+    agentd.wait_state("plain", "running")
+    wait_until(lambda: any(m[0] == "CWD" for m in read_markers(agentd.marker("plain"))))
+    assert keep.read_text() == "not a socket\n"
+    assert not any(m[1].startswith("NOTIFY_SOCKET=") for m in read_markers(agentd.marker("plain")) if m[0] == "ENV")
+    assert "is not a socket; not replacing it" in agentd.log_text()
