@@ -33,6 +33,8 @@ from .proc_table import ProcessTable, boot_id, is_same_process, read_stat, start
 log = logging.getLogger(__name__)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Enter the cgroup, then become the agent; 125 (like env(1)) when the move fails.
+CGROUP_EXEC = 'echo 0 > "$1" || exit 125; shift; exec "$@"'
 AgentExitCallback = Callable[[str, int, "int | None", "int | None"], None]
 # systemd's variables for agentd itself: an agent must never report to agentd's service manager.
 SYSTEMD_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID")
@@ -112,13 +114,19 @@ class RealProcessOps:
             raise SpawnError(f"cannot start the log writer: {exc.strerror or exc}") from exc
         argv = [str(spec.binary_path), *spec.effective_args()]
         cgroup, procs_fd = self._prepare_cgroup(spec)
-        preexec = None
-        if procs_fd is not None:
+        run, preexec = argv, None
+        if procs_fd is not None and not kwargs:
+            # Same user as agentd: a shell moves itself into the cgroup and execs the agent (same pid),
+            # so subprocess keeps its vfork fast path; preexec_fn would fork the whole parent.
+            os.close(procs_fd)
+            procs_fd = None
+            run = ["/bin/sh", "-c", CGROUP_EXEC, "agentd-cgroup-exec", str(cgroup.path / "cgroup.procs"), *argv]
+        elif procs_fd is not None:
             def preexec(fd=procs_fd) -> None:
-                os.write(fd, b"0")  # into the agent's cgroup before exec, so nothing it forks is outside
+                os.write(fd, b"0")  # after the uid change: the fd carries agentd's right to move it
         try:
             popen = subprocess.Popen(
-                argv,
+                run,
                 cwd=spec.work_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
