@@ -113,7 +113,12 @@ class RealProcessOps:
             os.close(log_fd)
             raise SpawnError(f"cannot start the log writer: {exc.strerror or exc}") from exc
         argv = [str(spec.binary_path), *spec.effective_args()]
-        cgroup, procs_fd = self._prepare_cgroup(spec)
+        try:
+            cgroup, procs_fd = self._prepare_cgroup(spec)
+        except SpawnError:
+            for fd in {log_fd, out_fd, err_fd}:
+                os.close(fd)  # the log writer sees end of file and exits
+            raise
         run, preexec = argv, None
         if procs_fd is not None and not kwargs:
             # Same user as agentd: a shell moves itself into the cgroup and execs the agent (same pid),
