@@ -497,6 +497,7 @@ class HealthCheck(_Section):
         try:
             parts = urlsplit(value)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
         except ValueError:
             ok = False
         if not ok:

@@ -102,6 +102,14 @@ def test_silent_server_is_bounded_by_the_timeout():
     assert elapsed < 10  # bounded: not the library's own default timeouts
 
 
+def test_a_probe_never_raises_for_a_bad_url():
+    for url in ("http://127.0.0.1:99999/", "http://exa mple/", "ftp://127.0.0.1/"):
+        ok, why = probe(url, timeout=2)
+        assert not ok and why, url
+    with pytest.raises(ValueError, match="must be an http"):
+        HealthCheck(http_endpoint="http://127.0.0.1:99999/")
+
+
 def test_environment_proxies_are_ignored(plain, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")

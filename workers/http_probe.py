@@ -51,8 +51,10 @@ class EndpointProbe:
                     code = response.status_code
         except (TimeoutError, httpx.TimeoutException):
             return False, f"no answer within {timeout:g} s"
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
             return False, describe(exc)
+        except Exception as exc:  # e.g. an ExceptionGroup from the transport's task group: a failed probe, never a dead task
+            return False, describe(exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and exc.exceptions else exc)
         return 200 <= code < 300, f"HTTP {code}"
 
     async def aclose(self) -> None:
