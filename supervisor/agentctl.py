@@ -190,6 +190,8 @@ def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...
         result["agents"] = [a for a in result["agents"] if a["state"] == "failed"]
     if failed_only and not result["agents"] and not c.as_json:
         c.emit(result, "no failed agents")
+    elif types and not result["agents"] and not c.as_json:
+        c.emit(result, f"no agents of type {', '.join(types)}")
     else:
         c.emit(result, render_status(result))
     if any(a["state"] == "failed" for a in result["agents"]):

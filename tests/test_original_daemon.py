@@ -55,6 +55,7 @@ def test_agentd_runs_the_originals_legacy_config_and_supervises_its_agent(agentd
     table = agentd.agentctl("status")
     assert table.returncode == 0 and "Legacy Agent" in table.stdout and "NAME" in table.stdout
     assert "legacy-agent" in agentd.agentctl("status", "--type", "custom").stdout  # filter by type
+    assert agentd.agentctl("status", "--type", "telegraf").stdout.strip() == "no agents of type telegraf"
     assert agentd.call("status", {"types": ["filebeat"]})["agents"] == []
     # daemon.pid_file and daemon.log_file of the original are honoured.
     assert (base / "daemon.pid").read_text().strip() == str(agentd.proc.pid)
