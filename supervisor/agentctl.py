@@ -139,6 +139,27 @@ def _raw_run_dir(path: Path) -> Path | None:
     return (path.resolve().parent / str(raw)).resolve()
 
 
+def complete_agent_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of agent ids: from agentd when it answers within a second, else from its config."""
+    root = ctx.find_root().params
+    try:
+        target = resolve_target(root.get("config"), root.get("run_dir"))
+        ids = [a["id"] for a in ControlClient(target.run_dir, 1.0).call("status", {}, timeout=1.0)["agents"]]
+    except (ClientError, SystemExit, Exception):  # completion must never print an error into the shell
+        ids = _ids_from_config(root.get("config"))
+    return [i for i in ids if i.startswith(incomplete)]
+
+
+def _ids_from_config(config: str | None) -> list[str]:
+    path, _ = _config_choice(config, None)
+    if not path:
+        return []
+    try:
+        return [a.id for a in load_config(path).agents]
+    except Exception:
+        return []
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -172,7 +193,7 @@ def cli(ctx: click.Context, config: str | None, run_dir: str | None, timeout: fl
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=complete_agent_ids)
 @click.option("--type", "types", multiple=True, type=click.Choice(["filebeat", "telegraf", "node_exporter", "custom"]), help="Only agents of this type (repeatable).")
 @click.option("--failed", "failed_only", is_flag=True, help="Show only failed agents.")
 @json_option
@@ -194,8 +215,22 @@ def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...
         c.emit(result, f"no agents of type {', '.join(types)}")
     else:
         c.emit(result, render_status(result))
+    if len(ids) == 1 and not c.as_json:
+        _recent_log_lines(c, ids[0])
     if any(a["state"] == "failed" for a in result["agents"]):
         sys.exit(EXIT_AGENT_FAILED)
+
+
+STATUS_LOG_LINES = 10
+
+
+def _recent_log_lines(c: Ctx, agent_id: str) -> None:
+    """`status ID` ends with the agent's last log lines, as `systemctl status` does."""
+    found = c.try_call(logs_verb.NAME, logs_verb.Args(id=agent_id, lines=STATUS_LOG_LINES))
+    if isinstance(found, DaemonUnavailable):
+        return
+    text = found.get("text", "")
+    click.echo(printable(f"\n{found.get('path', 'log')}, last {STATUS_LOG_LINES} lines:\n" + (text.rstrip("\n") or "(empty)")))
 
 
 def _offline_status(c: Ctx, down: DaemonUnavailable, ids: list[str], types: tuple[str, ...], failed_only: bool) -> None:
@@ -277,7 +312,7 @@ def _call_with_progress(c: Ctx, verb: str, args: ActionArgs, ids: list[str]) -> 
 
 
 def _action_command(verb: str, help_text: str, default_timeout: float, with_force: bool = False):
-    @click.argument("ids", nargs=-1)
+    @click.argument("ids", nargs=-1, shell_complete=complete_agent_ids)
     @click.option("--all", "all_", is_flag=True, help="Every configured agent.")
     @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for agents to settle.")
     @json_option
@@ -300,7 +335,7 @@ _action_command("restart", "Restart agents (stop the whole tree, then start).", 
 
 
 @cli.command(name="signal")
-@click.argument("words", nargs=-1, metavar="ID... SIG")
+@click.argument("words", nargs=-1, metavar="ID... SIG", shell_complete=complete_agent_ids)
 @click.option("--all", "all_", is_flag=True, help="Every configured agent that runs.")
 @click.option("--tree", is_flag=True, help="Signal every process of the agent, not only its main process.")
 @json_option
@@ -387,7 +422,7 @@ def _prefixed(text: str, prefix: str) -> str:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=complete_agent_ids)
 @click.option("--all", "all_", is_flag=True, help="Every configured agent.")
 @click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(0, 100_000), help="Lines to show (or matches, when searching).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output; several agents are merged, each line prefixed with its agent.")
@@ -494,7 +529,7 @@ def _event_line(e: dict[str, Any]) -> str:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=complete_agent_ids)
 @click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="How many past events.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen.")
 @json_option
@@ -626,7 +661,7 @@ def _since_seconds(text: str) -> float:
 
 
 @cli.command()
-@click.argument("agent_id")
+@click.argument("agent_id", shell_complete=complete_agent_ids)
 @click.option("--since", default="1h", show_default=True, help="How far back (30m, 1h, 2d).")
 @click.option("--limit", default=2000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--every", help="Aggregate into windows (5m, 1h): average and maximum per window.")

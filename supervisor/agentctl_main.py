@@ -98,6 +98,8 @@ def quick_call(argv: list[str], env: Mapping[str, str]) -> QuickCall | None:
             ids.append(arg)
     if verb == "ping" and ids:
         return None
+    if verb == "status" and len(ids) == 1 and not as_json:
+        return None  # `status ID` ends with the agent's last log lines: the full CLI shows them
     if verb in ACTION_TIMEOUTS:
         if bool(ids) == ("--all" in flags):
             return None  # neither or both: the click CLI says how to call it

@@ -111,3 +111,37 @@ def test_progress_on_a_terminal_redraws_in_place():
     p.finish()
     text = out.getvalue()
     assert "\x1b[2F" in text and "stopping 11s: SIGKILL after 10s" in text and text.endswith("\x1b[2F\x1b[J")
+
+
+def test_status_of_one_agent_ends_with_its_last_log_lines(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("a", "running")
+    log = agentd.log_dir / "a" / "agent.log"
+    wait_until(lambda: log.exists() and "stderr is captured too" in log.read_text(), message="a's first lines")
+    out = agentd.agentctl("status", "a").stdout
+    assert "last 10 lines:" in out and "START mode=well-behaved" in out, out
+    assert "last 10 lines" not in agentd.agentctl("status").stdout  # only for one agent
+
+
+def test_shell_completion_offers_agent_ids(agentd):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+
+    agentd.write_config([agentd.helper_agent("web-1", "well-behaved"), agentd.helper_agent("web-2", "well-behaved"),
+                         agentd.helper_agent("db", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("db", "running")
+
+    def complete(*words):
+        env = dict(os.environ, _AGENTCTL_COMPLETE="bash_complete", COMP_WORDS=" ".join(["agentctl", *words]), COMP_CWORD=str(len(words)))
+        out = subprocess.run([sys.executable, "-m", "supervisor.agentctl"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
+        return sorted(line.split(",", 1)[1] for line in out.splitlines() if "," in line)
+
+    assert complete("--run-dir", str(agentd.run_dir), "stop", "web") == ["web-1", "web-2"]
+    assert complete("-c", str(agentd.config_path), "logs", "d") == ["db"]
+    agentd.terminate()
+    assert complete("-c", str(agentd.config_path), "restart", "web") == ["web-1", "web-2"]  # from the config when agentd is down
