@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import yaml
 
-from supervisor.control_client import ControlClient
+from supervisor.control_client import ControlClient, RemoteError
 from tests.support.processes import kill_tree, pid_alive
 from tests.support.wait import read_markers, wait_until
 
@@ -148,7 +148,12 @@ class TestDaemon:
         seen: dict[str, Any] = {}
 
         def reached() -> dict[str, Any] | None:
-            seen.update(self.status(agent_id))
+            try:
+                seen.update(self.status(agent_id))
+            except RemoteError as exc:
+                if exc.code != "not_found":
+                    raise
+                return None  # not known yet: e.g. a SIGHUP reload that adds it is still on its way
             return dict(seen) if seen["state"] in states else None
 
         try:
