@@ -494,3 +494,29 @@ def test_break3_full_log_disk_truncates_in_place_promptly_and_recovers(agentd, s
     for agent_id, pid in pids.items():
         st = agentd.status(agent_id)
         assert (st["pid"], st["restarts"]) == (pid, 0), st
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs for data_dir")
+def test_break12_first_start_on_a_full_data_dir_is_one_line(agentd):
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.data_dir.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0750", "tmpfs", str(agentd.data_dir)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        filler = agentd.data_dir / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        refused = _second_agentd(agentd)
+        assert refused.returncode == 1, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "cannot store the node id" in _refusal(refused) and "No space left on device" in _refusal(refused)
+        assert not agentd.agent_pids()
+    finally:
+        agentd.cleanup()
+        subprocess.run(["umount", "-l", str(agentd.data_dir)], capture_output=True)
