@@ -87,7 +87,7 @@ class ProcStats:
 
 
 def heartbeat(agent_id: str, stats: ProcStats) -> dict:
-    """The heartbeat fields agentd understands (DESIGN section 4)."""
+    """The heartbeat fields agentd understands (docs/heartbeat-api.md)."""
     cpu, memory = stats.sample()
     return {
         "agent_id": agent_id,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A development Manager: the Manager side of DESIGN section 8, recording what it receives in SQLite.
+"""A development Manager: the Manager side of docs/manager-link.md, recording what it receives in SQLite.
 
 It behaves as the original project's Manager does where agentd can tell (docs/manager.md): it reads node
 metrics by the original daemon's keys, re-creates a lost node as "unknown" on its next heartbeat, and dials

@@ -1,4 +1,4 @@
-"""agentd configuration: a YAML file validated into fully resolved pydantic models (DESIGN.md section 9)."""
+"""agentd configuration: a YAML file validated into fully resolved pydantic models (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -448,7 +448,7 @@ class ShutdownSettings(_Section):
 
 
 class HealthCheck(_Section):
-    """`health_check:` liveness and threshold rules (DESIGN.md section 5)."""
+    """`health_check:` liveness and threshold rules (docs/health.md)."""
 
     interval: PositiveDuration = 30.0
     heartbeat_timeout: OptionalDuration = 90.0
@@ -1294,7 +1294,7 @@ def check_binaries(config: Config) -> list[str]:
 def check_tls_files(config: Config) -> list[str]:
     """Problems with configured TLS files of an active Manager link or API: missing or unreadable.
 
-    DESIGN section 8: a configured certificate file that is missing is a start-up error, never a
+    docs/manager-link.md: a configured certificate file that is missing is a start-up error, never a
     silent downgrade to plaintext, so agentd refuses to start on any of these.
     """
     problems = []

@@ -91,7 +91,7 @@ class Daemon:
 
     def __init__(self, config: Config, config_path: Path | None) -> None:
         self.config = config
-        self.started_config = config  # restart-only sections (DESIGN: heartbeat, control, ...) stay as started
+        self.started_config = config  # restart-only sections (docs/configuration.md: heartbeat, control, ...) stay as started
         self.restart_required: list[str] = []  # sections changed by reload that wait for an agentd restart
         self.config_path = config_path
         self.run_dir = Path(config.daemon.run_dir)

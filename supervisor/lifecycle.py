@@ -104,7 +104,7 @@ def describe_exit(code: int | None, signum: int | None) -> str:
 
 
 class AgentProcess:
-    """The runtime state of one supervised agent (DESIGN section 3)."""
+    """The runtime state of one supervised agent (docs/agentd.md, Agent states)."""
 
     def __init__(
         self,
@@ -629,7 +629,7 @@ class AgentProcess:
         return max(0.0, now - self.handle.started_mono)
 
     def to_record(self) -> AgentRecord:
-        """The metadata document for this agent (DESIGN section 6)."""
+        """The metadata document for this agent (docs/agentd.md, Files agentd writes)."""
         h = self.handle if self.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING) else None
         return AgentRecord(
             id=self.spec.id,

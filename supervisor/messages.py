@@ -16,7 +16,7 @@ from .protocol import PROTOCOL_VERSION
 
 
 class Heartbeat(BaseModel):
-    """One validated heartbeat as an intake worker hands it to the parent (DESIGN section 4)."""
+    """One validated heartbeat as an intake worker hands it to the parent (docs/heartbeat-api.md)."""
 
     model_config = ConfigDict(extra="ignore")
     agent_id: str

@@ -4,7 +4,7 @@ from enum import StrEnum
 
 
 class AgentState(StrEnum):
-    """Where an agent is in its lifecycle (DESIGN section 3)."""
+    """Where an agent is in its lifecycle (docs/agentd.md, Agent states)."""
 
     STOPPED = "stopped"
     STARTING = "starting"

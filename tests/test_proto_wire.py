@@ -1,4 +1,4 @@
-"""Pins the Manager gRPC wire format (DESIGN section 8) through the generated descriptors; any drift fails here."""
+"""Pins the Manager gRPC wire format (docs/manager-link.md) through the generated descriptors; any drift fails here."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_p
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Written by hand from DESIGN section 8, never derived from the .proto files, so that a change to a
+# Written by hand from docs/manager-link.md, never derived from the .proto files, so that a change to a
 # .proto file has to be made here as well, on purpose. Field spec: (number, "type"), where type is a
 # scalar name, "repeated X", "map<K,V>" or a message full name.
 MANAGER_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
@@ -38,7 +38,7 @@ MANAGER_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
     "manager.ReportMetricsResponse": {"success": (1, "bool"), "message": (2, "string")},
 }
 
-# The agent methods are in DESIGN section 8. The legacy node methods (Register ... PushUpdate) are not:
+# The agent methods are in docs/manager-link.md. The legacy node methods (Register ... PushUpdate) are not:
 # their messages follow the ops-scaffold Manager's own daemon.proto, so the method table matches it.
 DAEMON_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
     "proto.SyncAgentStatesRequest": {"node_id": (1, "string"), "states": (2, "repeated proto.AgentState")},
@@ -76,7 +76,7 @@ DAEMON_MESSAGES: dict[str, dict[str, tuple[int, str]]] = {
         "disk_write_bytes": (6, "uint64"),
         "open_files": (7, "int32"),
     },
-    # Legacy node methods (not in DESIGN; from the ops-scaffold Manager's daemon.proto).
+    # Legacy node methods (not in docs/manager-link.md; from the ops-scaffold Manager's daemon.proto).
     "proto.RegisterRequest": {
         "hostname": (1, "string"),
         "ip": (2, "string"),
@@ -187,7 +187,7 @@ def test_package_and_syntax(module, package, service, methods, messages):
     fdp = _file_proto(module)
     assert module.DESCRIPTOR.package == package
     assert fdp.syntax == "proto3"
-    # proto3 "optional" would add hidden oneofs and change presence; DESIGN uses plain fields.
+    # proto3 "optional" would add hidden oneofs and change presence; the wire format uses plain fields.
     for msg in fdp.message_type:
         for field in msg.field:
             assert not field.proto3_optional, f"{package}.{msg.name}.{field.name} must not be 'optional'"
@@ -212,7 +212,7 @@ def test_messages_and_fields(module, package, service, methods, messages):
     for full_name, fields in messages.items():
         desc = module.DESCRIPTOR.message_types_by_name[full_name.split(".", 1)[1]]
         actual = {name: _spec(f) for name, f in desc.fields_by_name.items()}
-        assert actual == fields, f"{full_name} drifted from DESIGN section 8"
+        assert actual == fields, f"{full_name} drifted from the wire format in docs/manager-link.md"
         # Only map entries may be nested: a nested message type would change a full name on the wire.
         for nested in desc.nested_types:
             assert nested.GetOptions().map_entry, f"{nested.full_name}: unexpected nested message"

@@ -195,7 +195,7 @@ def test_registers_with_real_facts_and_syncs_changes(agentd, tmp_path):
         wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="initial states in the Manager")
         assert manager.states()["web"]["type"] == "custom"
 
-        # How fast a change reaches the Manager (DESIGN: within 2 s) is a benchmark figure, not a test's
+        # How fast a change reaches the Manager (within 2 s, docs/manager-link.md) is a benchmark figure, not a test's
         # deadline: on a busy machine the worker's debounce alone can take longer.
         agentd.call("stop", {"ids": ["web"]})
         wait_until(lambda: [h for h in manager.state_history(NODE, "web") if h["status"] == "stopped"],
@@ -306,7 +306,7 @@ def test_sync_worker_killed_with_9_is_respawned_and_loses_nothing(agentd, manage
 
 
 def test_missing_tls_file_refuses_agentd_start(agentd, manager):
-    """DESIGN section 8: a configured certificate file that is missing is a start-up error."""
+    """docs/manager-link.md: a configured certificate file that is missing is a start-up error."""
     missing = agentd.base / "no-such-ca.pem"
     agentd.write_config([agentd.helper_agent("solo", "well-behaved")], daemon={"id": NODE},
                         manager=manager_section(manager.address, tls={"enabled": True, "ca_file": str(missing)}))

@@ -1,4 +1,4 @@
-"""The health worker, `python -m workers.health`: judges agents (DESIGN section 5) and samples resources.
+"""The health worker, `python -m workers.health`: judges agents (docs/health.md) and samples resources.
 
 It reports only: verdicts, a health report per judging round and resource samples go to the parent, which acts.
 """

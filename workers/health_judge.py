@@ -1,4 +1,4 @@
-"""Health rules of DESIGN section 5 as a pure state machine: the caller supplies the clock and every input.
+"""The health rules of docs/health.md as a pure state machine: the caller supplies the clock and every input.
 
 The clock is the monotonic one (heartbeat times, starts and the intake restart time too), so a wall-clock
 step moves no deadline. Each non-healthy verdict is emitted once per (agent, generation), unless the
@@ -18,7 +18,7 @@ from supervisor.messages import AgentHealth, AgentView, ResourceSample, Verdict
 from supervisor.units import format_bytes
 
 UP_STATES = frozenset({"starting", "running"})
-MIN_STARTUP_GRACE = 30.0  # DESIGN section 5: startup_grace defaults to max(heartbeat_timeout, 30 s)
+MIN_STARTUP_GRACE = 30.0  # docs/health.md: startup_grace defaults to max(heartbeat_timeout, 30 s)
 _DEFAULTS = {name: field.default for name, field in HealthCheck.model_fields.items()}
 
 

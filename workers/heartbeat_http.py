@@ -1,4 +1,4 @@
-"""The HTTP heartbeat intake worker: `python -m workers.heartbeat_http` (DESIGN.md sections 4 and 9).
+"""The HTTP heartbeat intake worker: `python -m workers.heartbeat_http` (docs/heartbeat-api.md, docs/configuration.md).
 
 A small asyncio.Protocol around httptools' HTTP/1.1 parser (see docs/decisions.md for why not a framework).
 The parent owns the listening socket and passes it down (`--listen-fd`), so several workers can share it

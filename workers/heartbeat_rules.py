@@ -1,4 +1,4 @@
-"""Heartbeat validation shared by the HTTP and Unix-socket intake workers (DESIGN.md section 4).
+"""Heartbeat validation shared by the HTTP and Unix-socket intake workers (docs/heartbeat-api.md).
 
 `parse_heartbeat` checks the fields; `AgentDirectory` ties a heartbeat to an agent and its process tree.
 """
