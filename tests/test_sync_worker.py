@@ -268,7 +268,8 @@ def test_manager_outage_delivers_exactly_the_final_state_of_each_agent(agentd, m
     result = agentd.agentctl("workers", "--json")
     assert result.returncode == 0, result.stderr
     sync = next(w for w in json.loads(result.stdout)["workers"] if w["name"] == "sync")
-    assert sync["info"]["pending"] == "0" and sync["info"]["connected"] == "yes" and sync["info"]["last_sync"]
+    # pending was 0 above; it is not asserted again: a full sync (every sync_interval, 2 s) may queue all meanwhile.
+    assert sync["info"]["connected"] == "yes" and sync["info"]["last_sync"]
     assert sync["counters"]["sync_failed"] >= 4 and sync["counters"]["sync_ok"] >= 2
     assert sync["restarts"] == 0
 
