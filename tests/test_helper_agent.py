@@ -392,8 +392,8 @@ def test_stubborn_example_and_its_worker_need_sigkill(tmp_path):
     log = tmp_path / "agent.log"
     with launched([str(EXAMPLES / "stubborn_agent.py")], log) as proc:
         start_line(log, proc.pid)
-        worker = descendants(proc.pid)
-        assert len(worker) == 1
+        # "started" is logged before the fork: wait for the worker rather than expect it already.
+        worker = wait_until(lambda: (lambda d: d if len(d) == 1 else None)(descendants(proc.pid)), timeout=30, message="the forked worker")
         wait_until(lambda: f"worker started pid={worker[0]}" in log_text(log), timeout=30)
         os.killpg(proc.pid, signal.SIGTERM)
         wait_until(lambda: log_text(log).count("ignoring it") == 2, timeout=30, message="both to ignore SIGTERM")

@@ -180,7 +180,7 @@ def test_locked_database_is_retried_after_release(make_store, lock_db, caplog):
     assert proc.poll() is None, "the lock holder should still hold the lock"
     assert store.query("db-shipper", since=now) == []  # queued, not written, while locked
     assert release(proc) == 0
-    assert store.flush(timeout=8)
+    assert store.flush(timeout=30)
     assert len(store.query("db-shipper", since=now)) == 30
     assert store.stats()["dropped"] == 0
     assert len(warnings(caplog, "locked by another process")) == 1
@@ -196,9 +196,10 @@ def test_queue_is_bounded_and_drops_oldest(make_store, lock_db):
         store.add([sample(ts=now + i)])
     assert store.stats()["pending"] <= 50
     assert release(proc) == 0
-    assert store.flush(timeout=8)
+    assert store.flush(timeout=30)  # the writer's retry backoff may have grown while the lock was held
     stats = store.stats()
-    assert stats["written"] + stats["dropped"] == 200 and stats["dropped"] >= 150
+    # Up to max_pending wait, plus what the writer had taken in hand when it met the lock.
+    assert stats["written"] + stats["dropped"] == 200 and stats["dropped"] >= 140
     got = store.query("db-shipper", since=0)
     assert got[-1].ts == now + 199  # the newest samples are the ones kept
 
@@ -263,7 +264,7 @@ def test_full_disk_is_counted_and_survived(make_store, caplog):
 
     # Room again: the kept samples are written.
     assert store._call(lambda conn: conn.execute("PRAGMA max_page_count = 100000").fetchone(), (), None)
-    assert store.flush(timeout=8)
+    assert store.flush(timeout=30)
     assert store.stats()["written"] == 1000
 
 
