@@ -831,8 +831,11 @@ class Daemon:
         self._persist_dirty(heartbeats_too=True)
         self.writer.flush()
 
-    async def _let_manager_sync(self, since: float, limit: float = 5.0) -> None:
-        """Give the sync worker a few seconds to report the final states before workers stop."""
+    async def _let_manager_sync(self, since: float, limit: float = 15.0) -> None:
+        """Give the sync worker some seconds to report the final states before workers stop.
+
+        It returns as soon as the worker says nothing is pending; the limit is for a busy machine, where
+        the worker's debounce and its 1 s reports alone took more than the 5 s this used to allow."""
         if not self.config.manager.address:
             return
         deadline = self.now() + limit
