@@ -53,7 +53,7 @@ raw_json = st.one_of(
 
 AGENT = AgentView(id="a", type="custom", state="running", pid=os.getpid(), generation=3)
 DIRECTORY = AgentDirectory(lambda: {"a": AGENT})
-PROFILE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROFILE = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def _rejection_is_typed(exc: HeartbeatRejected) -> None:
