@@ -82,7 +82,9 @@ def test_parent_and_intake_metrics_pass_promtool(agentd, promtool):
     restarted = lambda t: 'agentd_agent_restarts_total{agent="crashy"' in t  # noqa: E731
     parent = wait_until(first(lambda: parent_text(agentd), restarted), timeout=40, message="a counted restart of crashy")
     # The worker appends the parent's text, refreshed every 5 s: wait for one that has the restart too.
-    intake = wait_until(first(lambda: scrape(url), restarted), timeout=40)
+    # ...and the Unix worker's gauges, which appear with that worker's first report (later on a busy machine).
+    unix_reported = lambda t: 'agentd_worker_connections_open{worker="heartbeat-unix"}' in t  # noqa: E731
+    intake = wait_until(first(lambda: scrape(url), lambda t: restarted(t) and unix_reported(t)), timeout=40)
     for name, text in (("parent", parent), ("intake worker", intake)):
         done = pt.check(promtool, "metrics", stdin=text)
         assert done.returncode == 0 and not done.stderr.strip() and not done.stdout.strip(), f"promtool on the {name}'s /metrics:\n{done.stdout}{done.stderr}"

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import tempfile
 import uuid
 from pathlib import Path
@@ -220,9 +221,17 @@ class TestDaemon:
         if self.proc is not None and self.proc.poll() is None:
             kill_tree(self.proc.pid)
             self.proc.wait(timeout=10)
-        for pid in processes_tagged(self.tag):
-            try:
-                kill_tree(pid)
-            except psutil.Error:
-                pass
+        # Swept until two scans in a row find nothing: a process agentd was forking at the moment it was
+        # killed is re-parented away from its tree, and may show up a moment after the first sweep.
+        quiet = 0
+        deadline = time.monotonic() + 10
+        while quiet < 2 and time.monotonic() < deadline:
+            found = processes_tagged(self.tag)
+            quiet = 0 if found else quiet + 1
+            for pid in found:
+                try:
+                    kill_tree(pid)
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
         shutil.rmtree(self.base, ignore_errors=True)
