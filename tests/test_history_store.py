@@ -198,8 +198,9 @@ def test_queue_is_bounded_and_drops_oldest(make_store, lock_db):
     assert release(proc) == 0
     assert store.flush(timeout=30)  # the writer's retry backoff may have grown while the lock was held
     stats = store.stats()
-    # Up to max_pending wait, plus what the writer had taken in hand when it met the lock.
-    assert stats["written"] + stats["dropped"] == 200 and stats["dropped"] >= 140
+    # Up to max_pending wait, plus the chunk the writer had in hand while it waited for the lock (itself
+    # at most max_pending: everything else was trimmed): so at most 2 x 50 are written.
+    assert stats["written"] + stats["dropped"] == 200 and stats["dropped"] >= 100
     got = store.query("db-shipper", since=0)
     assert got[-1].ts == now + 199  # the newest samples are the ones kept
 
