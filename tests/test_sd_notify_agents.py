@@ -21,14 +21,19 @@ def notify_agent(agentd, agent_id, *args, health=None, **spec):
 
 def test_notify_agent_is_running_only_after_ready_kept_alive_by_watchdog_and_restarted_when_it_stops(agentd):
     agentd.extra = {"resources": {"interval": 0.5}}
-    # READY after 2 s, then WATCHDOG=1 every 0.3 s for 20 beats (~6 s, three heartbeat timeouts), then silence.
-    agentd.write_config([notify_agent(agentd, "svc", "--after", "2", "--interval", "0.3", "--beats", "20", "--status-text", "42 clients")])
+    # READY once the test creates the file (not after a fixed time: on a busy machine the checks of the
+    # starting state can take longer than any such delay), then WATCHDOG=1 every 0.3 s for 20 beats (~6 s,
+    # three heartbeat timeouts), then silence.
+    go = agentd.base / "send-ready"
+    agentd.write_config([notify_agent(agentd, "svc", "--after", "0", "--ready-file", str(go), "--interval", "0.3", "--beats", "20",
+                                      "--status-text", "42 clients", health={"startup_grace": "60s"})])
     agentd.start()
     env = wait_for_marker(agentd.marker("svc"), "NOTIFY_ENV")[0]
     assert env[1] == str(agentd.run_dir / "notify" / "svc") and env[2] == "2000000"
     st = agentd.status("svc")
     assert st["state"] == "starting" and not any(m[0] == "READY" for m in read_markers(agentd.marker("svc")))
     assert "waiting for READY=1" in agentd.agentctl("status", "svc").stdout
+    go.touch()
     st = agentd.wait_state("svc", "running")
     assert any(m[0] == "READY" for m in read_markers(agentd.marker("svc")))
     assert st["reason"] == "READY=1 received"

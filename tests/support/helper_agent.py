@@ -292,6 +292,9 @@ def mode_sd_notify(h: Helper) -> None:
     h.mark("NOTIFY_ENV", os.environ.get("NOTIFY_SOCKET", "-"), os.environ.get("WATCHDOG_USEC", "-"))
     if h.wait(h.args.after):
         h.exit(0)
+    while h.args.ready_file and not os.path.exists(h.args.ready_file):  # the test says when
+        if h.wait(0.05):
+            h.exit(0)
     sd_notify(f"READY=1\nSTATUS=serving {h.args.status_text}")
     h.mark("READY")
     sent = 0
@@ -472,6 +475,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mb", type=int, default=64, help="MiB memory-balloon grows to")
     parser.add_argument("--step-mb", type=int, default=16, help="MiB memory-balloon adds per second")
     parser.add_argument("--seconds", type=float, default=0.0, help="cpu-burn duration (0 = forever)")
+    parser.add_argument("--ready-file", help="sd-notify: send READY=1 only once this file exists (after --after)")
     parser.add_argument("--status-text", default="requests", help="sd-notify: text after 'serving' in STATUS=")
     parser.add_argument("--cpu-seconds", type=float, default=0.0, help="cpu-burn until this much CPU time is used (0 = no limit)")
     parser.add_argument("--show", action="append", default=[], help="extra env var for print-env (repeatable)")
