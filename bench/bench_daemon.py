@@ -42,6 +42,15 @@ def marked_pids(marker_env: str, marker: str) -> list[int]:
     return found
 
 
+def kill_pids(pids: list[int]) -> None:
+    """SIGKILL each pid; one already gone is no error."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class BenchDaemon:
     """One agentd under benchmark; subclasses add the waiting and measuring their bench needs."""
 
@@ -113,11 +122,7 @@ class BenchDaemon:
             left = marked_pids(self.marker_env, marker)
         if left:
             notes.append(f"{len(left)} agent processes were left after agentd exited; SIGKILL to pids {left[:10]}{'...' if len(left) > 10 else ''}")
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_pids(left)
             time.sleep(0.5)
             left = marked_pids(self.marker_env, marker)
             if left:

@@ -37,7 +37,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_daemon import die_with_us, marked_pids
+from bench_daemon import die_with_us, kill_pids, marked_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the bench environment (`bench` extra): supervisord and circusd
@@ -219,11 +219,7 @@ class System:
         left = marked_pids(MARKER_ENV, self.marker)
         if left:
             notes.append(f"{self.name}: {len(left)} processes left after shutdown; SIGKILL")
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_pids(left)
         return notes
 
 
