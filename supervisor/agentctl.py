@@ -145,7 +145,7 @@ def complete_agent_ids(ctx: click.Context, param: click.Parameter, incomplete: s
     try:
         target = resolve_target(root.get("config"), root.get("run_dir"))
         ids = [a["id"] for a in ControlClient(target.run_dir, 1.0).call("status", {}, timeout=1.0)["agents"]]
-    except (ClientError, SystemExit, Exception):  # completion must never print an error into the shell
+    except (SystemExit, Exception):  # completion must never print an error (or exit) into the shell
         ids = _ids_from_config(root.get("config"))
     return [i for i in ids if i.startswith(incomplete)]
 
