@@ -41,9 +41,9 @@ bench: $(STAMP) $(BENCH_VENV)/.installed
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .agentd .pytest_cache
 
-# Regenerate supervisor/proto/*_pb2*.py from the .proto files (committed; CI checks they match).
+# Regenerate supervisor/wire/proto/*_pb2*.py from the .proto files (committed; CI checks they match).
 proto: $(STAMP)
-	$(BIN)/python -m supervisor.proto.generate
+	$(BIN)/python -m supervisor.wire.proto.generate
 
 proto-check: $(STAMP)
-	$(BIN)/python -m supervisor.proto.generate --check
+	$(BIN)/python -m supervisor.wire.proto.generate --check

@@ -57,7 +57,7 @@ class BenchDaemon:
     marker_env = "AGENTD_BENCH"  # subclasses: the env var every agent of the run carries
 
     def __init__(self, tmp: Path, config: Path) -> None:
-        from supervisor.control_client import ControlClient
+        from supervisor.ctl.control_client import ControlClient
 
         self.tmp = tmp
         self.config = config

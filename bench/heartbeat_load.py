@@ -642,7 +642,7 @@ def parent_phase(agentd: Agentd, args, pids: dict[str, int]) -> dict:
     its PULL socket takes them (blocking sends: its high-water mark is the back-pressure), no intake worker involved."""
     import zmq
 
-    from supervisor.messages import HeartbeatBatch
+    from supervisor.wire.messages import HeartbeatBatch
 
     seconds = args.parent_seconds
     snap = agentd.client.call("snapshot")

@@ -168,7 +168,7 @@ def serve_agentd(fd: int, processes: int) -> None:
     """The real intake worker(s), sharing one socket, behind a stand-in parent that drains events and answers `snapshot`."""
     import zmq
 
-    from supervisor.protocol import Reply, Request
+    from supervisor.wire.protocol import Reply, Request
 
     run_dir = Path(tempfile.mkdtemp(prefix="ahb", dir="/tmp"))
     ctx = zmq.Context()

@@ -28,7 +28,7 @@ def import_rss(tree: str) -> int:
 
 
 def render_ms(agents: int, rounds: int) -> float:
-    from supervisor.prometheus import Exposition
+    from supervisor.common.prometheus import Exposition
 
     best = float("inf")
     for _ in range(rounds):

@@ -30,7 +30,7 @@ if str(_ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 
-from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc  # noqa: E402
+from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc  # noqa: E402
 
 UNKNOWN_NODE = "unknown node"
 UNKNOWN = "unknown"  # the Manager's placeholder for the facts of a node it re-creates from a heartbeat

@@ -1,4 +1,4 @@
 """agentd parent process: registry, lifecycle, metadata, control."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1  # of the control envelope (supervisor/protocol.py); here so that agentctl needs no pydantic for it
+PROTOCOL_VERSION = 1  # of the control envelope (supervisor/wire/protocol.py); here so that agentctl needs no pydantic for it

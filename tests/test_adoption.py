@@ -96,7 +96,7 @@ def test_second_agentd_on_same_run_dir_refuses_to_start(agentd):
     agentd.write_config([])
     agentd.start()
     second = subprocess.run(
-        [sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(agentd.config_path)],
+        [sys.executable, "-m", "supervisor.parent.agentd_cli", "run", "-c", str(agentd.config_path)],
         capture_output=True, text=True, timeout=30,
     )
     assert second.returncode == 1

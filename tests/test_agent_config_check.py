@@ -1,4 +1,4 @@
-"""Agent config files are checked by type before a start and before a hot reload (supervisor/agent_config_check.py)."""
+"""Agent config files are checked by type before a start and before a hot reload (supervisor/parent/agent_config_check.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.agent_config_check import check_agent_config, check_agent_configs
-from supervisor.config import parse_config
+from supervisor.parent.agent_config_check import check_agent_config, check_agent_configs
+from supervisor.config.schema import parse_config
 
 FILEBEAT_OK = """
 filebeat.inputs:

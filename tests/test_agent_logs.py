@@ -46,7 +46,7 @@ def test_logs_search_merge_rotation_and_retention(agentd):
     assert any(line.startswith("b | ") and "SIGUSR2" in line for line in both)
 
     follow = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(agentd.run_dir), "logs", "a", "b", "-n", "1", "-f"],
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(agentd.run_dir), "logs", "a", "b", "-n", "1", "-f"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:

@@ -98,7 +98,7 @@ def test_stop_shows_progress_and_says_sigkill_was_needed(agentd):
 def test_progress_on_a_terminal_redraws_in_place():
     import io
 
-    from supervisor.progress import Progress
+    from supervisor.ctl.progress import Progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -138,7 +138,7 @@ def test_shell_completion_offers_agent_ids(agentd):
 
     def complete(*words):
         env = dict(os.environ, _AGENTCTL_COMPLETE="bash_complete", COMP_WORDS=" ".join(["agentctl", *words]), COMP_CWORD=str(len(words)))
-        out = subprocess.run([sys.executable, "-m", "supervisor.agentctl"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([sys.executable, "-m", "supervisor.ctl.agentctl"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
         return sorted(line.split(",", 1)[1] for line in out.splitlines() if "," in line)
 
     assert complete("--run-dir", str(agentd.run_dir), "stop", "web") == ["web-1", "web-2"]

@@ -14,7 +14,7 @@ from tests.support.wait import wait_for_marker, wait_until
 
 def agentctl(agentd, *argv, env=None):
     """agentctl found through the config file, as an operator runs it (not --run-dir)."""
-    return subprocess.run([sys.executable, "-m", "supervisor.agentctl", *argv], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "supervisor.ctl.agentctl", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=env or os.environ)
 
 
@@ -56,7 +56,7 @@ def test_status_logs_and_history_while_agentd_is_down(agentd):
 def test_without_a_config_the_message_says_where_it_looked(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("AGENTD_CONFIG", "AGENTD_RUN_DIR")}
     env["AGENTD_RUN_DIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "supervisor.agentctl", "status"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run([sys.executable, "-m", "supervisor.ctl.agentctl", "status"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 3
     assert f"no socket at {tmp_path}/control.ipc" in result.stderr and "from $AGENTD_RUN_DIR" in result.stderr
     assert "give -c FILE" in result.stderr
@@ -77,7 +77,7 @@ def test_stale_socket_right_after_kill_9_is_reported_at_once(agentd):
 
 
 def test_rough_edges_are_usage_errors(agentd):
-    bad_url = subprocess.run([sys.executable, "-m", "supervisor.agentctl", "heartbeat", "x", "--url", "notaurl"], cwd=ROOT,
+    bad_url = subprocess.run([sys.executable, "-m", "supervisor.ctl.agentctl", "heartbeat", "x", "--url", "notaurl"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert bad_url.returncode == 1 and "not a heartbeat URL" in bad_url.stderr and "Traceback" not in bad_url.stderr
     agentd.write_config([agentd.helper_agent("a", "well-behaved")])

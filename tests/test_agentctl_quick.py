@@ -1,4 +1,4 @@
-"""agentctl's quick path (supervisor/agentctl_main.py): it takes exactly the command lines the click CLI
+"""agentctl's quick path (supervisor/ctl/agentctl_main.py): it takes exactly the command lines the click CLI
 would read the same way, and prints what the click CLI prints."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.agentctl import cli
-from supervisor.agentctl_main import ACTION_TIMEOUTS, DEFAULT_RUN_DIR, QuickCall, quick_call, request_args
-from supervisor.protocol import PROTOCOL_VERSION, Request
-from supervisor.verbs import status as status_verb
-from supervisor.verbs.agent_actions import ActionArgs
+from supervisor.ctl.agentctl import cli
+from supervisor.ctl.agentctl_main import ACTION_TIMEOUTS, DEFAULT_RUN_DIR, QuickCall, quick_call, request_args
+from supervisor.wire.protocol import PROTOCOL_VERSION, Request
+from supervisor.parent.verbs import status as status_verb
+from supervisor.parent.verbs.agent_actions import ActionArgs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_quick_path_reads_a_command_line_as_click_does(globals_, tail):
     call = quick_call(argv, env)
     assert call is not None, argv
     assert call == click_reading(argv, env)
-    if call.verb in ACTION_TIMEOUTS:  # what the click CLI would send (supervisor/agentctl.py, _action)
+    if call.verb in ACTION_TIMEOUTS:  # what the click CLI would send (supervisor/ctl/agentctl.py, _action)
         sent = ActionArgs(ids=call.ids, all="--all" in call.flags, wait="--no-wait" not in call.flags,
                           timeout=min(3600.0, max(1.0, call.timeout - 2.0)), force="--force" in call.flags)
         assert request_args(call) == sent.model_dump(mode="json", exclude_defaults=True)
@@ -114,21 +114,21 @@ def test_quick_and_full_paths_print_the_same(agentd):
     agentd.wait_state("b", "running")
     base = ["--run-dir", str(agentd.run_dir)]
     for argv in (["status", "--json"], ["--json", "status", "b"]):
-        quick = json.loads(run(*base, *argv, module="supervisor.agentctl_main").stdout)
-        full = json.loads(run(*base, *argv, module="supervisor.agentctl").stdout)
+        quick = json.loads(run(*base, *argv, module="supervisor.ctl.agentctl_main").stdout)
+        full = json.loads(run(*base, *argv, module="supervisor.ctl.agentctl").stdout)
         for doc in (quick, full):
             doc["daemon"].pop("uptime_s")
             for a in doc["agents"]:
                 for key in ("uptime_s", "last_restart_age_s", "health", "health_detail"):  # move between the two calls
                     a.pop(key)
         assert quick == full
-    quick, full = run(*base, "status", module="supervisor.agentctl_main"), run(*base, "status", module="supervisor.agentctl")
+    quick, full = run(*base, "status", module="supervisor.ctl.agentctl_main"), run(*base, "status", module="supervisor.ctl.agentctl")
     assert quick.returncode == full.returncode == 0
     assert [line.split()[:3] for line in quick.stdout.splitlines()] == [line.split()[:3] for line in full.stdout.splitlines()]
-    ping = run(*base, "ping", module="supervisor.agentctl_main")
+    ping = run(*base, "ping", module="supervisor.ctl.agentctl_main")
     assert ping.returncode == 0 and ping.stdout.startswith(f"agentd is running (pid {agentd.proc.pid}, up ")
     for argv in (["status", "nope"], ["--json", "status", "nope"]):
-        quick, full = run(*base, *argv, module="supervisor.agentctl_main"), run(*base, *argv, module="supervisor.agentctl")
+        quick, full = run(*base, *argv, module="supervisor.ctl.agentctl_main"), run(*base, *argv, module="supervisor.ctl.agentctl")
         assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr)
         assert quick.returncode == 1 and "no agent 'nope'; known: a, b" in quick.stdout + quick.stderr
 
@@ -138,20 +138,20 @@ def test_quick_and_full_actions_print_the_same(agentd):
     agentd.start()
     agentd.wait_state("b", "running")
     base = ["--run-dir", str(agentd.run_dir)]
-    first = json.loads(run(*base, "stop", "b", "--json", module="supervisor.agentctl_main").stdout)
+    first = json.loads(run(*base, "stop", "b", "--json", module="supervisor.ctl.agentctl_main").stdout)
     assert [(r["id"], r["state"], r["ok"]) for r in first["results"]] == [("b", "stopped", True)], first
     for argv in (["stop", "b", "--no-wait"], ["--json", "stop", "b"], ["start", "nope", "--json"]):  # "already stopped" twice
-        quick, full = run(*base, *argv, module="supervisor.agentctl_main"), run(*base, *argv, module="supervisor.agentctl")
+        quick, full = run(*base, *argv, module="supervisor.ctl.agentctl_main"), run(*base, *argv, module="supervisor.ctl.agentctl")
         assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr), argv
-    assert run(*base, "start", "nope", "--no-wait", module="supervisor.agentctl_main").returncode == 1
-    again = run(*base, "start", "--all", "--no-wait", module="supervisor.agentctl_main")
+    assert run(*base, "start", "nope", "--no-wait", module="supervisor.ctl.agentctl_main").returncode == 1
+    again = run(*base, "start", "--all", "--no-wait", module="supervisor.ctl.agentctl_main")
     assert again.returncode == 0 and "ok: " in again.stdout
     agentd.wait_state("b", "running")
 
 
 def test_quick_path_against_no_daemon_says_so_like_the_full_cli(tmp_path):
     for argv in (["status"], ["--json", "ping"]):
-        quick = run("--run-dir", str(tmp_path), *argv, module="supervisor.agentctl_main")
-        full = run("--run-dir", str(tmp_path), *argv, module="supervisor.agentctl")
+        quick = run("--run-dir", str(tmp_path), *argv, module="supervisor.ctl.agentctl_main")
+        full = run("--run-dir", str(tmp_path), *argv, module="supervisor.ctl.agentctl")
         assert quick.returncode == full.returncode == 3
         assert (quick.stdout, quick.stderr) == (full.stdout, full.stderr)

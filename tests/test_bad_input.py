@@ -13,7 +13,7 @@ from tests.support.wait import wait_until
 
 
 def agentd_cli(*argv):
-    return subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
 
 
 def test_check_config_reports_each_problem_with_file_and_path(tmp_path):
@@ -68,7 +68,7 @@ def test_missing_or_non_executable_binary_fails_that_agent_only(agentd, tmp_path
 
 def test_agentctl_against_a_stopped_daemon_says_so_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(tmp_path), "status"],
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(tmp_path), "status"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 3
@@ -160,7 +160,7 @@ def test_agentctl_with_a_broken_config_still_reaches_the_daemon(agentd):
     agentd.start()
     agentd.config_path.write_text(agentd.config_path.read_text() + "\nbogus: 1\n")
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.agentctl", "-c", str(agentd.config_path), "reload"],
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "-c", str(agentd.config_path), "reload"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 1
@@ -170,7 +170,7 @@ def test_agentctl_with_a_broken_config_still_reaches_the_daemon(agentd):
 
 def test_version_against_a_stopped_daemon_exits_3(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(tmp_path), "version"],
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(tmp_path), "version"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 3 and "agentctl 0.1.0" in result.stdout

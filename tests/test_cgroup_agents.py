@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from supervisor.cgroups import flat_keyed, pid_cgroup
+from supervisor.common.cgroups import flat_keyed, pid_cgroup
 from tests.support.cgroup_root import controllers_of, remove_tree, writable_cgroup2
 from tests.support.daemon import ROOT
 from tests.support.processes import pid_alive
@@ -21,7 +21,7 @@ needs_cgroup2 = pytest.mark.skipif(MOUNT is None, reason=f"no writable cgroup v2
 
 
 def agentd_cli(*argv):
-    return subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supervisor.config import (
+from supervisor.config.schema import (
     LEGACY_WARNING,
     NO_AGENTS_WARNING,
     AgentSpec,

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
+from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_MANAGER = ROOT / "examples" / "dev_manager.py"

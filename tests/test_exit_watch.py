@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
-from supervisor.exit_watch import watch_exit
+from supervisor.parent.exit_watch import watch_exit
 from tests.support.wait import wait_until
 
 

@@ -126,7 +126,7 @@ def _refusal(proc: subprocess.CompletedProcess) -> str:
 
 def _second_agentd(agentd, config_path=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(config_path or agentd.config_path)],
+        [sys.executable, "-m", "supervisor.parent.agentd_cli", "run", "-c", str(config_path or agentd.config_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ, **{TAG_VAR: agentd.tag}),
     )
 
@@ -272,13 +272,13 @@ def test_break8_no_secret_on_any_command_line(agentd):
 
 def test_break9_manager_api_without_token_is_refused_on_loopback_too(agentd):
     agentd.write_config([agentd.helper_agent("a", "well-behaved", user="no-such-user-x")], manager_api={"listen": "127.0.0.1:9000"})
-    checked = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "check-config", str(agentd.config_path)],
+    checked = subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", "check-config", str(agentd.config_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 1
     lines = checked.stderr.strip().splitlines()
     assert len(lines) == 1 and "manager_api.listen: '127.0.0.1:9000' has neither a token nor TLS" in lines[0], checked.stderr
     agentd.write_config(manager_api={"listen": "127.0.0.1:9000", "token": "t"})
-    checked = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "check-config", "-q", str(agentd.config_path)],
+    checked = subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", "check-config", "-q", str(agentd.config_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0
     assert "warning: agent a: user 'no-such-user-x' does not exist on this machine" in checked.stderr, checked.stderr
@@ -361,7 +361,7 @@ def test_break10_heartbeat_socket_of_another_agentd_or_a_plain_file_is_never_rem
     doc["heartbeat"]["unix"]["path"] = str(plain)
     doc["daemon"].update({k: str(v) for k, v in other.items()})
     (agentd.base / "plain.yaml").write_text(yaml.safe_dump(doc))
-    refused = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(agentd.base / "plain.yaml")],
+    refused = subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", "run", "-c", str(agentd.base / "plain.yaml")],
                              cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ, **{TAG_VAR: agentd.tag}))
     assert refused.returncode == 1 and "exists and is not a socket; agentd does not remove it" in refused.stderr, refused.stderr
     assert plain.read_text() == "not a socket\n"

@@ -7,8 +7,8 @@ import asyncio
 import time
 
 
-from supervisor.messages import WorkerBeat
-from supervisor.worker_pool import FORWARD_STALL, WorkerPool, WorkerSpec
+from supervisor.wire.messages import WorkerBeat
+from supervisor.parent.worker_pool import FORWARD_STALL, WorkerPool, WorkerSpec
 from tests.support.processes import pid_alive
 from workers.link import WorkerLink
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.config import HealthCheck
-from supervisor.messages import AgentView, ResourceSample
+from supervisor.config.schema import HealthCheck
+from supervisor.wire.messages import AgentView, ResourceSample
 from workers.health_judge import HealthJudge, rules_of
 
 MIB = 1024 * 1024

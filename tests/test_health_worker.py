@@ -17,8 +17,8 @@ import psutil
 import pytest
 import zmq
 
-from supervisor.config import HealthCheck
-from supervisor.messages import (
+from supervisor.config.schema import HealthCheck
+from supervisor.wire.messages import (
     EVENT_ADAPTER,
     STATE_TOPIC,
     AgentView,
@@ -28,7 +28,7 @@ from supervisor.messages import (
     Verdict,
     WorkerBeat,
 )
-from supervisor.protocol import Reply, Request
+from supervisor.wire.protocol import Reply, Request
 from tests.support.processes import kill_tree
 from tests.support.wait import wait_until
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import zmq
 
-from supervisor.messages import (
+from supervisor.wire.messages import (
     EVENT_ADAPTER,
     STATE_TOPIC,
     AgentUpdate,
@@ -29,9 +29,9 @@ from supervisor.messages import (
     HeartbeatTimes,
     WorkerBeat,
 )
-from supervisor.protocol import Reply, Request
+from supervisor.wire.protocol import Reply, Request
 from tests.support.wait import wait_until
-from supervisor.prometheus import Exposition
+from supervisor.common.prometheus import Exposition
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from supervisor.messages import AgentView, Heartbeat
+from supervisor.wire.messages import AgentView, Heartbeat
 from tests.support.processes import descendants, kill_tree
 from tests.support.wait import wait_until
 from workers.heartbeat_rules import NCPU, AgentDirectory, HeartbeatRejected, parse_heartbeat

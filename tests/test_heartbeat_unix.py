@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from supervisor.messages import EVENT_ADAPTER, STATE_TOPIC, AgentUpdate, AgentView, HeartbeatBatch, WorkerBeat
-from supervisor.protocol import Reply, Request
+from supervisor.wire.messages import EVENT_ADAPTER, STATE_TOPIC, AgentUpdate, AgentView, HeartbeatBatch, WorkerBeat
+from supervisor.wire.protocol import Reply, Request
 from tests.support.processes import kill_tree, pid_alive
 from tests.support.wait import wait_until
 

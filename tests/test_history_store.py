@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from supervisor.history_store import SCHEMA_VERSION, HistoryStore
-from supervisor.messages import ResourceSample
+from supervisor.parent.history_store import SCHEMA_VERSION, HistoryStore
+from supervisor.wire.messages import ResourceSample
 from tests.support.wait import wait_until
 
-LOGGER = "supervisor.history_store"
+LOGGER = "supervisor.parent.history_store"
 DAY = 86400.0
 
 # Holds the write lock on the database until its stdin closes; prints once it has it. Released by the

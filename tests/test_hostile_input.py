@@ -8,7 +8,7 @@ import json
 
 import zmq
 
-from supervisor.metadata_store import AgentRecord, MetadataStore
+from supervisor.common.metadata_store import AgentRecord, MetadataStore
 from tests.support.hostile import FAST, Legit, agent_secret, http_address, post, workers
 from tests.support.wait import wait_until
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.agent_identity import Marked, main_process
-from supervisor.config import parse_config
-from supervisor.launch_spec import LAUNCH_FIELDS, launch_diff, launch_of
+from supervisor.parent.agent_identity import Marked, main_process
+from supervisor.config.schema import parse_config
+from supervisor.parent.launch_spec import LAUNCH_FIELDS, launch_diff, launch_of
 
 
 def spec(**over):

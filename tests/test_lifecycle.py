@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import parse_config
-from supervisor.lifecycle import AgentProcess, ProcessHandle, SpawnError
-from supervisor.metadata_store import AgentRecord
-from supervisor.states import AgentState as S
+from supervisor.config.schema import parse_config
+from supervisor.parent.lifecycle import AgentProcess, ProcessHandle, SpawnError
+from supervisor.common.metadata_store import AgentRecord
+from supervisor.wire.states import AgentState as S
 
 
 def make_spec(**overrides):

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from supervisor import log_files
-from supervisor.log_files import (
+from supervisor.parent import log_files
+from supervisor.parent.log_files import (
     list_log_files,
     open_agent_log,
     read_from,

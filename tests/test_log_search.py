@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.log_files import prune_old_logs, rotate_by_settings, rotated_path
-from supervisor.log_search import line_time, search_logs
+from supervisor.parent.log_files import prune_old_logs, rotate_by_settings, rotated_path
+from supervisor.parent.log_search import line_time, search_logs
 
 DAY = 86400.0
 

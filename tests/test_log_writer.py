@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from supervisor.log_writer import PARTIAL_FLUSH
+from supervisor.parent.log_writer import PARTIAL_FLUSH
 from tests.support.wait import read_markers, wait_until
 
 STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (out|err) (.*)$")
@@ -51,7 +51,7 @@ def test_log_writer_flushes_an_unfinished_line_and_ends_with_the_agent(tmp_path)
     log = tmp_path / "agent.log"
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    writer = subprocess.Popen([sys.executable, "-I", "supervisor/log_writer.py", str(log), str(out_r), str(err_r)],
+    writer = subprocess.Popen([sys.executable, "-I", "supervisor/parent/log_writer.py", str(log), str(out_r), str(err_r)],
                               pass_fds=(out_r, err_r), cwd=os.path.dirname(os.path.dirname(__file__)))
     os.close(out_r)
     os.close(err_r)

@@ -32,7 +32,7 @@ def test_logs_tail_follow_and_rotation(agentd):
     assert not (log_dir / "agent.log.3.gz").exists()
 
     follow = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(agentd.run_dir), "logs", "spew", "-n", "0", "-f"],
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(agentd.run_dir), "logs", "spew", "-n", "0", "-f"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
@@ -48,7 +48,7 @@ def test_events_follow_shows_transitions_as_they_happen(agentd):
     agentd.start()
     agentd.wait_state("a", "running")
     follow = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.agentctl", "--run-dir", str(agentd.run_dir), "events", "-n", "1", "-f"],
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(agentd.run_dir), "events", "-n", "1", "-f"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:

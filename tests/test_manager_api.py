@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import ManagerAPISettings, TLSSettings
-from supervisor.proto import daemon_pb2, daemon_pb2_grpc
+from supervisor.config.schema import ManagerAPISettings, TLSSettings
+from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from tests.support.daemon import TestDaemon, processes_tagged
 from tests.support.wait import wait_until
 from tests.test_sync_worker import make_cert
@@ -299,14 +299,14 @@ def test_the_defaults_accept_the_original_manager_s_45_s_pings():
 
 
 def test_insecure_needs_allow_from_and_is_warned_about(tmp_path):
-    from supervisor.config import ConfigError, load_config
+    from supervisor.config.schema import ConfigError, load_config
 
     path = tmp_path / "agentd.yaml"
     path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true}\n")
     with pytest.raises(ConfigError, match="insecure: true needs allow_from"):
         load_config(path)
     path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true, allow_from: ['10.0.0.5', '10.8.0.0/16']}\n")
-    checked = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "check-config", str(path)],
+    checked = subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", "check-config", str(path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stderr
     assert ("warning: manager_api is insecure: plaintext without a token on 0.0.0.0:9091; whoever can connect from"

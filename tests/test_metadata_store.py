@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from supervisor import metadata_store
-from supervisor.metadata_store import AgentRecord, ExitRecord, MetadataStore, iso_utc
+from supervisor.common import metadata_store
+from supervisor.common.metadata_store import AgentRecord, ExitRecord, MetadataStore, iso_utc
 
 
 def _record(agent_id="db-shipper", **kw):
@@ -95,7 +95,7 @@ def test_truncated_file_is_moved_aside_with_warning(tmp_path, caplog):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
 
-    with caplog.at_level(logging.WARNING, logger="supervisor.metadata_store"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.common.metadata_store"):
         assert store.load("db-shipper") is None
 
     assert not path.exists()
@@ -124,7 +124,7 @@ def test_truncated_file_is_moved_aside_with_warning(tmp_path, caplog):
 def test_bad_content_is_treated_as_absent(tmp_path, caplog, content, reason):
     store = MetadataStore(tmp_path)
     store.path_for("db-shipper").write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="supervisor.metadata_store"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.common.metadata_store"):
         assert store.load_all() == {}
     assert reason in caplog.text
     assert len(_corrupt_copies(tmp_path, "db-shipper.json")) == 1
@@ -134,7 +134,7 @@ def test_unreadable_file_is_moved_aside(tmp_path, caplog):
     store = MetadataStore(tmp_path)
     # A directory in place of the file makes the read fail with EISDIR, even as root.
     store.path_for("db-shipper").mkdir()
-    with caplog.at_level(logging.WARNING, logger="supervisor.metadata_store"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.common.metadata_store"):
         assert store.load("db-shipper") is None
     assert "unreadable" in caplog.text
     assert len(_corrupt_copies(tmp_path, "db-shipper.json")) == 1
@@ -144,7 +144,7 @@ def test_wrong_id_inside_is_corrupt(tmp_path, caplog):
     store = MetadataStore(tmp_path)
     store.save(_record("other-agent"))
     os.rename(store.path_for("other-agent"), store.path_for("db-shipper"))
-    with caplog.at_level(logging.WARNING, logger="supervisor.metadata_store"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.common.metadata_store"):
         assert store.load("db-shipper") is None
     assert "does not match the file name" in caplog.text
     assert len(_corrupt_copies(tmp_path, "db-shipper.json")) == 1
@@ -201,7 +201,7 @@ def test_load_all_skips_foreign_files(tmp_path, caplog):
     store.save(_record())
     (tmp_path / "README").write_text("hello")
     (tmp_path / "bad name!.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="supervisor.metadata_store"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.common.metadata_store"):
         assert set(store.load_all()) == {"db-shipper"}
     assert "not a valid agent id" in caplog.text
     assert (tmp_path / "bad name!.json").exists()
@@ -209,7 +209,7 @@ def test_load_all_skips_foreign_files(tmp_path, caplog):
 
 def test_writer_retries_a_failed_write_instead_of_dropping_it(tmp_path):
     """Regression (review): a record whose write failed (disk full) was dropped, losing e.g. an operator stop."""
-    from supervisor.metadata_writer import MetadataWriter
+    from supervisor.parent.metadata_writer import MetadataWriter
 
     class FlakyStore(MetadataStore):
         fail = 1

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import CollectorsSettings, parse_config
+from supervisor.config.schema import CollectorsSettings, parse_config
 from workers.node_metrics import (
     NetworkState,
     Partition,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from supervisor.cgroups import Mount, cgroup2_mounts, cgroup_name, detect, flat_keyed, limit_values, unified_path
-from supervisor.notify_socket import NotifyMessage, parse_notify
-from supervisor.states import AgentState as S
+from supervisor.common.cgroups import Mount, cgroup2_mounts, cgroup_name, detect, flat_keyed, limit_values, unified_path
+from supervisor.parent.notify_socket import NotifyMessage, parse_notify
+from supervisor.wire.states import AgentState as S
 from tests.test_lifecycle import FakeOps, new_agent
 
 HYBRID = """\

@@ -17,8 +17,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import ConfigError, load_config, parse_config
-from supervisor.original_config import FORMAT_WARNING, apply_env, backoff_steps, is_original, translate
+from supervisor.config.schema import ConfigError, load_config, parse_config
+from supervisor.config.original_config import FORMAT_WARNING, apply_env, backoff_steps, is_original, translate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "original"
 SHIPPED = sorted(p.name for p in FIXTURES.glob("*.yaml"))
@@ -309,7 +309,7 @@ def test_node_exporter_health_url_follows_listen_address(args, url):
 
 
 def migrate(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "migrate-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", "migrate-config", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

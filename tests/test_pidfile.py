@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.pidfile import AlreadyRunning, PidFile
+from supervisor.common.pidfile import AlreadyRunning, PidFile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_second_pidfile_in_another_process_is_refused(tmp_path):
         proc = _python(
             f"""
             import sys
-            from supervisor.pidfile import AlreadyRunning, PidFile
+            from supervisor.common.pidfile import AlreadyRunning, PidFile
             try:
                 PidFile({str(path)!r}).acquire()
             except AlreadyRunning as exc:
@@ -89,7 +89,7 @@ def test_lock_held_by_another_process_is_refused_here(tmp_path):
     proc = _python(
         f"""
         import sys
-        from supervisor.pidfile import PidFile
+        from supervisor.common.pidfile import PidFile
         pf = PidFile({str(path)!r})
         pf.acquire()
         print("locked", flush=True)
@@ -125,7 +125,7 @@ def test_stale_file_from_dead_process_is_taken_over(tmp_path):
     proc = _python(
         f"""
         import os
-        from supervisor.pidfile import PidFile
+        from supervisor.common.pidfile import PidFile
         PidFile({str(path)!r}).acquire()
         os._exit(0)
         """

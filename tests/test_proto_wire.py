@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
-from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
+from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -298,7 +298,7 @@ def test_committed_modules_match_fresh_generation():
     if importlib.util.find_spec("grpc_tools") is None:
         pytest.skip("grpc_tools is not importable (pip install grpcio-tools) so the modules cannot be regenerated")
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor.proto.generate", "--check"],
+        [sys.executable, "-m", "supervisor.wire.proto.generate", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,

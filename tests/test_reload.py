@@ -77,8 +77,8 @@ def test_agent_re_added_while_its_removal_is_still_stopping_is_kept(agentd):
 def test_heartbeat_section_change_is_reported_as_needing_a_restart():
     from pathlib import Path
 
-    from supervisor.config import parse_config
-    from supervisor.reload_plan import plan_reload
+    from supervisor.config.schema import parse_config
+    from supervisor.parent.reload_plan import plan_reload
 
     old = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
     new = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:9999"}}}, source="a.yaml", base_dir=Path("/"))
@@ -105,8 +105,8 @@ def test_restart_required_is_reported_until_agentd_restarts():
     """Regression: the reminder vanished on the next reload, though the change was still not in force."""
     from pathlib import Path
 
-    from supervisor.config import parse_config
-    from supervisor.reload_plan import plan_reload
+    from supervisor.config.schema import parse_config
+    from supervisor.parent.reload_plan import plan_reload
 
     started = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
     first = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:9999"}}}, source="a.yaml", base_dir=Path("/"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.stall_watch import STALL_THRESHOLD, StallWatch
+from supervisor.common.stall_watch import STALL_THRESHOLD, StallWatch
 
 
 class Clock:

@@ -25,9 +25,9 @@ import grpc.aio
 import pytest
 
 import supervisor
-from supervisor.config import ManagerSettings
-from supervisor.messages import AgentView
-from supervisor.proto import daemon_pb2, manager_pb2, manager_pb2_grpc
+from supervisor.config.schema import ManagerSettings
+from supervisor.wire.messages import AgentView
+from supervisor.wire.proto import daemon_pb2, manager_pb2, manager_pb2_grpc
 from tests.support.certs import make_cert
 from tests.support.daemon import ROOT
 from tests.support.wait import wait_until
@@ -311,7 +311,7 @@ def test_missing_tls_file_refuses_agentd_start(agentd, manager):
     missing = agentd.base / "no-such-ca.pem"
     agentd.write_config([agentd.helper_agent("solo", "well-behaved")], daemon={"id": NODE},
                         manager=manager_section(manager.address, tls={"enabled": True, "ca_file": str(missing)}))
-    result = subprocess.run([sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(agentd.config_path)],
+    result = subprocess.run([sys.executable, "-m", "supervisor.parent.agentd_cli", "run", "-c", str(agentd.config_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"manager.tls.ca_file: {missing} does not exist" in result.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.sd_notify import MIN_PING_INTERVAL, Watchdog, watchdog_interval
+from supervisor.parent.sd_notify import MIN_PING_INTERVAL, Watchdog, watchdog_interval
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

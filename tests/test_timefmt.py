@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from supervisor import timefmt
+from supervisor.common import timefmt
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_utc_on_request_and_odd_input(kolkata):
 def test_agentd_log_lines_carry_the_offset(kolkata, capsys):
     import logging
 
-    from supervisor.logging_setup import TextFormatter
+    from supervisor.common.logging_setup import TextFormatter
 
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
     record.created = 1764763200.5

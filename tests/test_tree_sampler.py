@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from supervisor.messages import AgentView
+from supervisor.wire.messages import AgentView
 from tests.support.processes import kill_tree
 from tests.support.wait import wait_until
 from workers.tree_sampler import TreeSampler

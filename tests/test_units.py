@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from supervisor.units import (
+from supervisor.config.units import (
     Duration,
     OptionalDuration,
     OptionalSize,

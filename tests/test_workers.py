@@ -52,7 +52,7 @@ def test_heartbeat_from_a_script_with_agentctl_heartbeat(agentd):
         f"cd {os.getcwd()}\n"
         f"exec 3>>{agentd.marker('script')}\n"
         "echo START $$ >&3\n"
-        f"while true; do {os.sys.executable} -m supervisor.agentctl heartbeat --status ok --agent-version 9.9 && echo BEAT >&3; sleep 0.5; done\n"
+        f"while true; do {os.sys.executable} -m supervisor.ctl.agentctl heartbeat --status ok --agent-version 9.9 && echo BEAT >&3; sleep 0.5; done\n"
     )
     script.chmod(0o755)
     agentd.write_config([{"id": "script", "binary_path": str(script), "health_check": {"heartbeat_timeout": "30s"}}])
@@ -145,7 +145,7 @@ def test_metrics_endpoint_serves_intake_and_parent_metrics(agentd):
 
 
 def test_prometheus_values_are_exact_and_families_typed_once():
-    from supervisor.prometheus import Exposition
+    from supervisor.common.prometheus import Exposition
 
     m = Exposition()
     m.counter("agentd_x_total", "x", 22540312, worker="w")
@@ -161,7 +161,7 @@ def test_prometheus_values_are_exact_and_families_typed_once():
 def test_heartbeat_socket_path_that_is_a_directory_is_a_clear_error(tmp_path):
     import pytest
 
-    from supervisor.listeners import ListenError, unix_listener
+    from supervisor.parent.listeners import ListenError, unix_listener
 
     with pytest.raises(ListenError, match="is a directory"):
         unix_listener(tmp_path)

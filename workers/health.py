@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from supervisor.config import ResourcesSettings
-from supervisor.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
-from supervisor.stall_watch import StallWatch
+from supervisor.config.schema import ResourcesSettings
+from supervisor.wire.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
+from supervisor.common.stall_watch import StallWatch
 from workers.health_judge import UP_STATES, HealthJudge, HealthRules, rules_of
 from workers.link import WorkerLink
 from workers.tree_sampler import TreeSampler

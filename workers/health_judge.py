@@ -13,9 +13,9 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from supervisor.config import HealthCheck
-from supervisor.messages import AgentHealth, AgentView, ResourceSample, Verdict
-from supervisor.units import format_bytes
+from supervisor.config.schema import HealthCheck
+from supervisor.wire.messages import AgentHealth, AgentView, ResourceSample, Verdict
+from supervisor.config.units import format_bytes
 
 UP_STATES = frozenset({"starting", "running"})
 MIN_STARTUP_GRACE = 30.0  # docs/health.md: startup_grace defaults to max(heartbeat_timeout, 30 s)

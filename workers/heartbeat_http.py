@@ -26,10 +26,10 @@ from typing import Callable
 import httptools
 import psutil
 
-from supervisor.config import HttpIntake, split_listen
-from supervisor.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
-from supervisor.states import AgentState
-from supervisor.rate_limited_log import RateLimitedLog
+from supervisor.config.schema import HttpIntake, split_listen
+from supervisor.common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
+from supervisor.wire.states import AgentState
+from supervisor.common.rate_limited_log import RateLimitedLog
 from workers.peer_socket import FdHints, SockDiag, is_loopback, socket_in_tree
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
@@ -119,7 +119,7 @@ BUSY = fixed_reply(False, "the daemon is not keeping up; retry shortly")
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-# One writer for every /metrics family, the parent's and this worker's (supervisor/prometheus.py).
+# One writer for every /metrics family, the parent's and this worker's (supervisor/common/prometheus.py).
 
 
 # ----------------------------------------------------------------------------------------------- the server

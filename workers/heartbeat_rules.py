@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Callable
 
-from supervisor.cgroups import MOUNTINFO, Mount, cgroup2_mounts
-from supervisor.config import AGENT_ID_PATTERN
-from supervisor.messages import AgentView, Heartbeat
-from supervisor.units import describe_value
+from supervisor.common.cgroups import MOUNTINFO, Mount, cgroup2_mounts
+from supervisor.config.schema import AGENT_ID_PATTERN
+from supervisor.wire.messages import AgentView, Heartbeat
+from supervisor.config.units import describe_value
 
 __all__ = [
     "AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "decode_json", "parse_heartbeat", "parse_json",

@@ -19,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 
-from supervisor.config import UnixIntake
-from supervisor.rate_limited_log import RateLimitedLog
+from supervisor.config.schema import UnixIntake
+from supervisor.common.rate_limited_log import RateLimitedLog
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, StartupError, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser

@@ -25,7 +25,7 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from supervisor.messages import (
+from supervisor.wire.messages import (
     STATE_ADAPTER,
     STATE_TOPIC,
     AgentRemoved,
@@ -36,7 +36,7 @@ from supervisor.messages import (
     HeartbeatTimes,
     WorkerBeat,
 )
-from supervisor.protocol import Reply, Request
+from supervisor.wire.protocol import Reply, Request
 
 log = logging.getLogger(__name__)
 

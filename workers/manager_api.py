@@ -21,9 +21,9 @@ import grpc.aio
 import zmq
 from pydantic import ValidationError
 
-from supervisor.config import ConfigError, ManagerAPISettings, TLSSettings, load_config, split_listen
-from supervisor.protocol import ErrorCode, Reply, Request
-from supervisor.proto import daemon_pb2, daemon_pb2_grpc
+from supervisor.config.schema import ConfigError, ManagerAPISettings, TLSSettings, load_config, split_listen
+from supervisor.wire.protocol import ErrorCode, Reply, Request
+from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from workers.link import WorkerLink
 from workers.tls_files import read_pem, tls_wanted
 from workers.runner import StartupError, begin_process, stop_event, worker_arg_parser

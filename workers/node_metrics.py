@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from supervisor.config import CollectorsSettings
-from supervisor.proto import manager_pb2
+from supervisor.config.schema import CollectorsSettings
+from supervisor.wire.proto import manager_pb2
 
 CPU_SAMPLE_SECONDS = 1.0  # usage_percent is measured over this long, as the original does
 MAX_TEXT = 200  # a string fact longer than this is cut: it is a key, and keys are stored by the Manager

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from supervisor.config import ConfigError, load_config
-from supervisor.logging_setup import setup_logging
-from supervisor.rate_limited_log import RateLimitedLog
+from supervisor.config.schema import ConfigError, load_config
+from supervisor.common.logging_setup import setup_logging
+from supervisor.common.rate_limited_log import RateLimitedLog
 
-from .link import WorkerLink, die_with_parent
+from workers.link import WorkerLink, die_with_parent
 
 log = logging.getLogger("workers")
 

@@ -21,11 +21,11 @@ import grpc.aio
 from pydantic import ValidationError
 
 from supervisor import __version__
-from supervisor.config import CollectorsSettings, ConfigError, ManagerSettings, TLSSettings, load_config
-from supervisor.messages import AgentView
-from supervisor.metadata_store import iso_utc
-from supervisor.node_identity import node_id as stored_node_id
-from supervisor.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
+from supervisor.config.schema import CollectorsSettings, ConfigError, ManagerSettings, TLSSettings, load_config
+from supervisor.wire.messages import AgentView
+from supervisor.common.metadata_store import iso_utc
+from supervisor.common.node_identity import node_id as stored_node_id
+from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 from workers.link import WorkerLink
 from workers.node_facts import node_facts
 from workers.node_metrics import collectors_for, reading, system_values

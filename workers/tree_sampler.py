@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.cgroups import AgentCgroup
-from supervisor.messages import AgentView, ResourceSample
+from supervisor.common.cgroups import AgentCgroup
+from supervisor.wire.messages import AgentView, ResourceSample
 
 log = logging.getLogger(__name__)
 
-CREATE_TIME_TOLERANCE = 0.01  # as in supervisor.process_ops: a pid reused by another program differs by more
+CREATE_TIME_TOLERANCE = 0.01  # as in supervisor.parent.process_ops: a pid reused by another program differs by more
 MAX_NOTED = 10_000  # bound on the names whose AccessDenied was already logged
 
 

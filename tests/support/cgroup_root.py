@@ -10,7 +10,7 @@ import os
 import uuid
 from pathlib import Path
 
-from supervisor.cgroups import AgentCgroup, cgroup2_mounts, flat_keyed
+from supervisor.common.cgroups import AgentCgroup, cgroup2_mounts, flat_keyed
 from tests.support.wait import wait_until
 
 

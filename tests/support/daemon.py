@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import yaml
 
-from supervisor.control_client import ControlClient, RemoteError
+from supervisor.ctl.control_client import ControlClient, RemoteError
 from tests.support.processes import kill_tree, pid_alive
 from tests.support.wait import read_markers, wait_until
 
@@ -111,7 +111,7 @@ class TestDaemon:
             self.write_config()
         log = open(self.daemon_log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.agentd_cli", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "supervisor.parent.agentd_cli", "run", "-c", str(self.config_path)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, **{TAG_VAR: self.tag}),  # workers and agents inherit it: cleanup finds them all
         )
@@ -138,7 +138,7 @@ class TestDaemon:
     def agentctl(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run the real agentctl CLI against this daemon."""
         return subprocess.run(
-            [sys.executable, "-m", "supervisor.agentctl_main", "--run-dir", str(self.run_dir), *argv],
+            [sys.executable, "-m", "supervisor.ctl.agentctl_main", "--run-dir", str(self.run_dir), *argv],
             cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         )
 

@@ -1,0 +1,1 @@
+"""agentctl and the clients of the control socket and the heartbeat intake (docs/agentctl.md)."""

@@ -1,0 +1,85 @@
+"""What start, stop and restart share: selecting agents, acting on all at once, waiting for them to settle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from supervisor.parent.lifecycle import ActionResult, AgentProcess
+from supervisor.wire.states import AgentState
+
+
+class ActionArgs(BaseModel):
+    """Which agents, and whether (and how long) to wait for them to settle."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(default_factory=list)
+    all: bool = False
+    wait: bool = True
+    timeout: float = Field(default=50.0, ge=0, le=3600)
+    force: bool = False  # stop: SIGKILL the tree at once instead of stop_signal and stop_timeout
+
+
+class AgentOutcome(BaseModel):
+    """One agent's result: did the action succeed, where is it now, in words."""
+
+    id: str
+    ok: bool
+    state: str
+    pid: int | None
+    message: str
+
+
+class ActionResultList(BaseModel):
+    results: list[AgentOutcome]
+    pending: bool = False  # some agent had not settled within the timeout: still working
+
+
+async def run_action(
+    daemon,
+    args: ActionArgs,
+    act: Callable[[AgentProcess, float], ActionResult],
+    settled: Callable[[AgentProcess], bool],
+    describe: Callable[[AgentProcess, ActionResult], tuple[bool, str]],
+) -> ActionResultList:
+    """Apply `act` to every selected agent at once, then wait (in parallel) until each is `settled`."""
+    agents = daemon.registry.select(args.ids, args.all)
+    now = daemon.now()
+    immediate = {a.spec.id: act(a, now) for a in agents}
+    daemon.after_action()
+    if args.wait:
+        await asyncio.gather(*(daemon.wait_for_agent(a, settled, args.timeout) for a in agents if immediate[a.spec.id].ok))
+    out, pending = [], False
+    for a in agents:
+        res = immediate[a.spec.id]
+        if not res.ok:
+            ok, msg = False, res.message
+        elif args.wait and not settled(a):
+            ok, msg, pending = True, f"still {a.state.value} after {args.timeout:g}s ({a.reason})", True
+        else:
+            ok, msg = describe(a, res) if args.wait else (True, res.message)
+        pid = a.handle.pid if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING) else None
+        out.append(AgentOutcome(id=a.spec.id, ok=ok, state=a.state.value, pid=pid, message=msg))
+    return ActionResultList(results=out, pending=pending)
+
+
+def is_up_or_settled(agent: AgentProcess) -> bool:
+    """A start has settled once the agent runs, or is waiting for its first heartbeat, or has failed."""
+    return agent.state in (AgentState.RUNNING, AgentState.FAILED, AgentState.STOPPED, AgentState.RESTARTING) or (
+        agent.state == AgentState.STARTING and agent.spec.expects_heartbeat
+    )
+
+
+def describe_start(agent: AgentProcess, res: ActionResult) -> tuple[bool, str]:
+    """Say where a started agent ended up; an agent that died or failed is not a success."""
+    state = agent.state
+    old = f"; the old process needed {agent.stop_note}" if agent.stop_note and agent.started_by_restart else ""
+    if state == AgentState.RUNNING:
+        return True, f"running (pid {agent.handle.pid}){old}"
+    if state == AgentState.STARTING:
+        return True, f"started (pid {agent.handle.pid}), waiting for its first heartbeat"
+    if state == AgentState.RESTARTING:
+        return False, f"exited during start: {agent.reason}"
+    return False, f"{state.value}: {agent.reason}"

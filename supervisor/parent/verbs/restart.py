@@ -1,0 +1,17 @@
+"""`restart ID...|--all`: stop each agent's tree, then start it again."""
+
+from supervisor.parent.verbs.agent_actions import ActionArgs, ActionResultList, describe_start, is_up_or_settled, run_action
+from supervisor.wire.states import AgentState
+
+NAME = "restart"
+HELP = "Restart agents (stop the whole tree, then start)."
+Args = ActionArgs
+Result = ActionResultList
+
+
+def _settled(agent) -> bool:
+    return agent.state != AgentState.STOPPING and is_up_or_settled(agent)
+
+
+async def handle(daemon, args: Args) -> Result:
+    return await run_action(daemon, args, lambda a, now: a.restart(now), _settled, describe_start)

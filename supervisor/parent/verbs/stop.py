@@ -1,0 +1,23 @@
+"""`stop ID...|--all`: stop agents' whole process trees; they stay down until an operator starts them."""
+
+from supervisor.wire.states import DOWN_STATES
+from supervisor.parent.verbs.agent_actions import ActionArgs, ActionResultList, run_action
+
+NAME = "stop"
+HELP = "Stop agents (whole process tree; stays stopped until started)."
+Args = ActionArgs
+Result = ActionResultList
+
+
+def _settled(agent) -> bool:
+    return agent.state in DOWN_STATES
+
+
+def _describe(agent, res):
+    if res.message.startswith("already") and not res.message.startswith("already stopping"):
+        return True, res.message  # nothing was stopped now: an old stop's note does not apply
+    return True, f"stopped ({agent.stop_note})" if agent.stop_note else "stopped"
+
+
+async def handle(daemon, args: Args) -> Result:
+    return await run_action(daemon, args, lambda a, now: a.stop(now, force=args.force), _settled, _describe)

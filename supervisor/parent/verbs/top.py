@@ -1,0 +1,41 @@
+"""`top`: every agent's state, health and latest resource sample, plus agentd's own processes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from supervisor.wire.messages import ResourceSample
+from supervisor.wire.states import PROCESS_STATES
+from supervisor.parent.verbs.status import AgentStatus, agent_status
+
+NAME = "top"
+HELP = "Live resource view of agents and agentd's own processes."
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentTop(BaseModel):
+    status: AgentStatus
+    sample: ResourceSample | None  # None until the health worker has sampled this agent
+
+
+class Result(BaseModel):
+    agents: list[AgentTop]
+    agentd: list[ResourceSample]  # "agentd/parent", "agentd/<worker>"
+
+
+async def handle(daemon, args: Args) -> Result:
+    latest = daemon.history.latest()
+    now = daemon.now()
+    agents = []
+    for agent in daemon.registry:
+        sample = latest.get(agent.spec.id)
+        if sample is not None and sample.generation is not None and sample.generation != agent.generation:
+            sample = None  # belongs to a process that has since been replaced
+        if agent.state not in PROCESS_STATES:
+            sample = None  # nothing runs (failed, stopped, waiting to restart): the last figures are history
+        agents.append(AgentTop(status=agent_status(agent, now), sample=sample))
+    own = sorted((s for k, s in latest.items() if k.startswith("agentd/")), key=lambda s: s.agent_id)
+    return Result(agents=agents, agentd=own)
