@@ -10,11 +10,10 @@ import asyncio
 import json
 import logging
 import math
-import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 from supervisor import __version__
 from supervisor.config.schema import CollectorsSettings, ConfigError, ManagerSettings, TLSSettings, load_config
 from supervisor.wire.messages import AgentView
+from supervisor.common.backoff import Backoff
 from supervisor.common.metadata_store import iso_utc
 from supervisor.common.node_identity import node_id as stored_node_id
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
@@ -53,29 +53,10 @@ COUNTERS = (
 )
 
 
-class Backoff:
-    """Capped exponential backoff with jitter: base, 2·base, 4·base ... cap, each ±jitter."""
-
-    def __init__(self, base: float, cap: float, jitter: float = JITTER, rng: Callable[[], float] = random.random) -> None:
-        self.base = base
-        self.cap = cap
-        self.jitter = jitter
-        self.rng = rng
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2 ** min(self.failures, 30))
-        self.failures += 1
-        return delay * (1.0 + self.jitter * (2.0 * self.rng() - 1.0))
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 def backoff_for(settings: ManagerSettings) -> Backoff:
     """Backoff capped at the node heartbeat interval (at most 60 s), so states follow within one beat of a recovery."""
     cap = max(0.5, min(BACKOFF_CAP, settings.heartbeat_interval))
-    return Backoff(min(BACKOFF_BASE, cap / 4), cap)
+    return Backoff(min(BACKOFF_BASE, cap / 4), cap, jitter=JITTER)
 
 
 # ----------------------------------------------------------------------------------------------- TLS

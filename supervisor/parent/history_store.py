@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from supervisor.wire.messages import ResourceSample
+from supervisor.common.backoff import Backoff
 from supervisor.common.rate_limited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class HistoryStore:
         self._conn: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
         self._retry_at = 0.0
-        self._delay = _MIN_DELAY
+        self._backoff = Backoff(_MIN_DELAY, _MAX_DELAY)
         self._fault: str | None = None
         self._fault_failures = 0
         self._fault_logged_at = 0.0
@@ -564,8 +565,7 @@ class HistoryStore:
             self._fault, self._fault_logged_at = kind, now
         if kind == "error":
             self._drop_connection()  # a fresh connection may heal an I/O error or a recreated directory
-        delay = self._delay
-        self._delay = min(self._delay * 2, _MAX_DELAY)
+        delay = self._backoff.next_delay()
         self._retry_at = now + delay
         return delay
 
@@ -574,7 +574,7 @@ class HistoryStore:
             log.info("history database %s writable again after %d failed attempts", self.path, self._fault_failures)
         self._fault = None
         self._fault_failures = 0
-        self._delay = _MIN_DELAY
+        self._backoff.reset()
 
     def _trim_locked(self) -> int:
         """Drop the oldest batches beyond max_pending (caller holds the lock); returns samples dropped."""

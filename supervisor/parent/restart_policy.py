@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Literal
 
+from supervisor.common.backoff import step_delay
 from supervisor.config.schema import RestartPolicy
 
 
@@ -13,11 +14,6 @@ class RestartDecision:
     action: Literal["restart", "stay_stopped", "give_up"]
     delay: float = 0.0
     why: str = ""
-
-
-def backoff_delay(steps: list[float], attempt: int) -> float:
-    """Delay before restart number `attempt` (0-based); the last step repeats."""
-    return float(steps[min(attempt, len(steps) - 1)])
 
 
 def decide(policy: RestartPolicy, restart_count: int, clean_exit: bool, forced: bool) -> RestartDecision:
@@ -32,4 +28,4 @@ def decide(policy: RestartPolicy, restart_count: int, clean_exit: bool, forced: 
         return RestartDecision("stay_stopped", why="exited cleanly and restart policy is 'on-failure'")
     if policy.max_retries and restart_count >= policy.max_retries:
         return RestartDecision("give_up", why=f"gave up after {restart_count} restarts (max_retries {policy.max_retries})")
-    return RestartDecision("restart", delay=backoff_delay(policy.backoff_steps, restart_count))
+    return RestartDecision("restart", delay=step_delay(policy.backoff_steps, restart_count))

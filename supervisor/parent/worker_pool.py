@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
 from supervisor.parent.lifecycle import describe_exit
 from supervisor.wire.messages import WorkerBeat
+from supervisor.common.backoff import step_delay
 from supervisor.common.metadata_store import iso_utc
 from supervisor.parent.process_ops import SYSTEMD_ONLY_ENV
 from supervisor.common.stall_watch import Stall, StallWatch
@@ -190,7 +191,7 @@ class WorkerPool:
         if worker.started_mono and now - worker.started_mono >= RESPAWN_RESET_AFTER:
             worker.consecutive = 0
         if delay is None:
-            delay = RESPAWN_STEPS[min(worker.consecutive, len(RESPAWN_STEPS) - 1)]
+            delay = step_delay(RESPAWN_STEPS, worker.consecutive)
         worker.consecutive += 1
         worker.restarts += 1
         worker.causes[cause.split(" (")[0]] += 1
