@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -43,7 +44,8 @@ GLOBAL_CHOICES = [[], ["--json"], ["--run-dir", "/tmp/x"], ["--run-dir=/tmp/y"],
 TAIL_CHOICES = [["status"], ["status", "a", "b"], ["status", "--json"], ["status", "a", "--json", "b"], ["ping"], ["ping", "--json"],
                 ["stop", "--all", "--no-wait"], ["stop", "a", "b", "--no-wait"], ["stop", "--force", "a", "--json"],
                 ["stop", "--all", "--json", "--no-wait", "--force"], ["start", "a", "--json"], ["start", "--no-wait", "--all"],
-                ["restart", "--all", "--no-wait"], ["restart", "a", "--json"]]
+                ["restart", "--all", "--no-wait"], ["restart", "a", "--json"],
+                ["stop", "--all"], ["stop", "--force", "a", "b"], ["start", "a"], ["restart", "--all"]]
 
 
 @pytest.mark.parametrize("globals_", [list(itertools.chain(*c)) for n in range(3) for c in itertools.combinations(GLOBAL_CHOICES, n)])
@@ -81,8 +83,6 @@ def test_quick_path_reads_a_command_line_as_click_does(globals_, tail):
     (["--run-dir", __file__, "status"], {}),  # a file: click says so
     (["--bogus", "status"], {}),
     (["status", "--", "a"], {}),
-    (["stop", "--all"], {}),  # waiting, with a table: the click CLI shows progress
-    (["restart", "a"], {}),
     (["stop"], {}),  # neither ids nor --all
     (["stop", "a", "--all"], {}),  # both
     (["start", "--force", "a", "--json"], {}),  # --force is stop's
@@ -149,8 +149,34 @@ def test_quick_and_full_actions_print_the_same(agentd):
     agentd.wait_state("b", "running")
 
 
+PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d\S* \S+: ")  # supervisor/ctl/progress.py, not a terminal
+
+
+def test_quick_and_full_actions_print_the_same_while_waiting(agentd):
+    """Waiting with a person watching: the same final table and exit code on both paths, with progress."""
+    stubborn = agentd.helper_agent("stubborn", "ignore-term", stop_timeout=1)
+    agentd.write_config([stubborn, agentd.helper_agent("meek", "well-behaved")])
+    agentd.start()
+    agentd.wait_state("stubborn", "running")
+    agentd.wait_state("meek", "running")
+    base = ["--run-dir", str(agentd.run_dir)]
+    for module in ("supervisor.agentctl_main", "supervisor.agentctl"):
+        stopped = run(*base, "stop", "--all", module=module)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert any(PROGRESS_LINE.match(ln) and "stubborn: stopping" in ln for ln in stopped.stdout.splitlines()), stopped.stdout
+        final = [ln for ln in stopped.stdout.splitlines() if not PROGRESS_LINE.match(ln)]
+        assert "stopped (SIGKILL after 1s" in "\n".join(final), stopped.stdout
+        started = run(*base, "start", "--all", module=module)
+        assert started.returncode == 0, started.stdout + started.stderr
+        agentd.wait_state("stubborn", "running")
+    assert run(*base, "stop", "meek", module="supervisor.ctl.agentctl_main").returncode == 0
+    for argv in (["stop", "meek"], ["stop", "--force", "meek"], ["start", "nope"]):  # "already stopped"; exit 1
+        quick, full = run(*base, *argv, module="supervisor.ctl.agentctl_main"), run(*base, *argv, module="supervisor.ctl.agentctl")
+        assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr), argv
+
+
 def test_quick_path_against_no_daemon_says_so_like_the_full_cli(tmp_path):
-    for argv in (["status"], ["--json", "ping"]):
+    for argv in (["status"], ["--json", "ping"], ["stop", "--all"]):
         quick = run("--run-dir", str(tmp_path), *argv, module="supervisor.ctl.agentctl_main")
         full = run("--run-dir", str(tmp_path), *argv, module="supervisor.ctl.agentctl")
         assert quick.returncode == full.returncode == 3

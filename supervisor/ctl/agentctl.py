@@ -279,37 +279,12 @@ def _action(click_ctx: click.Context, verb: str, ids: tuple[str, ...], all_: boo
 
 
 def _call_with_progress(c: Ctx, verb: str, args: ActionArgs, ids: list[str]) -> dict[str, Any]:
-    """Run the action in a thread and show each agent's progress from `status` until it answers."""
-    import threading
+    from supervisor.ctl.progress import call_with_progress
 
-    from supervisor.ctl.progress import Progress
-
-    outcome: dict[str, Any] = {}
-
-    def act() -> None:
-        try:
-            outcome["result"] = c.client.call(verb, args, timeout=c.timeout)
-        except ClientError as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=act, daemon=True)
-    worker.start()
-    progress = Progress(verb)
     try:
-        while worker.is_alive():
-            worker.join(0.3)
-            if worker.is_alive():
-                try:
-                    agents = c.client.call(status_verb.NAME, status_verb.Args(ids=ids), timeout=2.0)["agents"]
-                except ClientError:
-                    continue  # progress is best effort; the action's own answer decides
-                progress.update(agents)
-    finally:
-        progress.finish()
-    if "error" in outcome:
-        exc = outcome["error"]
+        return call_with_progress(c.client, verb, args, ids, c.timeout)
+    except ClientError as exc:
         fail(str(exc), exc.exit_code, c.as_json, getattr(exc, "code", None))
-    return outcome["result"]
 
 
 def _action_command(verb: str, help_text: str, default_timeout: float, with_force: bool = False):

@@ -4,8 +4,8 @@ An operator runs `agentctl status` all day, so it must answer in well under 100 
 (supervisor/ctl/agentctl.py) imports click, pydantic and the config schema, which alone take several
 times that. The quick path imports only the control client, ZeroMQ and the table code. It takes only
 plain command lines: `[--run-dir DIR] [--timeout S] [--json] VERB ...` where VERB is `status [ID...]`,
-`ping`, or `start|stop|restart ID...|--all` with `--no-wait` or `--json` (`stop` also `--force`; waiting
-for a person, the click CLI shows progress), with the run dir from
+`ping`, or `start|stop|restart ID...|--all [--no-wait]` (`stop` also `--force`; waiting for a person, each
+agent's progress is shown as the click CLI shows it, supervisor/ctl/progress.py), with the run dir from
 --run-dir, $AGENTD_RUN_DIR or /run/agentd. Anything else (-c FILE or $AGENTD_CONFIG, --help, other
 verbs or options, a wrong combination) goes to the click CLI, which also gives the error messages.
 See docs/decisions.md, "A quick path for agentctl status".
@@ -103,8 +103,6 @@ def quick_call(argv: list[str], env: Mapping[str, str]) -> QuickCall | None:
     if verb in ACTION_TIMEOUTS:
         if bool(ids) == ("--all" in flags):
             return None  # neither or both: the click CLI says how to call it
-        if "--no-wait" not in flags and not as_json:
-            return None  # waiting with a human watching: the click CLI shows each agent's progress
         timeout = ACTION_TIMEOUTS[verb] if timeout is None else timeout
     if run_dir is None:
         if env.get("AGENTD_CONFIG"):
@@ -146,8 +144,13 @@ def run_quick(call: QuickCall) -> None:
     from supervisor.ctl.status_view import render_action, render_ping, render_status
     from supervisor.ctl.tables import printable
 
+    client = ControlClient(call.run_dir, call.timeout)
     try:
-        result = ControlClient(call.run_dir, call.timeout).call(call.verb, request_args(call), timeout=call.timeout)
+        if call.verb in ACTION_TIMEOUTS and "--no-wait" not in call.flags and not call.as_json:
+            client.check_reachable()  # as below: when agentd is not there, the full CLI says so
+            result = _progress_call(client, call)
+        else:
+            result = client.call(call.verb, request_args(call), timeout=call.timeout)
     except DaemonUnavailable:
         # Nothing was sent (the client checks before it connects). The full CLI says how agentd was
         # looked for, and shows what it left on disk when it can: let it answer.
@@ -173,11 +176,27 @@ def run_quick(call: QuickCall) -> None:
             sys.exit(EXIT_PENDING)
 
 
+def _progress_call(client, call: QuickCall) -> dict:
+    """The action with each agent's progress shown while it runs; a failure after the start is the
+    click CLI's message (supervisor/ctl/agentctl.py, _call_with_progress)."""
+    from supervisor.ctl.control_client import ClientError
+    from supervisor.ctl.progress import call_with_progress
+
+    try:
+        return call_with_progress(client, call.verb, request_args(call), call.ids, call.timeout)
+    except ClientError as exc:
+        fail(str(exc), exc.exit_code, call.as_json, getattr(exc, "code", None))
+
+
 def main() -> None:
     """Console-script entry point."""
     call = quick_call(sys.argv[1:], os.environ)
     if call is not None:
-        run_quick(call)
+        try:
+            run_quick(call)
+        except KeyboardInterrupt:
+            print("\nAborted!", file=sys.stderr, flush=True)  # what click prints on Ctrl-C, and its exit code
+            sys.exit(1)
         return
     from supervisor.ctl.agentctl import main as full_cli
 

@@ -2,7 +2,8 @@
 plain lines (one per change) when the output is a file or a pipe.
 
 The action itself runs as one request; progress comes from `status` polled beside it, so what agentd
-does and what agentctl shows cannot drift apart.
+does and what agentctl shows cannot drift apart. Free of click and pydantic: agentctl's quick path
+(supervisor/ctl/agentctl_main.py) waits through it too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import time
 from typing import Any, TextIO
 
 from supervisor.common import timefmt
-from supervisor.config.units import format_duration
+from supervisor.common.human_format import format_duration
+
+POLL_INTERVAL = 0.3  # seconds between status polls while the action runs
 
 
 def describe(agent: dict[str, Any]) -> str:
@@ -66,3 +69,40 @@ class Progress:
             self.out.write(f"\x1b[{self.drawn}F\x1b[J")
             self.out.flush()
             self.drawn = 0
+
+
+def call_with_progress(client, verb: str, args: Any, ids: list[str], timeout: float, out: TextIO | None = None) -> dict[str, Any]:
+    """Run the action `verb` in a thread and show each agent's progress from `status` until it answers.
+
+    Returns the action's result; raises its ClientError. No status is polled before Progress would show
+    anything, so a stop that is over within the delay costs agentd no status requests."""
+    import threading
+
+    from supervisor.ctl.control_client import ClientError
+
+    outcome: dict[str, Any] = {}
+
+    def act() -> None:
+        try:
+            outcome["result"] = client.call(verb, args, timeout=timeout)
+        except ClientError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=act, daemon=True)
+    worker.start()
+    progress = Progress(verb, out)
+    try:
+        worker.join(progress.delay)
+        while worker.is_alive():
+            try:
+                agents = client.call("status", {"ids": ids} if ids else None, timeout=2.0)["agents"]
+            except ClientError:
+                pass  # progress is best effort; the action's own answer decides
+            else:
+                progress.update(agents)
+            worker.join(POLL_INTERVAL)
+    finally:
+        progress.finish()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
