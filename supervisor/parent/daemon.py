@@ -503,18 +503,21 @@ class Daemon:
         self._persist_dirty()
         self.wake()
 
-    async def wait_for_agent(self, agent: AgentProcess, settled, timeout: float) -> bool:
-        """Wait until `settled(agent)` holds or `timeout` passes; never blocks the loop."""
+    async def wait_for_agents(self, agents: list[AgentProcess], settled, timeout: float) -> None:
+        """Wait until `settled(agent)` holds for every agent or `timeout` passes; never blocks the loop.
+
+        One waiter for all of them: one waiter per agent made each of 200 transitions wake 200 coroutines."""
         deadline = self.now() + timeout
-        while not settled(agent):
+        waiting = [a for a in agents if not settled(a)]
+        while waiting:
             remaining = deadline - self.now()
             if remaining <= 0:
-                return False
+                return
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
-                return settled(agent)
-        return True
+                return
+            waiting = [a for a in waiting if not settled(a)]
 
     # ----------------------------------------------------------------- control
 
@@ -820,7 +823,7 @@ class Daemon:
                 agent.stop(now, reason="agentd shutdown", operator=False)
             self._persist_dirty()
             limit = max((a.spec.stop_timeout for a in agents), default=0) + 10
-            waiter = asyncio.gather(*(self.wait_for_agent(a, lambda a: a.state in DOWN_STATES, limit) for a in agents))
+            waiter = asyncio.ensure_future(self.wait_for_agents(agents, lambda a: a.state in DOWN_STATES, limit))
             ticker = asyncio.create_task(self._supervise_until(waiter))
             await waiter
             ticker.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,7 +49,7 @@ async def run_action(
     immediate = {a.spec.id: act(a, now) for a in agents}
     daemon.after_action()
     if args.wait:
-        await asyncio.gather(*(daemon.wait_for_agent(a, settled, args.timeout) for a in agents if immediate[a.spec.id].ok))
+        await daemon.wait_for_agents([a for a in agents if immediate[a.spec.id].ok], settled, args.timeout)
     out, pending = [], False
     for a in agents:
         res = immediate[a.spec.id]
