@@ -160,7 +160,7 @@ def test_quick_and_full_actions_print_the_same_while_waiting(agentd):
     agentd.wait_state("stubborn", "running")
     agentd.wait_state("meek", "running")
     base = ["--run-dir", str(agentd.run_dir)]
-    for module in ("supervisor.agentctl_main", "supervisor.agentctl"):
+    for module in ("supervisor.ctl.agentctl_main", "supervisor.ctl.agentctl"):
         stopped = run(*base, "stop", "--all", module=module)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert any(PROGRESS_LINE.match(ln) and "stubborn: stopping" in ln for ln in stopped.stdout.splitlines()), stopped.stdout
