@@ -1,4 +1,5 @@
-"""agentd parent process: registry, lifecycle, metadata, control."""
+"""agentd: the parent daemon, agentctl and what they share, in subpackages by role (docs/architecture.md).
 
-__version__ = "0.1.0"
-PROTOCOL_VERSION = 1  # of the control envelope (supervisor/wire/protocol.py); here so that agentctl needs no pydantic for it
+Deliberately empty: supervisord's package has the same import name and its installer overwrites this
+file; with nothing here, both keep working side by side (docs/decisions.md, "The import name `supervisor`").
+"""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from tests.support import promtool as pt
 from tests.support.wait import wait_until
 

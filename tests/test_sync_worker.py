@@ -24,7 +24,7 @@ import grpc
 import grpc.aio
 import pytest
 
-import supervisor
+from supervisor.wire.version import __version__ as agentd_version
 from supervisor.config.schema import ManagerSettings
 from supervisor.wire.messages import AgentView
 from supervisor.wire.proto import daemon_pb2, manager_pb2, manager_pb2_grpc
@@ -194,7 +194,7 @@ def test_registers_with_real_facts_and_syncs_changes(agentd, tmp_path):
         assert node["hostname"] == socket.gethostname()
         assert node["arch"] == go_arch(platform.machine()) and node["os"] == platform.system().lower()
         assert node["labels"] == {"env": "test", "rack": "r1"}
-        assert node["daemon_version"] == supervisor.__version__
+        assert node["daemon_version"] == agentd_version
         assert node["ip"] and node["ip"] != "0.0.0.0"
         wait_until(lambda: manager_matches(manager, agentd), timeout=30, message="initial states in the Manager")
         assert manager.states()["web"]["type"] == "custom"

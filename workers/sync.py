@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 from pydantic import ValidationError
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from supervisor.config.schema import CollectorsSettings, ConfigError, ManagerSettings, TLSSettings, load_config
 from supervisor.wire.messages import AgentView
 from supervisor.common.backoff import Backoff

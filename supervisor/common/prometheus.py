@@ -12,7 +12,7 @@ import platform
 from prometheus_client import exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from supervisor.wire.states import DOWN_STATES, AgentState
 
 CONTENT_TYPE = exposition.CONTENT_TYPE_PLAIN_0_0_4  # both renderers concatenate into one 0.0.4 text

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from supervisor.common import timefmt
 from supervisor.ctl.agentctl_main import DEFAULT_CONFIG, DEFAULT_RUN_DIR, EXIT_AGENT_FAILED, EXIT_FAILED, EXIT_PENDING, fail
 from supervisor.config.schema import ConfigError, load_config

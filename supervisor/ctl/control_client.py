@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from supervisor import PROTOCOL_VERSION
+from supervisor.wire.version import PROTOCOL_VERSION
 from supervisor.common.pidfile import PidFile
 
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from supervisor.config.schema import ConfigError, check_accounts, check_binaries, check_tls_files, dump_effective, load_config
 from supervisor.common.logging_setup import setup_logging
 from supervisor.common.pidfile import AlreadyRunning

@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from supervisor.common.cgroups import CgroupError, detect as detect_tracking
 from supervisor.config.schema import Config, ConfigError, load_config
 from supervisor.parent.control_server import ControlServer

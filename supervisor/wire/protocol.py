@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from supervisor import PROTOCOL_VERSION
+from supervisor.wire.version import PROTOCOL_VERSION
 
 __all__ = ["PROTOCOL_VERSION", "MAX_MESSAGE_BYTES", "ErrorCode", "ControlError", "Request", "ErrorInfo", "Reply", "error_reply"]
 MAX_MESSAGE_BYTES = 1 << 20  # larger control messages are refused unread

@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict
 
-from supervisor import __version__
+from supervisor.wire.version import __version__
 from supervisor.wire.protocol import PROTOCOL_VERSION
 
 NAME = "version"
