@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.config.schema import parse_config
-from supervisor.parent.lifecycle import AgentProcess, ProcessHandle, SpawnError
+from supervisor.parent.lifecycle import AgentProcess
+from supervisor.parent.process_handle import ProcessHandle, SpawnError
 from supervisor.common.metadata_store import AgentRecord
 from supervisor.wire.states import AgentState as S
 

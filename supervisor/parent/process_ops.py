@@ -25,7 +25,7 @@ from supervisor.parent.agent_config_check import check_agent_config
 from supervisor.config.schema import AgentSpec
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
 from supervisor.parent.heartbeat_secrets import ENV_VAR as HEARTBEAT_TOKEN_ENV
-from supervisor.parent.lifecycle import ProcessHandle, SpawnError
+from supervisor.parent.process_handle import ProcessHandle, SpawnError
 from supervisor.common.metadata_store import parse_iso
 from supervisor.parent.log_files import open_agent_log
 from supervisor.common.proc_table import ProcessTable, boot_id, is_same_process, read_stat, start_ticks

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
-from supervisor.parent.lifecycle import describe_exit
+from supervisor.parent.process_handle import describe_exit
 from supervisor.wire.messages import WorkerBeat
 from supervisor.common.backoff import step_delay
 from supervisor.common.metadata_store import iso_utc
