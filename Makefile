@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-stress venv clean proto proto-check bench
+.PHONY: run test test-unit test-stress venv clean proto proto-check bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The fast loop: tests/unit only (no processes, no sockets to other processes; about 20 s).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # The whole suite with every core kept busy (stress-ng, installed if missing): run it before submitting.
 test-stress: $(STAMP)

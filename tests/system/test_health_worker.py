@@ -32,7 +32,7 @@ from supervisor.wire.protocol import Reply, Request
 from tests.support.processes import kill_tree
 from tests.support.wait import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 PUBLISH_EVERY = 0.2  # heartbeat times; the real parent publishes every second
 FAST = {"interval": 0.5, "heartbeat_timeout": 1.0, "startup_grace": 1.0, "threshold_duration": 1.0}

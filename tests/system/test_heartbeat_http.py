@@ -33,7 +33,7 @@ from supervisor.wire.protocol import Reply, Request
 from tests.support.wait import wait_until
 from supervisor.common.prometheus import Exposition
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
 REQUEST_TIMEOUT = 1.0
 MAX_BODY = 65536
@@ -118,7 +118,7 @@ class Worker:
         fd = self.listener.fileno()
         self.log = parent.dir / f"{name}.log"
         # The test process sends for the agents from outside their trees: the sender check is off here and
-        # exercised with real agents in tests/test_hostile_identity.py.
+        # exercised with real agents in tests/system/test_hostile_identity.py.
         conf = {"listen": "127.0.0.1:0", "processes": 1, "max_body": MAX_BODY, "request_timeout": REQUEST_TIMEOUT, "verify_sender": False}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(

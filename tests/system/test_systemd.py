@@ -17,7 +17,7 @@ import pytest
 from supervisor.parent.sd_notify import MIN_PING_INTERVAL, Watchdog, watchdog_interval
 from tests.support.wait import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "etc" / "agentd.service"
 
 

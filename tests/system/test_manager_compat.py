@@ -17,11 +17,11 @@ import grpc
 import pytest
 
 from tests.support.wait import wait_until
-from tests.test_sync_worker import dev_manager
+from tests.system.test_sync_worker import dev_manager
 from workers.node_facts import go_arch
 
 NODE = "compat-node"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OVERVIEW_TIMEOUT = 40
 
 

@@ -131,7 +131,7 @@ def test_mainpid_hands_the_agent_over_to_a_forked_daemon(agentd):
 @pytest.mark.skipif(os.geteuid() != 0, reason="running an agent as another user needs root")
 def test_notify_and_cgroup_placement_work_for_an_agent_running_as_another_user(agentd):
     """The notify socket is owned by the agent's user; the cgroup move happens after the uid change."""
-    from tests.test_cgroup_agents import MOUNT, remove_tree
+    from tests.system.test_cgroup_agents import MOUNT, remove_tree
 
     from tests.support.daemon import HELPER
 

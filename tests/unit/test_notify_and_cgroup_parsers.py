@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from supervisor.common.cgroups import Mount, cgroup2_mounts, cgroup_name, detect, flat_keyed, limit_values, unified_path
 from supervisor.parent.notify_socket import NotifyMessage, parse_notify
 from supervisor.wire.states import AgentState as S
-from tests.test_lifecycle import FakeOps, new_agent
+from tests.unit.test_lifecycle import FakeOps, new_agent
 
 HYBRID = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

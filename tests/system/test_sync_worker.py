@@ -34,7 +34,7 @@ from tests.support.wait import wait_until
 from workers.node_facts import go_arch
 from workers.sync import ManagerSync, backoff_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NODE = "node-under-test"
 
 

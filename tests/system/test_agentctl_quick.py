@@ -19,7 +19,7 @@ from supervisor.wire.protocol import PROTOCOL_VERSION, Request
 from supervisor.parent.verbs import status as status_verb
 from supervisor.parent.verbs.agent_actions import ActionArgs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def click_reading(argv: list[str], env: dict[str, str]) -> QuickCall:

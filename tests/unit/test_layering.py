@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Which top-level packages each layer may import from this project.
 ALLOWED = {
     "supervisor.wire": {"supervisor.wire"},

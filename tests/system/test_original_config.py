@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from supervisor.config.schema import ConfigError, load_config, parse_config
 from supervisor.config.original_config import FORMAT_WARNING, apply_env, backoff_steps, is_original, translate
 
-FIXTURES = Path(__file__).parent / "fixtures" / "original"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "original"
 SHIPPED = sorted(p.name for p in FIXTURES.glob("*.yaml"))
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 
 

@@ -20,10 +20,10 @@ from supervisor.config.schema import ManagerAPISettings, TLSSettings
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from tests.support.daemon import TestDaemon, processes_tagged
 from tests.support.wait import wait_until
-from tests.test_sync_worker import make_cert
+from tests.system.test_sync_worker import make_cert
 from workers.manager_api import StartupError, check_exposure
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-tests"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 RPC_TIMEOUT = 10

@@ -24,7 +24,7 @@ from tests.support.daemon import ROOT, TAG_VAR, processes_tagged
 from tests.support.wait import read_markers, wait_until
 
 FAST = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
-WALLCLOCK_SHIM = Path(__file__).resolve().parent / "support" / "wallclock"
+WALLCLOCK_SHIM = Path(__file__).resolve().parents[1] / "support" / "wallclock"
 
 
 def _workers(agentd):

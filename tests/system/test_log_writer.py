@@ -52,7 +52,7 @@ def test_log_writer_flushes_an_unfinished_line_and_ends_with_the_agent(tmp_path)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     writer = subprocess.Popen([sys.executable, "-I", "supervisor/parent/log_writer.py", str(log), str(out_r), str(err_r)],
-                              pass_fds=(out_r, err_r), cwd=os.path.dirname(os.path.dirname(__file__)))
+                              pass_fds=(out_r, err_r), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     os.close(out_r)
     os.close(err_r)
     try:

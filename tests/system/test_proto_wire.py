@@ -14,7 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Written by hand from docs/manager-link.md, never derived from the .proto files, so that a change to a
 # .proto file has to be made here as well, on purpose. Field spec: (number, "type"), where type is a

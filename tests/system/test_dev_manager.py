@@ -18,7 +18,7 @@ import pytest
 
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, manager_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEV_MANAGER = ROOT / "examples" / "dev_manager.py"
 RPC_TIMEOUT = 5.0
 

@@ -9,7 +9,7 @@ import pytest
 
 from supervisor.common.pidfile import AlreadyRunning, PidFile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _python(code, **kw):

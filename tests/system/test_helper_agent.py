@@ -21,8 +21,8 @@ import pytest
 from tests.support.processes import ProcessTracker, descendants, kill_tree, pid_alive
 from tests.support.wait import read_markers, wait_for_marker, wait_until
 
-HELPER = Path(__file__).resolve().parent / "support" / "helper_agent.py"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+HELPER = Path(__file__).resolve().parents[1] / "support" / "helper_agent.py"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def clean_env(**extra: str) -> dict[str, str]:

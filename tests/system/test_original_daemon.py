@@ -14,8 +14,8 @@ from pathlib import Path
 from tests.support.daemon import HELPER
 from tests.support.wait import wait_until
 
-FIXTURES = Path(__file__).parent / "fixtures" / "original"
-ORIGINAL_AGENT = Path(__file__).parent / "support" / "original_agent.py"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "original"
+ORIGINAL_AGENT = Path(__file__).parents[1] / "support" / "original_agent.py"
 
 
 def legacy_config(base: Path) -> str:

@@ -25,7 +25,7 @@ from supervisor.wire.protocol import Reply, Request
 from tests.support.processes import kill_tree, pid_alive
 from tests.support.wait import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_LINE = 1024
 
 # Sends base64-decoded bytes on the heartbeat socket, then reports whether the worker closed the connection.

@@ -15,7 +15,7 @@ from supervisor.wire.version import __version__
 from tests.support import promtool as pt
 from tests.support.wait import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "etc" / "prometheus" / "agentd-alerts.yml"
 DASHBOARD = ROOT / "etc" / "grafana" / "agentd-dashboard.json"
 
