@@ -53,7 +53,7 @@ def test_every_relative_link_resolves():
 
 def test_every_doc_is_linked_from_the_readme():
     readme = (ROOT / "README.md").read_text()
-    missing = [p.name for p in DOCS[1:] if f"docs/{p.name}" not in readme]
+    missing = [p.name for p in DOCS[1:] if f"]({p.relative_to(ROOT)})" not in readme]
     assert not missing, f"docs not linked from README.md: {missing}"
 
 
