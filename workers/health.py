@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from supervisor.config.schema import ResourcesSettings
 from supervisor.wire.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
 from supervisor.common.stall_watch import StallWatch
-from workers.health_judge import UP_STATES, HealthJudge, HealthRules, rules_of
+from supervisor.wire.states import UP_STATES
+from workers.health_judge import HealthJudge, HealthRules, rules_of
 from workers.link import WorkerLink
 from workers.tree_sampler import TreeSampler
 from workers.runner import begin_process, load_worker_settings, start_link, stop_event, worker_arg_parser

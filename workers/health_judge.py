@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from supervisor.config.schema import HealthCheck
 from supervisor.wire.messages import AgentHealth, AgentView, ResourceSample, Verdict
+from supervisor.wire.states import UP_STATES
 from supervisor.config.units import format_bytes
 
-UP_STATES = frozenset({"starting", "running"})
 MIN_STARTUP_GRACE = 30.0  # docs/health.md: startup_grace defaults to max(heartbeat_timeout, 30 s)
 _DEFAULTS = {name: field.default for name, field in HealthCheck.model_fields.items()}
 

@@ -17,10 +17,11 @@ from typing import Callable
 from supervisor.common.cgroups import MOUNTINFO, Mount, cgroup2_mounts
 from supervisor.config.schema import AGENT_ID_PATTERN
 from supervisor.wire.messages import AgentView, Heartbeat
+from supervisor.wire.states import UP_STATES
 from supervisor.config.units import describe_value
 
 __all__ = [
-    "AgentDirectory", "HeartbeatRejected", "LIVE_STATES", "NCPU", "decode_json", "parse_heartbeat", "parse_json",
+    "AgentDirectory", "HeartbeatRejected", "NCPU", "decode_json", "parse_heartbeat", "parse_json",
     "report_bad_timestamps",
 ]
 
@@ -29,7 +30,6 @@ CPU_LIMIT = 100 * NCPU
 MAX_TEXT = 256
 MAX_PID = 2**31 - 1  # the Manager's wire types are int32
 MAX_MEMORY = 2**63 - 1  # SQLite and protobuf integers are 64-bit
-LIVE_STATES = frozenset({"starting", "running"})
 MAX_TREE_DEPTH = 256  # a ppid chain longer than this is treated as "not in tree" rather than walked on
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
 _RFC3339 = re.compile(
@@ -386,7 +386,7 @@ class AgentDirectory:
 
     def check_pid(self, agent: AgentView, pid: int) -> None:
         """Accept pid if it is the agent's live pid, a descendant of it, or in its process group."""
-        if agent.state not in LIVE_STATES or agent.pid is None:
+        if agent.state not in UP_STATES or agent.pid is None:
             raise HeartbeatRejected(400, "agent_not_running", f"agent {agent.id!r} is not running (state {agent.state})")
         if pid == agent.pid:
             return
@@ -488,7 +488,7 @@ class AgentDirectory:
             if pid is None:
                 raise _invalid("pid: required")
         # The agent's own pid is the common case and needs no tree walk; check_pid decides everything else.
-        if pid != agent.pid or agent.state not in LIVE_STATES:
+        if pid != agent.pid or agent.state not in UP_STATES:
             self.check_pid(agent, pid)
         fields["agent_id"] = agent.id
         fields["pid"] = pid

@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import sys
 import uuid
@@ -21,12 +20,12 @@ import grpc.aio
 import zmq
 from pydantic import ValidationError
 
-from supervisor.config.schema import ConfigError, ManagerAPISettings, TLSSettings, load_config, split_listen
+from supervisor.config.schema import ManagerAPISettings, TLSSettings, split_listen
 from supervisor.wire.protocol import ErrorCode, Reply, Request
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from workers.link import WorkerLink
 from workers.tls_files import read_pem, tls_wanted
-from workers.runner import StartupError, begin_process, stop_event, worker_arg_parser
+from workers.runner import StartupError, begin_process, json_object, read_worker_settings, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.manager_api")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
@@ -362,31 +361,19 @@ async def _run(run_dir: Path, name: str, settings: ManagerAPISettings, creds, no
     return 0
 
 
+def _from_json(doc, loaded: tuple) -> tuple[ManagerAPISettings, str | None]:
+    return ManagerAPISettings.model_validate(json_object(doc).get("manager_api") or {}), doc.get("node_id") or loaded[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; 0 on a clean stop, 2 when it cannot start."""
     args = _parse_args(argv)
     begin_process(args)
-    run_dir = args.run_dir
-    settings = ManagerAPISettings()
-    node_id = None
-    try:
-        if args.config is not None:
-            config = load_config(args.config)
-            settings = config.manager_api
-            run_dir = run_dir or config.daemon.run_dir
-            node_id = config.daemon.id
-        if args.settings is not None:
-            doc = json.loads(args.settings)
-            if not isinstance(doc, dict):
-                raise ValueError("must be a JSON object")
-            settings = ManagerAPISettings.model_validate(doc.get("manager_api") or {})
-            node_id = doc.get("node_id") or node_id
-    except ConfigError as exc:
-        log.error("%s", exc)
+    default = (ManagerAPISettings(), None)
+    loaded = read_worker_settings(args, default, lambda config: (config.manager_api, config.daemon.id), _from_json, need_run_dir=False)
+    if loaded is None:
         return 2
-    except (ValueError, ValidationError) as exc:
-        log.error("--settings: %s", exc)
-        return 2
+    run_dir, (settings, node_id) = loaded
     try:
         if run_dir is None:
             raise StartupError("--run-dir is required without --config")

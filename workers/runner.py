@@ -129,33 +129,48 @@ async def start_link(link: WorkerLink, stop: asyncio.Event) -> bool:
     return True
 
 
-def load_worker_settings(args: argparse.Namespace, model, from_config, *, section: str | None = None):
-    """(run_dir, settings) from --config and/or --settings (the JSON is the model itself, or the
-    object under `section`); logs the problem and returns None when the worker cannot start."""
-    run_dir, settings = args.run_dir, model()
+def json_object(doc):
+    """`doc` if it is a JSON object; ValueError (reported as a --settings problem) otherwise."""
+    if not isinstance(doc, dict):
+        raise ValueError("must be a JSON object")
+    return doc
+
+
+def read_worker_settings(args: argparse.Namespace, default, from_config, from_json, *, need_run_dir: bool = True):
+    """(run_dir, settings): `default`, then `from_config(config)` for --config, then `from_json(doc, settings)`
+    for --settings. The one place a worker reads its settings; logs the problem and returns None when the
+    worker cannot start (with `need_run_dir` False the caller words a missing run dir itself)."""
+    run_dir, settings = args.run_dir, default
     try:
         if args.config is not None:
             config = load_config(args.config)
             settings = from_config(config)
             run_dir = run_dir or config.daemon.run_dir
         if args.settings is not None:
-            doc = json.loads(args.settings)
-            if section is not None:
-                if not isinstance(doc, dict):
-                    raise ValueError("must be a JSON object")
-                doc = doc.get(section) or {}
-            # Validated from Python objects: path types refuse their own JSON dump in JSON mode.
-            settings = model.model_validate(doc)
+            settings = from_json(json.loads(args.settings), settings)
     except ConfigError as exc:
         log.error("%s", exc)
         return None
     except (ValueError, ValidationError) as exc:
         log.error("--settings: %s", exc)
         return None
-    if run_dir is None:
+    if run_dir is None and need_run_dir:
         log.error("--run-dir is required without --config")
         return None
     return run_dir, settings
+
+
+def load_worker_settings(args: argparse.Namespace, model, from_config, *, section: str | None = None):
+    """(run_dir, settings) for a worker whose settings are one model: the --settings JSON is the model
+    itself, or the object under `section`; None (logged) when the worker cannot start."""
+
+    def from_json(doc, _settings):
+        if section is not None:
+            doc = json_object(doc).get(section) or {}
+        # Validated from Python objects: path types refuse their own JSON dump in JSON mode.
+        return model.model_validate(doc)
+
+    return read_worker_settings(args, model(), from_config, from_json)
 
 
 async def serve_intake(link: WorkerLink, server, sock, where: str) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import sys
@@ -17,10 +16,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from pydantic import ValidationError
 
 from supervisor.wire.version import __version__
-from supervisor.config.schema import CollectorsSettings, ConfigError, ManagerSettings, TLSSettings, load_config
+from supervisor.config.schema import CollectorsSettings, ManagerSettings, TLSSettings
 from supervisor.wire.messages import AgentView
 from supervisor.common.backoff import Backoff
 from supervisor.common.metadata_store import iso_utc
@@ -30,7 +28,7 @@ from workers.link import WorkerLink
 from workers.node_facts import node_facts
 from workers.node_metrics import collectors_for, reading, system_values
 from workers.tls_files import read_pem, tls_wanted
-from workers.runner import StartupError, begin_process, start_link, stop_event, worker_arg_parser
+from workers.runner import StartupError, begin_process, json_object, read_worker_settings, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.sync")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
@@ -445,47 +443,36 @@ async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str
     await link.close()
 
 
-def _load(args: argparse.Namespace) -> tuple[Path | None, ManagerSettings, str | None, CollectorsSettings, str | None]:
-    run_dir = args.run_dir
-    settings = ManagerSettings()
-    collectors = CollectorsSettings.all_on()
-    node_id = data_dir = api_listen = None
-    if args.config is not None:
-        config = load_config(args.config)
-        settings = config.manager
-        collectors = config.collectors
-        api_listen = config.manager_api.listen
-        run_dir = run_dir or config.daemon.run_dir
-        data_dir = config.daemon.data_dir
-        if settings.address:  # no node_id file is created for a config that has no Manager
-            node_id = stored_node_id(config.daemon.id, data_dir)
-    if args.settings is not None:
-        doc = json.loads(args.settings)
-        if not isinstance(doc, dict):
-            raise ValueError("must be a JSON object")
-        unknown = set(doc) - {"manager", "node_id", "data_dir", "collectors", "api_listen"}
-        if unknown:
-            log.warning("--settings: ignoring unknown keys %s", ", ".join(sorted(unknown)))
-        settings = ManagerSettings.model_validate(doc.get("manager") or {})
-        if doc.get("collectors") is not None:
-            collectors = CollectorsSettings.model_validate(doc["collectors"])
-        api_listen = doc.get("api_listen") or api_listen
-        node_id = doc.get("node_id") or node_id
-    return run_dir, settings, node_id, collectors, api_listen
+SETTINGS_KEYS = {"manager", "node_id", "data_dir", "collectors", "api_listen"}
+
+
+def _from_config(config) -> tuple[ManagerSettings, str | None, CollectorsSettings, str | None]:
+    settings = config.manager
+    # No node_id file is created for a config that has no Manager.
+    node_id = stored_node_id(config.daemon.id, config.daemon.data_dir) if settings.address else None
+    return settings, node_id, config.collectors, config.manager_api.listen
+
+
+def _from_json(doc, loaded: tuple) -> tuple[ManagerSettings, str | None, CollectorsSettings, str | None]:
+    _settings, node_id, collectors, api_listen = loaded
+    unknown = set(json_object(doc)) - SETTINGS_KEYS
+    if unknown:
+        log.warning("--settings: ignoring unknown keys %s", ", ".join(sorted(unknown)))
+    settings = ManagerSettings.model_validate(doc.get("manager") or {})
+    if doc.get("collectors") is not None:
+        collectors = CollectorsSettings.model_validate(doc["collectors"])
+    return settings, doc.get("node_id") or node_id, collectors, doc.get("api_listen") or api_listen
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM or SIGINT; 0 on a clean stop, 2 when it cannot start."""
     args = _parse_args(argv)
     begin_process(args)
-    try:
-        run_dir, settings, node_id, collectors, api_listen = _load(args)
-    except ConfigError as exc:
-        log.error("%s", exc)
+    default = (ManagerSettings(), None, CollectorsSettings.all_on(), None)
+    loaded = read_worker_settings(args, default, _from_config, _from_json, need_run_dir=False)
+    if loaded is None:
         return 2
-    except (ValueError, ValidationError) as exc:
-        log.error("--settings: %s", exc)
-        return 2
+    run_dir, (settings, node_id, collectors, api_listen) = loaded
     try:
         if run_dir is None:
             raise StartupError("--run-dir is required without --config")

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from supervisor.common import timefmt
 from supervisor.common.human_format import format_duration
+from supervisor.wire.states import UP_STATES
 
 POLL_INTERVAL = 0.3  # seconds between status polls while the action runs
 
@@ -24,7 +25,7 @@ def describe(agent: dict[str, Any]) -> str:
     if state == "stopping":
         text = f"stopping {format_duration(agent.get('stop_elapsed_s') or 0)}"
         return f"{text}: {agent['stop_note']}" if agent.get("stop_note") else text
-    if state in ("running", "starting") and agent.get("pid"):
+    if state in UP_STATES and agent.get("pid"):
         return f"{state} (pid {agent['pid']})"
     return state
 

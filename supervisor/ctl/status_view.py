@@ -9,6 +9,7 @@ from typing import Any
 
 from supervisor.common.human_format import format_duration
 from supervisor.ctl.tables import render_table
+from supervisor.wire.states import UP_STATES
 
 
 def _age(seconds: float | None) -> str:
@@ -19,7 +20,7 @@ def _info(agent: dict[str, Any]) -> str:
     state = agent["state"]
     if state == "restarting" and agent.get("next_restart_in_s") is not None:
         return f"next try in {format_duration(agent['next_restart_in_s'])}: {agent.get('last_restart_reason') or ''}"
-    if state in ("running", "starting") and agent.get("last_restart_reason") and agent["restarts"] and agent.get("started_by_restart", True):
+    if state in UP_STATES and agent.get("last_restart_reason") and agent["restarts"] and agent.get("started_by_restart", True):
         age = agent.get("last_restart_age_s")
         when = f"restarted {format_duration(age)} ago" if age is not None else "restarted"
         return f"{when}: {agent['last_restart_reason']}"
