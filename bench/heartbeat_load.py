@@ -21,7 +21,7 @@ port in `agentctl workers --json` (`info.listen`) and the agents' pids in `agent
    wrote.
 3. **Full load**: both at once for `--rss-seconds`, sampling the RSS of every agentd process every 5 s.
 4. **Parent capacity**: ready-made heartbeat batches pushed straight into `events.ipc` for `--parent-seconds`,
-   no worker involved: the ceiling of `EventIntake` + `Daemon.apply_heartbeats`.
+   no worker involved: the ceiling of `EventIntake` + `HeartbeatApplier.apply`.
 5. **Sender identity** (`heartbeat.http.verify_sender`, issue 8): two more agentds, the check off and on, each
    with one agent that runs wrk as its own child (so wrk's connections are in the agent's tree); the same
    load with the check off, proved by the tree, proved by the agent's secret, keep-alive and one connection

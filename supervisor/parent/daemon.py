@@ -28,6 +28,8 @@ from supervisor.parent.event_intake import EventIntake
 from supervisor.parent.event_log import EventLog
 from supervisor.wire import ipc
 from supervisor.parent.listeners import HTTP_PORT_FILE, read_port, remember_port, bound_address, tcp_listener, unix_listener
+from supervisor.parent.heartbeat_apply import HeartbeatApplier, VerdictApplier
+from supervisor.parent.heartbeat_feed import HeartbeatFeed, IntakeGrace, intake_outage
 from supervisor.parent.heartbeat_secrets import HeartbeatSecrets
 from supervisor.wire.messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from supervisor.parent.lifecycle import AgentProcess, ProcessHandle
@@ -50,7 +52,7 @@ from supervisor.parent.registry import Registry
 from supervisor.parent.reload_plan import AgentChange, ReloadPlan, plan_reload
 from supervisor.parent.safe_paths import prepare_dir
 from supervisor.parent.sd_notify import Watchdog, sd_notify
-from supervisor.common.stall_watch import Stall, StallWatch
+from supervisor.common.stall_watch import StallWatch
 from supervisor.parent.state_feed import StateFeed
 from supervisor.wire.states import DOWN_STATES, PROCESS_STATES, UP_STATES, AgentState
 from supervisor.config.validation_text import describe_validation_error
@@ -64,9 +66,6 @@ LOG_ROTATE_CHECK_INTERVAL = 5.0  # rotation by age (log.interval)
 LOG_SIZE_CHECK_INTERVAL = 1.0  # log.max_size is enforced this promptly (issue 10)
 LOG_PRUNE_FIRST_DELAY = 2.0  # soon after start, so a node that was down a month is cleaned up at once
 LOG_PRUNE_INTERVAL = 3600.0
-HEARTBEAT_TIMES_RESEND = 30.0  # unchanged heartbeat times go out again this often
-INTAKE_SILENCE = 3.0  # an intake worker silent this long counts as an outage for heartbeat deadlines
-MAX_INTAKE_GRACE = 300.0  # an intake outage longer than this no longer shields agents
 # Verbs still answered while shutting down, so an operator can watch it happen.
 SHUTDOWN_VERBS = frozenset({"ping", "version", "status", "events", "logs"})
 
@@ -111,15 +110,15 @@ class Daemon:
         self.heartbeat_counters: Counter[str] = Counter()
         # Heartbeat deadlines never end before start + timeout: while agentd was down (or starting),
         # nobody could take heartbeats in, and that is not the agents' fault.
-        self.intake_restarted_wall: float | None = time.time()
-        self.intake_restarted_mono: float = self.started_mono  # what deadlines use; the wall one is for display
+        self.grace = IntakeGrace(self.started_mono, time.time())
         # Our own loop stalls (SIGSTOP, VM pause, swap): nobody is blamed for silence across them.
         self.stalls = StallWatch("agentd")
         self.watchdog = Watchdog()  # WatchdogSec= in the unit sets WATCHDOG_USEC; without it this does nothing
-        self.stalls.listeners.append(self._on_stall)
-        self._intake_outage_since: float | None = None
-        self._grace_expired_logged = False
+        self.stalls.listeners.append(lambda stall: self.grace.after_stall(stall.end, self.wall()))
         self.state_feed: StateFeed | None = None
+        self.heartbeats = HeartbeatApplier(self.registry, self.now, self.wall, self._publish, self._persist_dirty,
+                                           lambda worker, count: self.pool.on_heartbeats(worker, count), self.heartbeat_counters)
+        self.verdicts = VerdictApplier(self.registry, self.stalls, self.now, self.after_action, self.heartbeat_counters)
         self._marked: dict | None = None  # agent id -> processes carrying its identity, scanned once at start
         # Last generation of each agent removed while this agentd runs: a re-added agent continues from it,
         # so a verdict or heartbeat still in flight about the removed process never fits its successor.
@@ -209,7 +208,7 @@ class Daemon:
                 self._keep_running(self.intake.serve, "events"),
                 self._keep_running(self._rotate_logs_forever, "log-rotation"),
                 self._keep_running(self._prune_logs_forever, "log-retention"),
-                self._keep_running(self._heartbeat_housekeeping, "heartbeat-feed"),
+                self._keep_running(self._heartbeat_feed().run, "heartbeat-feed"),
                 self._keep_running(self.stalls.run, "stall-watch"),
             ]
             # Workers start once the endpoints they connect to are up.
@@ -544,36 +543,6 @@ class Daemon:
 
     # ----------------------------------------------------------------- heartbeats and workers
 
-    def apply_heartbeats(self, batch: HeartbeatBatch) -> None:
-        """Apply a worker's batch: last heartbeat, reported fields, starting -> running.
-
-        Liveness uses our receipt time, never the agent's own clock (which may be off); the agent's
-        timestamp is kept as a reported field.
-        """
-        now, wall = self.now(), self.wall()
-        counters = self.heartbeat_counters
-        self.pool.on_heartbeats(batch.worker, len(batch.items))
-        transitioned = False
-        for hb in batch.items:
-            agent = self.registry.find(hb.agent_id)
-            if agent is None:
-                counters["dropped_unknown_agent"] += 1
-                continue
-            if agent.state not in UP_STATES:
-                counters["dropped_not_running"] += 1
-                continue
-            if hb.generation is not None and hb.generation != agent.generation:
-                counters["dropped_stale_generation"] += 1  # validated against a process since replaced
-                continue
-            version = agent.reported.get("version")
-            agent.on_heartbeat(now, wall, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status, "timestamp": hb.timestamp})
-            counters["applied"] += 1
-            transitioned = transitioned or agent.dirty
-            if hb.version is not None and hb.version != version and self.state_feed is not None:
-                self.state_feed.agent_changed(agent)  # the Manager sync reports versions
-        if transitioned:  # only transitions (first heartbeat) are written at once; no scan per batch otherwise
-            self._persist_dirty()
-
     def _on_notify(self, agent_id: str, sender: Sender | None, data: bytes) -> None:
         """An sd_notify datagram on an agent's socket: act on it only if a process of that agent sent it."""
         counters = self.notify.counters
@@ -618,16 +587,9 @@ class Daemon:
         self._persist_dirty()
         self.wake()
 
-    def heartbeat_times(self) -> dict[str, float]:
-        return {a.spec.id: a.last_heartbeat_wall for a in self.registry if a.last_heartbeat_wall is not None}
-
-    def heartbeat_times_mono(self) -> dict[str, float]:
-        return {a.spec.id: a.last_heartbeat_mono for a in self.registry if a.last_heartbeat_mono is not None}
-
-    def _on_stall(self, stall: Stall) -> None:
-        """After our own stall, heartbeat deadlines count from its end: we could not take any in."""
-        self.intake_restarted_mono = max(self.intake_restarted_mono, stall.end)
-        self.intake_restarted_wall = self.wall()
+    def _publish(self, agent: AgentProcess) -> None:
+        if self.state_feed is not None:
+            self.state_feed.agent_changed(agent)
 
     def intake_counters(self) -> dict[str, int]:
         return {
@@ -637,11 +599,11 @@ class Daemon:
 
     def _on_worker_message(self, msg) -> None:
         if isinstance(msg, HeartbeatBatch):
-            self.apply_heartbeats(msg)
+            self.heartbeats.apply(msg)
         elif isinstance(msg, WorkerBeat):
             self.pool.on_beat(msg)
         elif isinstance(msg, Verdict):
-            self.apply_verdict(msg)
+            self.verdicts.apply(msg)
         elif isinstance(msg, HealthReport):
             for agent_id, health in msg.agents.items():
                 agent = self.registry.find(agent_id)
@@ -650,92 +612,15 @@ class Daemon:
         elif isinstance(msg, ResourceSamples):
             self.history.add(msg.samples)
 
-    def apply_verdict(self, verdict: Verdict) -> None:
-        """Act on a health verdict under the agent's restart policy; operator intent and staleness win.
-
-        The intake-restart grace is applied by the health worker alone (it gets intake_restarted_at on
-        the state feed): a second check here could drop a verdict the worker will never repeat.
-        """
-        agent = self.registry.find(verdict.agent_id)
-        if agent is None:
-            return
-        reason = f"{verdict.verdict}: {verdict.detail}"
-        refusal = self._verdict_refusal(agent, verdict)
-        if refusal:
-            # The health worker sees why on the state feed and judges again from fresh evidence.
-            self.heartbeat_counters["verdicts_refused"] += 1
-            log.info("%s: health verdict %s not acted on: %s", verdict.agent_id, reason, refusal)
-            return
-        result = agent.verdict(self.now(), verdict.generation, reason)
-        log.log(logging.WARNING if result.ok else logging.INFO, "%s: health verdict %s -> %s", verdict.agent_id, reason, result.message)
-        self.after_action()
-
-    def _verdict_refusal(self, agent: AgentProcess, verdict: Verdict) -> str | None:
-        """Why a verdict must not be acted on although it names the current process, or None.
-
-        The parent is the authority on liveness: a verdict whose evidence spans our own stall, or a
-        no_heartbeat verdict about an agent we have heard from since, was formed on stale data."""
-        if verdict.since is None:
-            return None
-        if self.stalls.ended_after(verdict.since):
-            return f"agentd itself was stalled ({self.stalls.last_end - verdict.since:.1f}s ago at most); judging again"
-        if verdict.verdict == "no_heartbeat" and agent.last_heartbeat_mono is not None and agent.last_heartbeat_mono > verdict.since:
-            return f"a heartbeat arrived {self.now() - agent.last_heartbeat_mono:.1f}s ago"
-        return None
-
-    def _intake_outage(self) -> bool:
-        """An intake worker is not running, or has not beaten for a few seconds (hung or starved)."""
-        for w in self.pool.describe():
-            if not w.name.startswith("heartbeat-"):
-                continue
-            # A respawned worker is not serving until its first beat (it beats once it has its snapshot).
-            if w.state != "running" or w.last_beat_age_s is None or w.last_beat_age_s > INTAKE_SILENCE:
-                return True
-            if self.pool.forwarding_stalled(w.name):  # beating, but its heartbeats are not reaching us
-                return True
-        return False
-
     def _on_worker_respawn(self, name: str, cause: str) -> None:
-        if name.startswith("heartbeat-"):
-            # Heartbeats sent during the outage were lost through no fault of the agents.
-            self.intake_restarted_wall = self.wall()
-            self.intake_restarted_mono = self.now()
+        # Heartbeats sent during the outage were lost through no fault of the agents.
+        self.grace.on_worker_respawn(name, self.now(), self.wall())
 
-    async def _heartbeat_housekeeping(self) -> None:
-        """Once a second publish heartbeat times; every flush_interval write heartbeat-only changes."""
-        flush_every = max(0.1, self.config.metadata.flush_interval)
-        last_flush = self.now()
-        last_published: tuple | None = None
-        last_publish_at = self.now()
-        while True:
-            await asyncio.sleep(min(1.0, flush_every))
-            if self._intake_outage():
-                # Keep the grace rolling while an intake worker is down or hung: the health worker
-                # then counts heartbeat deadlines from the end of the outage, not from its start.
-                # An intake that stays broken stops getting grace after a while, so hung agents
-                # are still caught; the operator sees the worker's state in `agentctl workers`.
-                self._intake_outage_since = self._intake_outage_since or self.now()
-                if self.now() - self._intake_outage_since <= MAX_INTAKE_GRACE:
-                    self.intake_restarted_wall = self.wall()
-                    self.intake_restarted_mono = self.now()
-                elif not self._grace_expired_logged:
-                    self._grace_expired_logged = True
-                    log.error("a heartbeat intake worker has been down for %.0fs; heartbeat deadlines apply again", MAX_INTAKE_GRACE)
-            else:
-                self._intake_outage_since = None
-                self._grace_expired_logged = False
-            # Published only when it changed: with no heartbeats, an idle node sends the workers nothing.
-            # Every message carries all times, and a worker that joins gets them in its snapshot.
-            # (Heartbeats arrive by the intakes and by sd_notify WATCHDOG=1, hence a comparison, not a flag.)
-            published = (self.heartbeat_times(), self.heartbeat_times_mono(), self.intake_restarted_wall, self.intake_restarted_mono, self.stalls.last_end)
-            # Still re-sent now and then: a subscriber that lost the last one (PUB drops past its high-water mark) catches up.
-            if published != last_published or self.now() - last_publish_at >= HEARTBEAT_TIMES_RESEND:
-                last_published, last_publish_at = published, self.now()
-                self.state_feed.heartbeat_times(published[0], self.intake_restarted_wall, published[1],
-                                                self.intake_restarted_mono, self.stalls.last_end)
-            if self.now() - last_flush >= flush_every:
-                last_flush = self.now()
-                self._persist_dirty(heartbeats_too=True)
+    def _heartbeat_feed(self) -> HeartbeatFeed:
+        return HeartbeatFeed(
+            self.grace, lambda: (self.heartbeats.times(), self.heartbeats.times_mono()), lambda: self.stalls.last_end,
+            lambda: intake_outage(self.pool.describe(), self.pool.forwarding_stalled), self.state_feed.heartbeat_times,
+            lambda: self._persist_dirty(heartbeats_too=True), self.config.metadata.flush_interval, self.now, self.wall)
 
     # ----------------------------------------------------------------- reload
 

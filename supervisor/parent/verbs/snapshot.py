@@ -24,6 +24,6 @@ class Result(BaseModel):
 
 
 async def handle(daemon, args: Args) -> Result:
-    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeat_times(),
-                  intake_restarted_at=daemon.intake_restarted_wall, last_heartbeat_mono=daemon.heartbeat_times_mono(),
-                  intake_restarted_mono=daemon.intake_restarted_mono, parent_stalled_until=daemon.stalls.last_end)
+    return Result(seq=daemon.state_feed.seq, agents=[agent_view(a) for a in daemon.registry], last_heartbeat=daemon.heartbeats.times(),
+                  intake_restarted_at=daemon.grace.restarted_wall, last_heartbeat_mono=daemon.heartbeats.times_mono(),
+                  intake_restarted_mono=daemon.grace.restarted_mono, parent_stalled_until=daemon.stalls.last_end)
