@@ -58,6 +58,15 @@ def world():
     return World()
 
 
+def test_a_first_heartbeat_with_a_new_version_publishes_one_state_update(world):
+    """Regression: the transition to running and the version change each published the agent."""
+    a = world.agent(health_check={"heartbeat_timeout": "90s"})
+    world.applier.apply(world.batch({"agent_id": "a1", "version": "2.1"}))
+    assert a.state == S.RUNNING
+    assert world.published == [("a1", "running", "2.1")]
+    assert world.persisted == 1  # the transition is written at once
+
+
 def test_a_new_version_from_a_running_agent_is_published_and_not_written_at_once(world):
     a = world.agent(health_check={"heartbeat_timeout": "90s"})
     world.applier.apply(world.batch({"agent_id": "a1", "version": "2.1"}))

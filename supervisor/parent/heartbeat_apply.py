@@ -55,12 +55,14 @@ class HeartbeatApplier:
             if hb.generation is not None and hb.generation != agent.generation:
                 counters["dropped_stale_generation"] += 1  # validated against a process since replaced
                 continue
-            version = agent.reported.get("version")
+            version, state = agent.reported.get("version"), agent.state
             agent.on_heartbeat(now, wall, {"version": hb.version, "cpu": hb.cpu, "memory": hb.memory, "status": hb.status, "timestamp": hb.timestamp})
             counters["applied"] += 1
             transitioned = transitioned or agent.dirty
-            if hb.version is not None and hb.version != version:
-                self.publish(agent)  # the Manager sync reports versions
+            # The Manager sync reports versions; a transition (first heartbeat) has already announced the
+            # agent with its new version, so it is announced once.
+            if hb.version is not None and hb.version != version and agent.state == state:
+                self.publish(agent)
         if transitioned:  # only transitions (first heartbeat) are written at once; no scan per batch otherwise
             self.persist()
 
