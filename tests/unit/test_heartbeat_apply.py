@@ -18,7 +18,7 @@ from supervisor.parent.registry import Registry
 from supervisor.parent.worker_pool import WorkerInfo
 from supervisor.wire.messages import Heartbeat, HeartbeatBatch, Verdict
 from supervisor.wire.states import AgentState as S
-from tests.test_lifecycle import FakeOps, make_spec
+from tests.unit.test_lifecycle import FakeOps, make_spec
 
 
 class World:
