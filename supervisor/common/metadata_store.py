@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from supervisor.wire.verbs.status import ExitRecord  # stored here, shown by status
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -52,17 +54,6 @@ def validate_agent_id(agent_id: str) -> str:
             f"invalid agent id {agent_id!r}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}"
         )
     return agent_id
-
-
-class ExitRecord(BaseModel):
-    """How an agent process ended."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    code: int | None = None
-    signal: str | None = None
-    time: str
-    reason: str | None = None
 
 
 class AgentRecord(BaseModel):

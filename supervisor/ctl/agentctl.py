@@ -20,19 +20,20 @@ import click
 
 from supervisor.wire.version import __version__
 from supervisor.common import timefmt
+from supervisor.common.log_reading import read_log
 from supervisor.ctl.agentctl_main import DEFAULT_CONFIG, DEFAULT_RUN_DIR, EXIT_AGENT_FAILED, EXIT_FAILED, EXIT_PENDING, fail
 from supervisor.config.schema import ConfigError, load_config
 from supervisor.ctl.control_client import ClientError, ControlClient, DaemonTimeout, DaemonUnavailable
 from supervisor.ctl.status_view import render_action, render_ping, render_status
 from supervisor.ctl.tables import printable, render_table
 from supervisor.config.units import format_bytes, format_duration
-from supervisor.parent.verbs import events as events_verb
-from supervisor.parent.verbs import logs as logs_verb
-from supervisor.parent.verbs import reload as reload_verb
-from supervisor.parent.verbs import send_signal as signal_verb
-from supervisor.parent.verbs import shutdown as shutdown_verb
-from supervisor.parent.verbs import status as status_verb
-from supervisor.parent.verbs.agent_actions import ActionArgs, ActionResultList
+from supervisor.wire.verbs import events as events_verb
+from supervisor.wire.verbs import logs as logs_verb
+from supervisor.wire.verbs import reload as reload_verb
+from supervisor.wire.verbs import send_signal as signal_verb
+from supervisor.wire.verbs import shutdown as shutdown_verb
+from supervisor.wire.verbs import status as status_verb
+from supervisor.wire.verbs.agent_actions import ActionArgs, ActionResultList
 
 
 
@@ -470,7 +471,7 @@ class _LogReader:
                 return result
             self._go_offline(result)
         path = _offline_log_path(self.c.dirs.log_dir, self.agent_id)
-        return logs_verb.read_log(path, args).model_dump(mode="json")
+        return read_log(path, args).model_dump(mode="json")
 
     def _go_offline(self, down: DaemonUnavailable) -> None:
         if self.c.dirs is None:

@@ -119,7 +119,7 @@ def quick_call(argv: list[str], env: Mapping[str, str]) -> QuickCall | None:
 
 def request_args(call: QuickCall) -> dict | None:
     """The verb's Args as the click CLI sends them (its pydantic model without defaults): status's
-    {"ids"}, or ActionArgs (supervisor/parent/verbs/agent_actions.py) for start/stop/restart."""
+    {"ids"}, or ActionArgs (supervisor/wire/verbs/agent_actions.py) for start/stop/restart."""
     if call.verb not in ACTION_TIMEOUTS:
         return {"ids": call.ids} if call.ids else None
     args: dict = {}

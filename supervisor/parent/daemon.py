@@ -57,7 +57,7 @@ from supervisor.parent.state_feed import StateFeed
 from supervisor.wire.states import DOWN_STATES, PROCESS_STATES, UP_STATES, AgentState
 from supervisor.config.validation_text import describe_validation_error
 from supervisor.parent.verbs import VERBS
-from supervisor.parent.verbs.status import DaemonStatus
+from supervisor.wire.verbs.status import DaemonStatus
 from supervisor.parent.worker_pool import WorkerPool, WorkerSpec
 
 log = logging.getLogger(__name__)

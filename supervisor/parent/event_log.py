@@ -5,18 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from pydantic import BaseModel
-
-
-class AgentEvent(BaseModel):
-    """One state transition of one agent, as shown by `agentctl events`."""
-
-    seq: int
-    time: str
-    agent_id: str
-    old: str
-    new: str
-    reason: str
+from supervisor.wire.verbs.events import AgentEvent
 
 
 class EventLog:

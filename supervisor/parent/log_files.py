@@ -33,13 +33,12 @@ import shutil
 import time
 from pathlib import Path
 
+from supervisor.common.log_reading import READ_LIMIT, rotated_copies, rotated_path
+
 log = logging.getLogger(__name__)
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
-READ_LIMIT = 1024 * 1024
-TAIL_BLOCK = 64 * 1024
-TAIL_MAX_BYTES = 16 * 1024 * 1024
 # Bounds on the catch-up copy; a writer that never pauses this long loses what it writes in the
 # last round (logged as a warning).
 MAX_COPY_ROUNDS = 10_000
@@ -56,20 +55,6 @@ def open_agent_log(path: Path) -> int:
     if not path.parent.is_dir():
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-
-
-def rotated_path(path: Path, index: int, compressed: bool) -> Path:
-    """Name of rotated copy number ``index`` (1 = newest) of ``path``."""
-    path = Path(path)
-    return path.with_name(f"{path.name}.{index}{'.gz' if compressed else ''}")
-
-
-def list_log_files(path: Path) -> list[Path]:
-    """The live file (if present) and its rotated copies, newest first."""
-    path = Path(path)
-    files = [path] if path.exists() else []
-    files.extend(p for _, _, p in _rotated_copies(path))
-    return files
 
 
 TRUNCATED_FOR_SPACE = "truncated_for_space"  # what rotate_if_needed returns when the disk had no room for a copy
@@ -147,79 +132,6 @@ def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bo
         os.close(fd)
 
 
-def tail_lines(path: Path, n: int, max_bytes: int = TAIL_MAX_BYTES) -> list[str]:
-    """The last ``n`` lines of ``path`` without newlines, read backwards; a missing file gives []."""
-    if n <= 0:
-        return []
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return []
-    try:
-        pos = os.fstat(fd).st_size
-        chunks: list[bytes] = []
-        newlines = 0
-        total = 0
-        # n + 1 newlines guarantee n whole lines whether or not the file ends with one.
-        while pos > 0 and newlines <= n and total < max_bytes:
-            step = min(TAIL_BLOCK, pos, max_bytes - total)
-            pos -= step
-            block = os.pread(fd, step, pos)
-            if len(block) < step:
-                break  # truncated under us (rotation); what we have so far is still the tail
-            chunks.append(block)
-            newlines += block.count(b"\n")
-            total += step
-    finally:
-        os.close(fd)
-    data = b"".join(reversed(chunks))
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [line.decode("utf-8", errors="replace") for line in lines[-n:]]
-
-
-def read_from(path: Path, offset: int, limit: int = READ_LIMIT) -> tuple[bytes, int, bool]:
-    """Up to ``limit`` bytes from ``offset``: ``(data, new_offset, rotated)``.
-
-    ``rotated`` is True (with no data and offset 0) when the file is now shorter than ``offset``;
-    the caller then reads again from 0. A truncate followed by growth past ``offset`` between two
-    calls cannot be told apart from plain growth.
-    """
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b"", 0, offset > 0
-    try:
-        size = os.fstat(fd).st_size
-        if size < offset:
-            return b"", 0, True
-        data = os.pread(fd, min(limit, size - offset), offset) if size > offset else b""
-    finally:
-        os.close(fd)
-    return data, offset + len(data), False
-
-
-def _rotated_copies(path: Path) -> list[tuple[int, bool, Path]]:
-    pattern = re.compile(rf"{re.escape(path.name)}\.([0-9]+)(\.gz)?")
-    found = []
-    try:
-        entries = os.scandir(path.parent)
-    except FileNotFoundError:
-        return []
-    with entries:
-        for entry in entries:
-            m = pattern.fullmatch(entry.name)
-            if m:
-                found.append((int(m.group(1)), m.group(2) is not None, Path(entry.path)))
-    found.sort(key=lambda t: (t[0], t[1]))
-    return found
-
-
 def _remove_tmp_leftovers(path: Path) -> None:
     pattern = re.compile(rf"{re.escape(path.name)}\.[0-9]+(\.gz)?\.tmp")
     with os.scandir(path.parent) as entries:
@@ -232,7 +144,7 @@ def _remove_tmp_leftovers(path: Path) -> None:
 
 
 def _shift(path: Path, keep: int) -> None:
-    copies = _rotated_copies(path)
+    copies = rotated_copies(path)
     for index, _, p in copies:
         if index >= keep:
             p.unlink(missing_ok=True)
@@ -358,7 +270,7 @@ def rotation_due_by_age(path: Path, interval: float, started: float, now: float)
     except FileNotFoundError:
         return False
     begin = started
-    for index, _, copy in _rotated_copies(path):
+    for index, _, copy in rotated_copies(path):
         if index == 1:
             try:
                 begin = max(begin, copy.stat().st_mtime)
@@ -384,7 +296,7 @@ def prune_old_logs(log_dir: Path, max_age: dict[str, float | None], default_max_
         if limit is None:
             continue
         live = Path(entry.path) / "agent.log"
-        candidates = [p for _, _, p in _rotated_copies(live)] + ([] if configured else [live])
+        candidates = [p for _, _, p in rotated_copies(live)] + ([] if configured else [live])
         for p in candidates:
             try:
                 if now - p.stat().st_mtime > limit:

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from supervisor.config.schema import AgentSpec, Config
+from supervisor.wire.verbs.reload import AgentChange, ReloadPlan
 
 # Sections the running daemon cannot switch live; a change there needs `agentd` restarted.
 # These are read once at start: sockets, worker settings, agents' AGENTD_HEARTBEAT_*, the history
 # store, the Manager link. Changing them needs an agentd restart (agents keep running across it).
 RESTART_ONLY_SECTIONS = ("daemon", "control", "heartbeat", "resources", "history", "metadata", "manager", "manager_api",
                          "collectors", "cgroups")
-
-
-class AgentChange(BaseModel):
-    """One changed agent and the top-level fields of its spec that differ."""
-
-    id: str
-    fields: list[str]
-
-
-class ReloadPlan(BaseModel):
-    """The diff `reload` applies (or only shows, with --dry-run)."""
-
-    added: list[str] = Field(default_factory=list)
-    removed: list[str] = Field(default_factory=list)
-    changed: list[AgentChange] = Field(default_factory=list)
-    unchanged: list[str] = Field(default_factory=list)
-    restart_required: list[str] = Field(default_factory=list)  # settings that need an agentd restart
-    warnings: list[str] = Field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed)
 
 
 def _changed_fields(old: AgentSpec, new: AgentSpec) -> list[str]:

@@ -18,12 +18,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
 from supervisor.parent.process_handle import describe_exit
 from supervisor.wire.messages import WorkerBeat
 from supervisor.common.backoff import step_delay
+from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.common.metadata_store import iso_utc
 from supervisor.parent.process_ops import SYSTEMD_ONLY_ENV
 from supervisor.common.stall_watch import Stall, StallWatch
@@ -51,24 +50,6 @@ class WorkerSpec:
     kind: str  # module under workers/
     args: list[str] = field(default_factory=list)
     pass_fds: tuple[int, ...] = ()
-
-
-class WorkerInfo(BaseModel):
-    """One worker as `agentctl workers` shows it."""
-
-    name: str
-    kind: str
-    state: str  # running | restarting | stopped
-    pid: int | None
-    uptime_s: float | None
-    restarts: int
-    restart_causes: dict[str, int]
-    last_exit: str | None
-    last_exit_time: str | None  # ISO 8601
-    last_beat_age_s: float | None
-    counters: dict[str, int]
-    queue_depth: int
-    info: dict[str, str]
 
 
 @dataclass

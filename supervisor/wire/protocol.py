@@ -1,6 +1,6 @@
 """The control envelope shared by agentctl, workers and the parent: request, reply, typed error.
 
-Each verb's own argument and result models live in `supervisor/parent/verbs/<verb>.py`; this module is the
+Each verb's own argument and result models live in `supervisor/wire/verbs/<verb>.py`; this module is the
 frame around them. Everything travels as one JSON object per ZeroMQ message.
 """
 

@@ -16,8 +16,8 @@ import pytest
 from supervisor.ctl.agentctl import cli
 from supervisor.ctl.agentctl_main import ACTION_TIMEOUTS, DEFAULT_RUN_DIR, QuickCall, quick_call, request_args
 from supervisor.wire.protocol import PROTOCOL_VERSION, Request
-from supervisor.parent.verbs import status as status_verb
-from supervisor.parent.verbs.agent_actions import ActionArgs
+from supervisor.wire.verbs import status as status_verb
+from supervisor.wire.verbs.agent_actions import ActionArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,15 +10,10 @@ import time
 
 import pytest
 
+from supervisor.common import log_reading
+from supervisor.common.log_reading import list_log_files, read_from, rotated_path, tail_lines
 from supervisor.parent import log_files
-from supervisor.parent.log_files import (
-    list_log_files,
-    open_agent_log,
-    read_from,
-    rotate_if_needed,
-    rotated_path,
-    tail_lines,
-)
+from supervisor.parent.log_files import open_agent_log, rotate_if_needed
 
 PAD = "x" * 40
 # One os.write per line, so output never mixes partial lines; bursts with pauses, like real agents.
@@ -320,7 +315,7 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("block", [4096, 7, 1])
 def test_tail_lines(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(log_files, "TAIL_BLOCK", block)
+    monkeypatch.setattr(log_reading, "TAIL_BLOCK", block)
     path = tmp_path / "agent.log"
     path.write_bytes(b"one\ntwo\nthr\xc3\xa9e\nfour\n")
     assert tail_lines(path, 2) == ["thr\u00e9e", "four"]
@@ -356,9 +351,9 @@ def test_tail_lines_reads_only_the_end_of_a_huge_file(tmp_path, monkeypatch):
         read.append(n)
         return real_pread(fd, n, off)
 
-    monkeypatch.setattr(log_files.os, "pread", counting_pread)
+    monkeypatch.setattr(log_reading.os, "pread", counting_pread)
     assert tail_lines(path, 3) == ["line 997", "line 998", "line 999"]
-    assert sum(read) <= log_files.TAIL_BLOCK
+    assert sum(read) <= log_reading.TAIL_BLOCK
     read.clear()
     # A line without any newline in sight is bounded by max_bytes, not by the file size.
     lines = tail_lines(path, 2000, max_bytes=1 << 20)

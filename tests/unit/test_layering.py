@@ -22,14 +22,6 @@ ALLOWED = {
     "supervisor.parent": {"supervisor.wire", "supervisor.common", "supervisor.config", "supervisor.parent"},
 }
 
-# Imports still waiting for their models to move into supervisor.wire (issue 9); this list only shrinks.
-KNOWN_EXCEPTIONS: dict[str, set[str]] = {
-    "supervisor/ctl/agentctl.py": {
-        "supervisor.parent.verbs", "supervisor.parent.verbs.agent_actions",
-    },
-}
-
-
 def layer_of(module: str) -> str | None:
     """The layer a dotted module name belongs to, or None for the package roots (supervisor, workers)."""
     for layer in sorted(ALLOWED, key=len, reverse=True):
@@ -75,9 +67,7 @@ def test_imports_follow_the_layers(path: Path) -> None:
         target = layer_of(name)
         if target is not None and target not in ALLOWED[own] and line not in wrong:
             wrong[line] = f"{path.relative_to(ROOT)}:{line} imports {name}: {own} may import only {sorted(ALLOWED[own])}"
-    known = KNOWN_EXCEPTIONS.get(str(path.relative_to(ROOT)), set())
-    unexpected = [text for text in wrong.values() if text.split(" imports ")[1].split(":")[0] not in known]
-    assert not unexpected, "\n".join(unexpected)
+    assert not wrong, "\n".join(wrong.values())
 
 
 def test_every_module_is_in_a_layer() -> None:

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.parent.log_files import prune_old_logs, rotate_by_settings, rotated_path
-from supervisor.parent.log_search import line_time, search_logs
+from supervisor.common.log_reading import line_time, rotated_path, search_logs
+from supervisor.parent.log_files import prune_old_logs, rotate_by_settings
 
 DAY = 86400.0
 

@@ -1,8 +1,7 @@
-"""Control verbs: one module per verb, each holding its argument and result models and its handler.
+"""Control verbs' handlers: one module per verb, `async def handle(daemon, args: Args) -> Result`.
 
-A verb module defines NAME, HELP, `Args` and `Result` (pydantic models) and
-`async def handle(daemon, args) -> Result`. agentctl imports the same models to build requests and
-read replies, so sender and receiver cannot drift apart.
+Each module imports NAME, `Args` and `Result` from its contract in supervisor/wire/verbs/<verb>.py, which
+workers and agentctl call through too (docs/architecture.md, "Control protocol").
 """
 
 from __future__ import annotations

@@ -4,36 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from supervisor.parent.lifecycle import ActionResult, AgentProcess
 from supervisor.wire.states import AgentState
-
-
-class ActionArgs(BaseModel):
-    """Which agents, and whether (and how long) to wait for them to settle."""
-
-    model_config = ConfigDict(extra="forbid")
-    ids: list[str] = Field(default_factory=list)
-    all: bool = False
-    wait: bool = True
-    timeout: float = Field(default=50.0, ge=0, le=3600)
-    force: bool = False  # stop: SIGKILL the tree at once instead of stop_signal and stop_timeout
-
-
-class AgentOutcome(BaseModel):
-    """One agent's result: did the action succeed, where is it now, in words."""
-
-    id: str
-    ok: bool
-    state: str
-    pid: int | None
-    message: str
-
-
-class ActionResultList(BaseModel):
-    results: list[AgentOutcome]
-    pending: bool = False  # some agent had not settled within the timeout: still working
+from supervisor.wire.verbs.agent_actions import ActionArgs, ActionResultList, AgentOutcome
 
 
 async def run_action(

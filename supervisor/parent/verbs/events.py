@@ -2,25 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from supervisor.parent.event_log import AgentEvent
-
-NAME = "events"
-HELP = "Show agent state changes (with -f, as they happen)."
-
-
-class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ids: list[str] = Field(default_factory=list)
-    after: int | None = Field(default=None, ge=0)
-    limit: int = Field(default=100, ge=1, le=10_000)
-    wait: float = Field(default=0.0, ge=0, le=60)  # seconds to wait for something newer than `after`
-
-
-class Result(BaseModel):
-    events: list[AgentEvent]
-    last_seq: int
+from supervisor.wire.verbs.events import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:

@@ -1,19 +1,6 @@
 """`ping`: is the daemon there and answering."""
 
-from pydantic import BaseModel, ConfigDict
-
-NAME = "ping"
-HELP = "Check that agentd answers."
-
-
-class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Result(BaseModel):
-    pong: bool = True
-    pid: int
-    uptime_s: float
+from supervisor.wire.verbs.ping import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:

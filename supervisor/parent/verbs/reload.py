@@ -1,22 +1,6 @@
 """`reload [--dry-run]`: re-read the config file and touch only agents that were added, removed or changed."""
 
-from pydantic import BaseModel, ConfigDict
-
-from supervisor.parent.reload_plan import ReloadPlan
-
-NAME = "reload"
-HELP = "Re-read the configuration; add, remove and restart only what changed."
-
-
-class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dry_run: bool = False
-
-
-class Result(BaseModel):
-    applied: bool
-    config: str
-    plan: ReloadPlan
+from supervisor.wire.verbs.reload import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:

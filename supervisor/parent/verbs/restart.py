@@ -1,12 +1,8 @@
 """`restart ID...|--all`: stop each agent's tree, then start it again."""
 
-from supervisor.parent.verbs.agent_actions import ActionArgs, ActionResultList, describe_start, is_up_or_settled, run_action
+from supervisor.parent.verbs.agent_actions import describe_start, is_up_or_settled, run_action
 from supervisor.wire.states import AgentState
-
-NAME = "restart"
-HELP = "Restart agents (stop the whole tree, then start)."
-Args = ActionArgs
-Result = ActionResultList
+from supervisor.wire.verbs.restart import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 def _settled(agent) -> bool:

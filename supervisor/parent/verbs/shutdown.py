@@ -1,19 +1,6 @@
 """`shutdown [--stop-agents]`: stop agentd; agents keep running unless asked (or configured) to stop."""
 
-from pydantic import BaseModel, ConfigDict
-
-NAME = "shutdown"
-HELP = "Stop agentd (agents keep running unless --stop-agents)."
-
-
-class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    stop_agents: bool = False
-
-
-class Result(BaseModel):
-    stop_agents: bool
-    message: str
+from supervisor.wire.verbs.shutdown import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:

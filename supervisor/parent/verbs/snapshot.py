@@ -1,26 +1,7 @@
 """`snapshot`: the full agent view and its sequence number, for workers joining the state feed."""
 
-from pydantic import BaseModel, ConfigDict
-
-from supervisor.wire.messages import AgentView
 from supervisor.parent.state_feed import agent_view
-
-NAME = "snapshot"
-HELP = "The state feed's snapshot (used by workers)."
-
-
-class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Result(BaseModel):
-    seq: int
-    agents: list[AgentView]
-    last_heartbeat: dict[str, float]
-    intake_restarted_at: float | None = None
-    last_heartbeat_mono: dict[str, float] = {}
-    intake_restarted_mono: float | None = None
-    parent_stalled_until: float | None = None
+from supervisor.wire.verbs.snapshot import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:

@@ -1,11 +1,7 @@
 """`start ID...|--all`: start agents; revives failed ones and clears an operator stop."""
 
-from supervisor.parent.verbs.agent_actions import ActionArgs, ActionResultList, describe_start, is_up_or_settled, run_action
-
-NAME = "start"
-HELP = "Start agents (also revives failed ones)."
-Args = ActionArgs
-Result = ActionResultList
+from supervisor.parent.verbs.agent_actions import describe_start, is_up_or_settled, run_action
+from supervisor.wire.verbs.start import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:

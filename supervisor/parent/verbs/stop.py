@@ -1,12 +1,8 @@
 """`stop ID...|--all`: stop agents' whole process trees; they stay down until an operator starts them."""
 
+from supervisor.parent.verbs.agent_actions import run_action
 from supervisor.wire.states import DOWN_STATES
-from supervisor.parent.verbs.agent_actions import ActionArgs, ActionResultList, run_action
-
-NAME = "stop"
-HELP = "Stop agents (whole process tree; stays stopped until started)."
-Args = ActionArgs
-Result = ActionResultList
+from supervisor.wire.verbs.stop import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 def _settled(agent) -> bool:

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
-from supervisor.wire.messages import ResourceSample
+from supervisor.parent.verbs.status import agent_status
 from supervisor.wire.states import PROCESS_STATES
-from supervisor.parent.verbs.status import AgentStatus, agent_status
-
-NAME = "top"
-HELP = "Live resource view of agents and agentd's own processes."
-
-
-class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AgentTop(BaseModel):
-    status: AgentStatus
-    sample: ResourceSample | None  # None until the health worker has sampled this agent
-
-
-class Result(BaseModel):
-    agents: list[AgentTop]
-    agentd: list[ResourceSample]  # "agentd/parent", "agentd/<worker>"
+from supervisor.wire.verbs.top import NAME, AgentTop, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 async def handle(daemon, args: Args) -> Result:
