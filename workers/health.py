@@ -19,8 +19,9 @@ from supervisor.config.schema import ResourcesSettings
 from supervisor.wire.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
 from supervisor.common.stall_watch import StallWatch
 from supervisor.wire.states import UP_STATES
+from supervisor.wire.verbs import workers as workers_verb
 from workers.health_judge import HealthJudge, HealthRules, rules_of
-from workers.link import WorkerLink
+from workers.link import ControlFailure, WorkerLink
 from workers.tree_sampler import TreeSampler
 from workers.runner import begin_process, load_worker_settings, start_link, stop_event, worker_arg_parser
 
@@ -252,11 +253,9 @@ class HealthWorker:
     async def _agentd_processes(self) -> list[tuple[str, int]]:
         """agentd's own processes by name: the parent, each worker from the `workers` verb, and us."""
         try:
-            reply = await self.link.request("workers", {}, timeout=WORKERS_TIMEOUT)
-            self._processes = [
-                (f"agentd/{w['name']}", int(w["pid"])) for w in reply.get("workers", []) if w.get("pid") and w.get("name") != self.name
-            ]
-        except (TimeoutError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+            reply = await self.link.call(workers_verb, timeout=WORKERS_TIMEOUT)
+            self._processes = [(f"agentd/{w.name}", w.pid) for w in reply.workers if w.pid and w.name != self.name]
+        except ControlFailure as exc:
             log.debug("workers request failed (%s); sampling the last known worker list", exc)
         return [("agentd/parent", os.getppid()), *self._processes, (f"agentd/{self.name}", os.getpid())]
 

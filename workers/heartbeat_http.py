@@ -30,6 +30,7 @@ from supervisor.config.schema import HttpIntake, split_listen
 from supervisor.common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
 from supervisor.wire.states import AgentState
 from supervisor.common.rate_limited_log import RateLimitedLog
+from supervisor.wire.verbs import metrics as metrics_verb
 from workers.peer_socket import FdHints, SockDiag, is_loopback, socket_in_tree
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink
@@ -217,7 +218,7 @@ class HeartbeatHttpServer:
         # Fetched in the background so a scrape never waits on the parent; at most a few seconds old.
         while True:
             try:
-                self.parent_metrics = (await self.link.request("metrics", {}, timeout=5.0))["text"].encode()
+                self.parent_metrics = (await self.link.call(metrics_verb, timeout=5.0)).text.encode()
             except Exception as exc:  # the parent busy or restarting: serve the last copy
                 log.debug("parent metrics not refreshed: %s", exc)
             await asyncio.sleep(PARENT_METRICS_REFRESH)

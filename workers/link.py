@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -18,12 +17,12 @@ import sys
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import pydantic_core
 import zmq
 import zmq.asyncio
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from supervisor.wire.messages import (
     STATE_ADAPTER,
@@ -36,9 +35,30 @@ from supervisor.wire.messages import (
     HeartbeatTimes,
     WorkerBeat,
 )
-from supervisor.wire.protocol import Reply, Request
+from supervisor.wire.protocol import ErrorCode, Reply, Request
+from supervisor.wire.verbs import snapshot as snapshot_verb
 
 log = logging.getLogger(__name__)
+
+UNAVAILABLE = "unavailable"  # ControlFailure's code when the parent did not answer at all
+
+
+class VerbContract(Protocol):
+    """A verb's module in supervisor/wire/verbs: its name and its argument and result models."""
+
+    NAME: str
+    Args: type[BaseModel]
+    Result: type[BaseModel]
+
+
+class ControlFailure(Exception):
+    """The parent refused a control request (its typed code, supervisor/wire/protocol.py) or did not answer
+    (code UNAVAILABLE)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 PR_SET_PDEATHSIG = 1
 BEAT_INTERVAL = 1.0
@@ -141,22 +161,34 @@ class WorkerLink:
 
     # ----------------------------------------------------------------- control requests
 
-    async def request(self, verb: str, args: dict | None = None, timeout: float = 10.0) -> dict:
-        """One control request to the parent; raises RuntimeError with the parent's message on failure."""
+    async def call(self, verb: VerbContract, args: BaseModel | None = None, timeout: float = 10.0) -> Any:
+        """One control request: `verb` is the verb's contract (supervisor/wire/verbs/<verb>.py), `args` its
+        Args (default: all defaults); returns the reply validated into its Result. Raises ControlFailure."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.connect(f"ipc://{self.run_dir / 'control.ipc'}")
-            req = Request(id=uuid.uuid4().hex[:16], verb=verb, args=args or {})
+            sent = (args if args is not None else verb.Args()).model_dump(mode="json", exclude_defaults=True)
+            req = Request(id=uuid.uuid4().hex[:16], verb=verb.NAME, args=sent)
             await sock.send(req.model_dump_json().encode())
-            if not await sock.poll(int(timeout * 1000)):
-                raise TimeoutError(f"parent did not answer '{verb}' within {timeout:g}s")
-            reply = Reply.model_validate(json.loads(await sock.recv()))
+            while True:
+                if not await sock.poll(int(timeout * 1000)):
+                    raise ControlFailure(UNAVAILABLE, f"agentd did not answer '{verb.NAME}' within {timeout:g} s")
+                try:
+                    reply = Reply.model_validate_json(await sock.recv())
+                except ValidationError as exc:
+                    raise ControlFailure(ErrorCode.INTERNAL, f"unreadable reply from agentd to '{verb.NAME}' ({exc.error_count()} problems)") from None
+                if reply.id == req.id:
+                    break
         finally:
             sock.close(linger=0)
         if not reply.ok:
-            raise RuntimeError(reply.error.message if reply.error else "request failed")
-        return reply.result or {}
+            error = reply.error
+            raise ControlFailure(error.code if error else ErrorCode.INTERNAL, error.message if error else "request failed")
+        try:
+            return verb.Result.model_validate(reply.result or {})
+        except ValidationError as exc:
+            raise ControlFailure(ErrorCode.INTERNAL, f"unreadable reply from agentd to '{verb.NAME}' ({exc.error_count()} problems)") from None
 
     # ----------------------------------------------------------------- state feed
 
@@ -164,19 +196,19 @@ class WorkerLink:
         """Replace our view of the world with the parent's snapshot."""
         while True:
             try:
-                snap = await self.request("snapshot", {})
+                snap = await self.call(snapshot_verb)
                 break
-            except (TimeoutError, RuntimeError) as exc:
+            except ControlFailure as exc:
                 self._exit_if_orphaned()
                 log.warning("%s: snapshot failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(0.5)
-        self.agents = {a["id"]: AgentView.model_validate(a) for a in snap["agents"]}
-        self.last_heartbeat = dict(snap.get("last_heartbeat", {}))
-        self.intake_restarted_at = snap.get("intake_restarted_at")
-        self.last_heartbeat_mono = dict(snap.get("last_heartbeat_mono") or {})
-        self.intake_restarted_mono = snap.get("intake_restarted_mono")
-        self.parent_stalled_until = snap.get("parent_stalled_until")
-        self.seq = snap["seq"]
+        self.agents = {a.id: a for a in snap.agents}
+        self.last_heartbeat = dict(snap.last_heartbeat)
+        self.intake_restarted_at = snap.intake_restarted_at
+        self.last_heartbeat_mono = dict(snap.last_heartbeat_mono)
+        self.intake_restarted_mono = snap.intake_restarted_mono
+        self.parent_stalled_until = snap.parent_stalled_until
+        self.seq = snap.seq
         self.snapshots += 1
         self._changed()
 

@@ -11,19 +11,23 @@ import hmac
 import ipaddress
 import logging
 import sys
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 import grpc.aio
-import zmq
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from supervisor.config.schema import ManagerAPISettings, TLSSettings, split_listen
-from supervisor.wire.protocol import ErrorCode, Reply, Request
+from supervisor.wire.protocol import ErrorCode
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
-from workers.link import WorkerLink
+from supervisor.wire.verbs import history as history_verb
+from supervisor.wire.verbs import restart as restart_verb
+from supervisor.wire.verbs import start as start_verb
+from supervisor.wire.verbs import status as status_verb
+from supervisor.wire.verbs import stop as stop_verb
+from supervisor.wire.verbs.agent_actions import ActionArgs
+from workers.link import UNAVAILABLE, ControlFailure, VerbContract, WorkerLink
 from workers.tls_files import read_pem, tls_wanted
 from workers.runner import StartupError, begin_process, json_object, read_worker_settings, stop_event, worker_arg_parser
 
@@ -31,7 +35,7 @@ log = logging.getLogger("workers.manager_api")
 # grpc logs a line per call at debug level; agentd's own debug log would drown in them.
 logging.getLogger("grpc._cython.cygrpc").setLevel(logging.INFO)
 
-OPERATIONS = ("start", "stop", "restart")
+OPERATIONS = {"start": start_verb, "stop": stop_verb, "restart": restart_verb}
 CONTROL_TIMEOUT = 10.0
 # OperateAgent waits for the action like the original (the Manager gives it 90 s). The state machine bounds
 # the wait by the agent's own stop_timeout (then SIGKILL) and start_seconds; this only caps it below the
@@ -51,41 +55,6 @@ STATUS_OF = {
 }
 
 
-class ControlFailure(Exception):
-    """The parent refused a request (typed code) or did not answer (code "unavailable")."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-async def control(link: WorkerLink, verb: str, args: dict, timeout: float = CONTROL_TIMEOUT) -> dict:
-    """One control request that keeps the parent's error code (WorkerLink.request keeps only the text)."""
-    sock = link.ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"ipc://{link.run_dir / 'control.ipc'}")
-        req = Request(id=uuid.uuid4().hex[:16], verb=verb, args=args)
-        await sock.send(req.model_dump_json().encode())
-        while True:
-            if not await sock.poll(int(timeout * 1000)):
-                raise ControlFailure("unavailable", f"agentd did not answer '{verb}' within {timeout:g} s")
-            try:
-                reply = Reply.model_validate_json(await sock.recv())
-            except ValidationError as exc:
-                message = f"unreadable reply from agentd to '{verb}' ({exc.error_count()} problems)"
-                raise ControlFailure(ErrorCode.INTERNAL, message) from None
-            if reply.id == req.id:
-                break
-    finally:
-        sock.close(linger=0)
-    if not reply.ok:
-        error = reply.error
-        raise ControlFailure(error.code if error else ErrorCode.INTERNAL, error.message if error else "request failed")
-    return reply.result or {}
-
-
 def _unix(iso: str | None) -> int:
     if not iso:
         return 0
@@ -102,25 +71,25 @@ class DaemonAPI(daemon_pb2_grpc.DaemonServiceServicer):
         self.link = link
         self.counters = link.counters
 
-    async def _call(self, context: grpc.aio.ServicerContext, verb: str, args: dict, timeout: float = CONTROL_TIMEOUT) -> dict:
+    async def _call(self, context: grpc.aio.ServicerContext, verb: VerbContract, args: BaseModel, timeout: float = CONTROL_TIMEOUT):
+        """The verb's Result, or the call aborted with the parent's error as a gRPC status."""
         try:
-            return await control(self.link, verb, args, timeout)
+            return await self.link.call(verb, args, timeout)
         except ControlFailure as exc:
             self.counters["errors"] += 1
-            status = STATUS_OF.get(exc.code, grpc.StatusCode.UNAVAILABLE if exc.code == "unavailable" else grpc.StatusCode.INTERNAL)
+            status = STATUS_OF.get(exc.code, grpc.StatusCode.UNAVAILABLE if exc.code == UNAVAILABLE else grpc.StatusCode.INTERNAL)
             await context.abort(status, exc.message)
             raise  # abort raises; this only satisfies type checkers
 
     async def ListAgents(self, request, context):
         self.counters["list_agents"] += 1
-        result = await self._call(context, "status", {})
+        result = await self._call(context, status_verb, status_verb.Args())
         agents = [
             daemon_pb2.AgentInfo(
-                id=a["id"], type=a["type"], version=a.get("version") or "", status=a["state"], pid=a.get("pid") or 0,
-                start_time=_unix(a.get("started_at")), restart_count=a.get("restarts") or 0,
-                last_heartbeat=_unix(a.get("last_heartbeat")),
+                id=a.id, type=a.type, version=a.version or "", status=a.state, pid=a.pid or 0,
+                start_time=_unix(a.started_at), restart_count=a.restarts, last_heartbeat=_unix(a.last_heartbeat),
             )
-            for a in result.get("agents", [])
+            for a in result.agents
         ]
         return daemon_pb2.ListAgentsResponse(agents=agents)
 
@@ -133,13 +102,13 @@ class DaemonAPI(daemon_pb2_grpc.DaemonServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unknown operation {request.operation!r}: use start, stop or restart")
         wait = operate_wait(context.time_remaining())
-        result = await self._call(context, operation, {"ids": [request.agent_id], "wait": True, "timeout": wait},
-                                  timeout=wait + CONTROL_TIMEOUT)
-        outcome = (result.get("results") or [{}])[0]
+        args = ActionArgs(ids=[request.agent_id], wait=True, timeout=wait)
+        result = await self._call(context, OPERATIONS[operation], args, timeout=wait + CONTROL_TIMEOUT)
+        outcome = result.results[0] if result.results else None
         # Still stopping or starting when the wait ran out is not a success: the Manager would record the
         # expected status at once. agentd carries on, and the state sync reports where the agent ends up.
-        ok = bool(outcome.get("ok")) and not result.get("pending")
-        message = outcome.get("message", "")
+        ok = outcome is not None and outcome.ok and not result.pending
+        message = outcome.message if outcome is not None else ""
         log.info("Manager asked to %s %s: %s", operation, request.agent_id, message)
         return daemon_pb2.AgentOperationResponse(success=ok, error_message="" if ok else message or "failed")
 
@@ -148,14 +117,14 @@ class DaemonAPI(daemon_pb2_grpc.DaemonServiceServicer):
         if not request.agent_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is required")
         seconds = request.duration_seconds if request.duration_seconds > 0 else DEFAULT_METRICS_SECONDS
-        result = await self._call(context, "history", {"id": request.agent_id, "since": float(seconds), "limit": MAX_DATA_POINTS})
+        args = history_verb.Args(id=request.agent_id, since=float(seconds), limit=MAX_DATA_POINTS)
+        result = await self._call(context, history_verb, args)
         points = [
             daemon_pb2.ResourceDataPoint(
-                timestamp=int(s["ts"]), cpu=s.get("cpu") or 0.0, memory_rss=s.get("rss") or 0, memory_vms=s.get("vms") or 0,
-                disk_read_bytes=s.get("read_bytes") or 0, disk_write_bytes=s.get("write_bytes") or 0,
-                open_files=s.get("fds") or 0,
+                timestamp=int(s.ts), cpu=s.cpu or 0.0, memory_rss=s.rss, memory_vms=s.vms,
+                disk_read_bytes=s.read_bytes or 0, disk_write_bytes=s.write_bytes or 0, open_files=s.fds or 0,
             )
-            for s in result.get("samples", [])
+            for s in result.samples
         ]
         return daemon_pb2.AgentMetricsResponse(agent_id=request.agent_id, data_points=points)
 
