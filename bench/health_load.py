@@ -35,7 +35,7 @@ from bench_daemon import AGENTD, BenchDaemon, marked_pids  # noqa: E402  (siblin
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor.config.schema import load_config  # noqa: E402
+from supervisor.config.loading import load_config  # noqa: E402
 from supervisor.ctl.control_client import ClientError, ControlClient  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-MODULES = ["zmq", "zmq.asyncio", "pydantic", "psutil", "supervisor.wire.messages", "supervisor.config.schema", "workers.link"]
+MODULES = ["zmq", "zmq.asyncio", "pydantic", "psutil", "supervisor.wire.messages", "supervisor.config.loading", "workers.link"]
 N = 4
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from supervisor.config.schema import ResourcesSettings
+from supervisor.config.daemon_sections import ResourcesSettings
 from supervisor.wire.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
 from supervisor.common.stall_watch import StallWatch
 from supervisor.wire.states import UP_STATES

@@ -13,13 +13,12 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from supervisor.config.schema import HealthCheck
+from supervisor.config.health_check import default_startup_grace, health_check_defaults
+from supervisor.config.units import format_bytes
 from supervisor.wire.messages import AgentHealth, AgentView, ResourceSample, Verdict
 from supervisor.wire.states import UP_STATES
-from supervisor.config.units import format_bytes
 
-MIN_STARTUP_GRACE = 30.0  # docs/health.md: startup_grace defaults to max(heartbeat_timeout, 30 s)
-_DEFAULTS = {name: field.default for name, field in HealthCheck.model_fields.items()}
+_DEFAULTS = health_check_defaults()  # the config's, so a rule has one default (docs/health.md)
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def rules_of(agent: AgentView) -> HealthRules:
     timeout = get("heartbeat_timeout") or None  # 0 disables, as in the config
     grace = get("startup_grace")
     if grace is None:
-        grace = max(timeout or 0.0, MIN_STARTUP_GRACE)
+        grace = default_startup_grace(timeout)
     return HealthRules(
         interval=float(get("interval") or _DEFAULTS["interval"]),
         heartbeat_timeout=None if timeout is None else float(timeout),

@@ -26,7 +26,8 @@ from typing import Callable
 import httptools
 import psutil
 
-from supervisor.config.schema import HttpIntake, split_listen
+from supervisor.config.daemon_sections import HttpIntake
+from supervisor.config.fields import split_listen
 from supervisor.common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Exposition
 from supervisor.wire.states import AgentState
 from supervisor.common.rate_limited_log import RateLimitedLog

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Callable
 
 from supervisor.common.cgroups import MOUNTINFO, Mount, cgroup2_mounts
-from supervisor.config.schema import AGENT_ID_PATTERN
+from supervisor.config.agent import AGENT_ID_PATTERN
 from supervisor.wire.messages import AgentView, Heartbeat
 from supervisor.wire.states import UP_STATES
 from supervisor.config.units import describe_value

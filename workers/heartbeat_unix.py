@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 
-from supervisor.config.schema import UnixIntake
+from supervisor.config.daemon_sections import UnixIntake
 from supervisor.common.rate_limited_log import RateLimitedLog
 from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
 from workers.link import WorkerLink

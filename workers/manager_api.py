@@ -18,7 +18,8 @@ import grpc
 import grpc.aio
 from pydantic import BaseModel
 
-from supervisor.config.schema import ManagerAPISettings, TLSSettings, split_listen
+from supervisor.config.fields import split_listen
+from supervisor.config.manager_sections import ManagerAPISettings, TLSSettings
 from supervisor.wire.protocol import ErrorCode
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from supervisor.wire.verbs import history as history_verb

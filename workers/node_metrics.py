@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from supervisor.config.schema import CollectorsSettings
+from supervisor.config.manager_sections import CollectorsSettings
 from supervisor.wire.proto import manager_pb2
 
 CPU_SAMPLE_SECONDS = 1.0  # usage_percent is measured over this long, as the original does

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from supervisor.config.schema import ConfigError, load_config
+from supervisor.config.errors import ConfigError
+from supervisor.config.loading import load_config
 from supervisor.common.logging_setup import setup_logging
 from supervisor.common.rate_limited_log import RateLimitedLog
 

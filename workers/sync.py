@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 
 from supervisor.wire.version import __version__
-from supervisor.config.schema import CollectorsSettings, ManagerSettings, TLSSettings
+from supervisor.config.manager_sections import CollectorsSettings, ManagerSettings, TLSSettings
 from supervisor.wire.messages import AgentView
 from supervisor.common.backoff import Backoff
 from supervisor.common.metadata_store import iso_utc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.config.schema import TLSSettings
+from supervisor.config.manager_sections import TLSSettings
 
 from workers.runner import StartupError
 

@@ -22,7 +22,8 @@ from supervisor.wire.version import __version__
 from supervisor.common import timefmt
 from supervisor.common.log_reading import read_log
 from supervisor.ctl.agentctl_main import DEFAULT_CONFIG, DEFAULT_RUN_DIR, EXIT_AGENT_FAILED, EXIT_FAILED, EXIT_PENDING, fail
-from supervisor.config.schema import ConfigError, load_config
+from supervisor.config.errors import ConfigError
+from supervisor.config.loading import load_config
 from supervisor.ctl.control_client import ClientError, ControlClient, DaemonTimeout, DaemonUnavailable
 from supervisor.ctl.status_view import render_action, render_ping, render_status
 from supervisor.ctl.tables import printable, render_table

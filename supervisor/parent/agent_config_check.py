@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 
 __all__ = ["MAX_CONFIG_BYTES", "check_agent_config", "check_agent_configs"]
 

@@ -12,7 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 from supervisor.common.metadata_store import AgentRecord, ExitRecord, iso_utc, parse_iso
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 from supervisor.parent.process_handle import ProcessHandle, ProcessOps
 from supervisor.wire.states import UP_STATES, AgentState
 

@@ -9,7 +9,10 @@ import sys
 import click
 
 from supervisor.wire.version import __version__
-from supervisor.config.schema import ConfigError, check_accounts, check_binaries, check_tls_files, dump_effective, load_config
+from supervisor.config.checks import check_accounts, check_binaries, check_tls_files
+from supervisor.config.errors import ConfigError
+from supervisor.config.loading import load_config
+from supervisor.config.schema import dump_effective
 from supervisor.common.logging_setup import setup_logging
 from supervisor.common.pidfile import AlreadyRunning
 
@@ -99,7 +102,9 @@ def migrate_config(config_path: str) -> None:
     """Print the agentd-native equivalent of the original daemon's config file, with a comment on every changed key."""
     from pathlib import Path
 
-    from supervisor.config.schema import _SECTIONS, parse_config, read_config_file
+    from supervisor.config.loading import parse_config
+    from supervisor.config.schema import SECTIONS
+    from supervisor.config.yaml_file import read_config_file
     from supervisor.config.original_config import is_original, render, translate
 
     path = Path(config_path)
@@ -110,7 +115,7 @@ def migrate_config(config_path: str) -> None:
         if not is_original(data):
             click.echo(f"{path}: already in agentd's native form (no key of the original daemon's format); nothing to migrate", err=True)
             sys.exit(1)
-        translation = translate(data, frozenset(_SECTIONS))
+        translation = translate(data, frozenset(SECTIONS))
         parse_config(data, str(path), path.resolve().parent)  # every problem, worded as for `check-config`
     except ConfigError as exc:
         click.echo(str(exc), err=True)

@@ -19,7 +19,7 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from supervisor.parent.agent_config_check import MAX_CONFIG_BYTES, check_agent_config
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from supervisor.wire.ipc import bind_private
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.protocol import MAX_MESSAGE_BYTES, ErrorCode, Reply, Request, error_reply
-from supervisor.config.validation_text import describe_validation_error
+from supervisor.config.errors import describe_validation_error
 
 log = logging.getLogger(__name__)
 

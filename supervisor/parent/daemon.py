@@ -22,7 +22,9 @@ from pydantic import ValidationError
 
 from supervisor.wire.version import __version__
 from supervisor.common.cgroups import CgroupError, detect as detect_tracking
-from supervisor.config.schema import Config, ConfigError, load_config
+from supervisor.config.errors import ConfigError
+from supervisor.config.loading import load_config
+from supervisor.config.schema import Config
 from supervisor.parent.control_server import ControlServer
 from supervisor.parent.event_intake import EventIntake
 from supervisor.parent.event_log import EventLog
@@ -55,7 +57,7 @@ from supervisor.parent.sd_notify import Watchdog, sd_notify
 from supervisor.common.stall_watch import StallWatch
 from supervisor.parent.state_feed import StateFeed
 from supervisor.wire.states import DOWN_STATES, PROCESS_STATES, UP_STATES, AgentState
-from supervisor.config.validation_text import describe_validation_error
+from supervisor.config.errors import describe_validation_error
 from supervisor.parent.verbs import VERBS
 from supervisor.wire.verbs.status import DaemonStatus
 from supervisor.parent.worker_pool import WorkerPool, WorkerSpec
@@ -397,7 +399,7 @@ class Daemon:
     def _finish_orphan(self, agent_id: str, record, now: float) -> None:
         """A removal (or stop) that an agentd restart interrupted, of an agent no longer configured:
         finish it, so the process does not live on unmanaged."""
-        from supervisor.config.schema import AgentSpec  # the real spec is gone with the config; stop defaults suffice
+        from supervisor.config.agent import AgentSpec  # the real spec is gone with the config; stop defaults suffice
 
         spec = AgentSpec.model_validate({
             "id": agent_id, "type": record.type, "binary_path": "/bin/false", "work_dir": str(self.data_dir / "work" / agent_id),

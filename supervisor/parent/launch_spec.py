@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 
 LAUNCH_FIELDS = ("binary_path", "args", "env", "work_dir", "user", "group")
 

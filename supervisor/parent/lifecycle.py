@@ -14,7 +14,7 @@ import logging
 import signal as signal_mod
 
 from supervisor.common.metadata_store import ExitRecord, iso_utc
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 from supervisor.parent.agent_transitions import ActionResult, AgentTransitions
 from supervisor.parent.process_handle import ProcessHandle, describe_exit, signal_name
 from supervisor.wire.states import DOWN_STATES, UP_STATES, AgentState

@@ -14,7 +14,7 @@ import socket
 import struct
 from pathlib import Path
 
-from supervisor.config.schema import split_listen
+from supervisor.config.fields import split_listen
 
 log = logging.getLogger(__name__)
 

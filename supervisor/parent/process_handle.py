@@ -10,7 +10,7 @@ import signal as signal_mod
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 
 
 class SpawnError(Exception):

@@ -22,7 +22,7 @@ import psutil
 
 from supervisor.common.cgroups import CONTROLLER_OF, MOUNTINFO, AgentCgroup, Tracking, cgroup2_mounts, cgroup_name, limit_values
 from supervisor.parent.agent_config_check import check_agent_config
-from supervisor.config.schema import AgentSpec
+from supervisor.config.agent import AgentSpec
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
 from supervisor.parent.heartbeat_secrets import ENV_VAR as HEARTBEAT_TOKEN_ENV
 from supervisor.parent.process_handle import ProcessHandle, SpawnError

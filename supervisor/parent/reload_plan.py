@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.config.schema import AgentSpec, Config
+from supervisor.config.agent import AgentSpec
+from supervisor.config.schema import Config
 from supervisor.wire.verbs.reload import AgentChange, ReloadPlan
 
 # Sections the running daemon cannot switch live; a change there needs `agentd` restarted.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from supervisor.common.backoff import step_delay
-from supervisor.config.schema import RestartPolicy
+from supervisor.config.agent import RestartPolicy
 
 # Below any configured restart.min_interval: an agent that dies at once costs at most 10 starts a second.
 MIN_RESTART_FLOOR = 0.1

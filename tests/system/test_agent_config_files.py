@@ -58,7 +58,7 @@ def test_watch_reports_content_changes_only(tmp_path):
     """ConfigWatch on real files and real inotify: a touch or a same-content save is no change."""
     import asyncio
 
-    from supervisor.config.schema import parse_config
+    from supervisor.config.loading import parse_config
     from supervisor.parent.config_watch import ConfigWatch
 
     conf = tmp_path / "a.conf"

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import zmq
 
-from supervisor.config.schema import HealthCheck
+from supervisor.config.health_check import HealthCheck
 from supervisor.wire.messages import (
     EVENT_ADAPTER,
     STATE_TOPIC,

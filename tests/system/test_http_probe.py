@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from supervisor.config.schema import HealthCheck
+from supervisor.config.health_check import HealthCheck
 from tests.support.certs import make_cert
 from tests.support.daemon import TestDaemon
 from tests.support.wait import wait_until

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.config.schema import ManagerAPISettings, TLSSettings
+from supervisor.config.manager_sections import ManagerAPISettings, TLSSettings
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from tests.support.daemon import TestDaemon, processes_tagged
 from tests.support.wait import wait_until
@@ -299,7 +299,8 @@ def test_the_defaults_accept_the_original_manager_s_45_s_pings():
 
 
 def test_insecure_needs_allow_from_and_is_warned_about(tmp_path):
-    from supervisor.config.schema import ConfigError, load_config
+    from supervisor.config.errors import ConfigError
+    from supervisor.config.loading import load_config
 
     path = tmp_path / "agentd.yaml"
     path.write_text("manager_api: {listen: '0.0.0.0:9091', insecure: true}\n")

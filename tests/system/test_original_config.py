@@ -17,8 +17,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.config.schema import ConfigError, load_config, parse_config
-from supervisor.config.original_config import FORMAT_WARNING, apply_env, backoff_steps, is_original, translate
+from supervisor.config.errors import ConfigError
+from supervisor.config.loading import load_config, parse_config
+from supervisor.config.original_agents import backoff_steps
+from supervisor.config.original_config import apply_env, is_original, translate
+from supervisor.config.original_notes import FORMAT_WARNING
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "original"
 SHIPPED = sorted(p.name for p in FIXTURES.glob("*.yaml"))

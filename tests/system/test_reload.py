@@ -77,7 +77,7 @@ def test_agent_re_added_while_its_removal_is_still_stopping_is_kept(agentd):
 def test_heartbeat_section_change_is_reported_as_needing_a_restart():
     from pathlib import Path
 
-    from supervisor.config.schema import parse_config
+    from supervisor.config.loading import parse_config
     from supervisor.parent.reload_plan import plan_reload
 
     old = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))
@@ -105,7 +105,7 @@ def test_restart_required_is_reported_until_agentd_restarts():
     """Regression: the reminder vanished on the next reload, though the change was still not in force."""
     from pathlib import Path
 
-    from supervisor.config.schema import parse_config
+    from supervisor.config.loading import parse_config
     from supervisor.parent.reload_plan import plan_reload
 
     started = parse_config({"heartbeat": {"http": {"listen": "127.0.0.1:8084"}}}, source="a.yaml", base_dir=Path("/"))

@@ -25,7 +25,7 @@ import grpc.aio
 import pytest
 
 from supervisor.wire.version import __version__ as agentd_version
-from supervisor.config.schema import ManagerSettings
+from supervisor.config.manager_sections import ManagerSettings
 from supervisor.wire.messages import AgentView
 from supervisor.wire.proto import daemon_pb2, manager_pb2, manager_pb2_grpc
 from tests.support.certs import make_cert

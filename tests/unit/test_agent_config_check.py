@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.parent.agent_config_check import check_agent_config, check_agent_configs
-from supervisor.config.schema import parse_config
+from supervisor.config.loading import parse_config
 
 FILEBEAT_OK = """
 filebeat.inputs:

@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supervisor.config.schema import (
-    LEGACY_WARNING,
-    NO_AGENTS_WARNING,
-    AgentSpec,
-    ConfigError,
-    check_binaries,
-    dump_effective,
-    load_config,
-    parse_config,
-)
+from supervisor.config.agent import AgentSpec
+from supervisor.config.agent_list import LEGACY_WARNING
+from supervisor.config.checks import check_binaries
+from supervisor.config.errors import ConfigError
+from supervisor.config.loading import NO_AGENTS_WARNING, load_config, parse_config
+from supervisor.config.schema import dump_effective
 
 MIB = 1024 * 1024
 

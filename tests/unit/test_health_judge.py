@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.config.schema import HealthCheck
+from supervisor.config.health_check import HealthCheck
 from supervisor.wire.messages import AgentView, ResourceSample
 from workers.health_judge import HealthJudge, rules_of
 

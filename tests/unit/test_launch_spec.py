@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from supervisor.parent.agent_identity import Marked, main_process
-from supervisor.config.schema import parse_config
+from supervisor.config.loading import parse_config
 from supervisor.parent.launch_spec import LAUNCH_FIELDS, launch_diff, launch_of
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config.schema import parse_config
+from supervisor.config.loading import parse_config
 from supervisor.parent.lifecycle import AgentProcess
 from supervisor.parent.process_handle import ProcessHandle, SpawnError
 from supervisor.common.metadata_store import AgentRecord

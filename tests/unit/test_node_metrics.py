@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.config.schema import CollectorsSettings, parse_config
+from supervisor.config.loading import parse_config
+from supervisor.config.manager_sections import CollectorsSettings
 from workers.node_metrics import (
     NetworkState,
     Partition,

@@ -6,7 +6,7 @@ from collections import deque
 
 import pytest
 
-from supervisor.config.schema import RestartPolicy
+from supervisor.config.agent import RestartPolicy
 from supervisor.parent.restart_policy import MIN_RESTART_FLOOR, decide, floored_delay, start_limit_hit
 
 
