@@ -177,9 +177,10 @@ class AgentDefaults(_AgentFields):
 def apply_type_defaults(merged: dict, own: dict) -> None:
     """Give non-heartbeating types their defaults unless the agent itself (not agent_defaults) set them."""
     kind = merged.get("type")
-    kind = kind.strip().lower() if isinstance(kind, str) else kind
-    if kind not in NON_HEARTBEAT_TYPES:
+    # A list or mapping here is the type field's error to report, not a set lookup's TypeError.
+    if not isinstance(kind, str) or kind.strip().lower() not in NON_HEARTBEAT_TYPES:
         return
+    kind = kind.strip().lower()
     wanted: dict[str, Any] = {"heartbeat_timeout": None}
     if kind == "node_exporter":
         wanted["http_endpoint"] = node_exporter_endpoint(merged.get("args"))

@@ -761,3 +761,28 @@ def test_manager_address_that_is_not_host_port_is_refused(address):
 @pytest.mark.parametrize("address", ["manager.example.com:9090", "127.0.0.1:50051", "[::1]:9090", "dns:///m.example:443", "unix:/run/m.sock"])
 def test_manager_addresses_grpc_understands_are_accepted(address):
     assert parse_config({"manager": {"address": address}}, source="a.yaml", base_dir=Path("/")).manager.address == address
+
+
+def test_the_health_worker_reads_the_configs_health_defaults():
+    """One source of truth: an AgentView without health_check keys is judged by the config's defaults."""
+    from supervisor.config.health_check import HealthCheck, default_startup_grace
+    from supervisor.wire.messages import AgentView
+    from workers.health_judge import rules_of
+
+    defaults = HealthCheck()
+    rules = rules_of(AgentView(id="a", type="custom", state="running", generation=1, health_check={}))
+    assert (rules.interval, rules.heartbeat_timeout, rules.cpu_threshold, rules.memory_threshold) == (
+        defaults.interval, defaults.heartbeat_timeout, defaults.cpu_threshold, defaults.memory_threshold)
+    assert (rules.http_timeout, rules.endpoint_failures, rules.threshold_duration) == (
+        defaults.http_timeout, defaults.endpoint_failures, defaults.threshold_duration)
+    assert rules.startup_grace == default_startup_grace(defaults.heartbeat_timeout) == 90.0
+    assert default_startup_grace(None) == default_startup_grace(5.0) == 30.0
+
+
+@pytest.mark.parametrize("kind", [["x"], {"a": 1}])
+def test_an_agent_type_that_is_not_a_string_is_a_problem_not_a_crash(kind):
+    """Regression: `type: [x]` raised TypeError (unhashable) out of parse_config instead of a ConfigError."""
+    with pytest.raises(ConfigError, match=r"agents\[0\] \(a\)\.type: must be one of"):
+        parse_config({"agents": [{"id": "a", "binary_path": "/bin/a", "type": kind}]}, source="t", base_dir=Path("/"))
+    with pytest.raises(ConfigError, match=r"agent_defaults\.type: must be one of"):
+        parse_config({"agent_defaults": {"type": kind}, "agents": [{"id": "a", "binary_path": "/bin/a"}]}, source="t", base_dir=Path("/"))
