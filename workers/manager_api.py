@@ -18,8 +18,8 @@ import grpc
 import grpc.aio
 from pydantic import BaseModel
 
-from supervisor.config.fields import split_listen
-from supervisor.config.manager_sections import ManagerAPISettings, TLSSettings
+from supervisor.config.fields import is_loopback, split_listen
+from supervisor.config.manager_sections import ManagerAPISettings, TLSSettings, tls_wanted
 from supervisor.wire.protocol import ErrorCode
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
 from supervisor.wire.verbs import history as history_verb
@@ -29,7 +29,7 @@ from supervisor.wire.verbs import status as status_verb
 from supervisor.wire.verbs import stop as stop_verb
 from supervisor.wire.verbs.agent_actions import ActionArgs
 from workers.link import UNAVAILABLE, ControlFailure, VerbContract, WorkerLink
-from workers.tls_files import read_pem, tls_wanted
+from workers.tls_files import read_pem
 from workers.runner import StartupError, begin_process, json_object, read_worker_settings, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.manager_api")
@@ -252,15 +252,6 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 # ----------------------------------------------------------------------------------------------- process
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def server_credentials(tls: TLSSettings) -> grpc.ServerCredentials | None:
     """TLS credentials (client certificates required when ca_file is set), or None; StartupError on bad files."""
     if not tls_wanted(tls):
@@ -279,7 +270,7 @@ def check_exposure(settings: ManagerAPISettings) -> None:
     host, _port = split_listen(settings.listen)
     if settings.insecure and not settings.allow_from:
         raise StartupError("manager_api.insecure needs manager_api.allow_from: the Manager's addresses")
-    if not _is_loopback(host) and not settings.token and not tls_wanted(settings.tls) and not settings.insecure:
+    if not is_loopback(host) and not settings.token and not tls_wanted(settings.tls) and not settings.insecure:
         raise StartupError(f"manager_api.listen {settings.listen!r} is not loopback: set manager_api.token or enable manager_api.tls")
 
 

@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 
 from supervisor.wire.version import __version__
-from supervisor.config.manager_sections import CollectorsSettings, ManagerSettings, TLSSettings
+from supervisor.config.manager_sections import CollectorsSettings, ManagerSettings, TLSSettings, tls_wanted
 from supervisor.wire.messages import AgentView
 from supervisor.common.backoff import Backoff
 from supervisor.common.metadata_store import iso_utc
@@ -27,7 +27,7 @@ from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc, manager_pb2, mana
 from workers.link import WorkerLink
 from workers.node_facts import node_facts
 from workers.node_metrics import collectors_for, reading, system_values
-from workers.tls_files import read_pem, tls_wanted
+from workers.tls_files import read_pem
 from workers.runner import StartupError, begin_process, json_object, read_worker_settings, start_link, stop_event, worker_arg_parser
 
 log = logging.getLogger("workers.sync")

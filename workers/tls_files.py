@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.config.manager_sections import TLSSettings
-
 from workers.runner import StartupError
 
 
@@ -20,8 +18,3 @@ def read_pem(section: str, name: str, path: Path | None) -> bytes | None:
     if b"-----BEGIN" not in data:
         raise StartupError(f"{section}.tls.{name}: {path} is not a PEM file")
     return data
-
-
-def tls_wanted(tls: TLSSettings) -> bool:
-    """TLS when enabled, and also whenever a certificate file is configured: never a quiet plaintext fallback."""
-    return tls.enabled or any(p is not None for p in (tls.ca_file, tls.cert_file, tls.key_file))

@@ -16,7 +16,7 @@ from supervisor.config.agent_list import agent_entries, validate_agents, validat
 from supervisor.config.daemon_sections import DaemonSettings
 from supervisor.config.errors import ConfigError, Problems, unknown_key
 from supervisor.config.fields import is_loopback, split_listen
-from supervisor.config.manager_sections import tls_on
+from supervisor.config.manager_sections import tls_wanted
 from supervisor.config.original_config import ORIGINAL_DAEMON_KEYS, apply_env, is_original, translate
 from supervisor.config.schema import AGENT_KEYS, SECTIONS, TOP_LEVEL_KEYS, Config
 from supervisor.config.units import describe_value
@@ -130,7 +130,7 @@ def _warnings(config: Config) -> list[str]:
                 f"and will be restarted for no_heartbeat: {', '.join(silent)}"
             )
     api = config.manager_api
-    if api.listen and api.insecure and not api.token and not tls_on(api.tls):
+    if api.listen and api.insecure and not api.token and not tls_wanted(api.tls):
         warnings.append(
             f"manager_api is insecure: plaintext without a token on {api.listen}; whoever can connect from "
             f"{', '.join(api.allow_from)} can list, start and stop every agent (docs/manager.md)"
@@ -166,7 +166,7 @@ def _check_manager_api_auth(config: Config, problems: Problems) -> None:
     """A token or TLS on every address, loopback too: the control socket is owner-only, and the API must
     not let any local user do what the socket does not (stop every agent). insecure: true says otherwise."""
     api = config.manager_api
-    if api.listen is None or api.token or tls_on(api.tls) or api.insecure:
+    if api.listen is None or api.token or tls_wanted(api.tls) or api.insecure:
         return
     if is_loopback(split_listen(api.listen)[0]):  # elsewhere, ManagerAPISettings already refused it
         problems.add(

@@ -19,7 +19,7 @@ __all__ = [
     "ManagerSettings",
     "NetworkCollectorSettings",
     "TLSSettings",
-    "tls_on",
+    "tls_wanted",
 ]
 
 
@@ -39,8 +39,8 @@ class TLSSettings(Section):
         return self
 
 
-def tls_on(tls: TLSSettings) -> bool:
-    """True when TLS is wanted: enabled, or any of its files given."""
+def tls_wanted(tls: TLSSettings) -> bool:
+    """TLS when enabled, and also whenever a certificate file is configured: never a quiet plaintext fallback."""
     return tls.enabled or any(getattr(tls, k) is not None for k in ("ca_file", "cert_file", "key_file"))
 
 
