@@ -92,8 +92,7 @@ class AgentTranslator(Recorder):
 
     def agent_fields(self, raw: dict, label: str, kind: str | None, is_defaults: bool) -> dict:
         out: dict[str, Any] = {}
-        for key, value in raw.items():
-            where = f"{label}.{key}"
+        for key, value, where in self.entries(label, raw):
             if key in ("config_file", "work_dir") and empty(value):
                 continue  # "" is the original's "unset"
             if key == "name":

@@ -122,8 +122,7 @@ class _Translator(AgentTranslator):
     def daemon(self, raw: dict) -> tuple[dict, dict]:
         out: dict[str, Any] = {}
         extra: dict[str, Any] = {}
-        for key, value in raw.items():
-            where = f"daemon.{key}"
+        for key, value, where in self.entries("daemon", raw):
             if key == "id":
                 self.keep(out, "id", value, where, "empty: agentd uses its generated node id (data_dir/node_id), as the original generated one")
             elif key == "log_level":
@@ -185,8 +184,7 @@ class _Translator(AgentTranslator):
 
     def manager(self, raw: dict) -> dict:
         out: dict[str, Any] = {}
-        for key, value in raw.items():
-            where = f"manager.{key}"
+        for key, value, where in self.entries("manager", raw):
             if key == "address":
                 self.keep(out, "address", value, where, "empty: standalone, as the original")
             elif key == "tls":

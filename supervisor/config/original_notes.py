@@ -3,6 +3,7 @@ and the helpers every part of the translation reads values with (docs/migration.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,11 @@ class Recorder:
             self.problem(where, f"expected a mapping, got {describe_value(value)}")
             return {}
         return value
+
+    @staticmethod
+    def entries(label: str, raw: dict) -> Iterator[tuple[Any, Any, str]]:
+        """(key, value, "<label>.<key>") for each key of a raw section, the path its notes are filed under."""
+        return ((key, value, f"{label}.{key}") for key, value in raw.items())
 
     def keep(self, out: dict, key: str, value: Any, where: str, if_empty: str) -> None:
         """out[key] = value, unless the value is the original's "unset": then note `if_empty` instead."""
