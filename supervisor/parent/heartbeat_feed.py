@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Callable, Iterable
 
-from supervisor.parent.worker_pool import WorkerInfo
+from supervisor.wire.verbs.workers import WorkerInfo
 
 log = logging.getLogger("supervisor.parent.daemon")  # the parent's log lines keep their logger name
 

@@ -15,7 +15,7 @@ from supervisor.parent.heartbeat_apply import HeartbeatApplier, VerdictApplier
 from supervisor.parent.heartbeat_feed import HEARTBEAT_TIMES_RESEND, MAX_INTAKE_GRACE, HeartbeatFeed, IntakeGrace, intake_outage
 from supervisor.parent.lifecycle import AgentProcess
 from supervisor.parent.registry import Registry
-from supervisor.parent.worker_pool import WorkerInfo
+from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.wire.messages import Heartbeat, HeartbeatBatch, Verdict
 from supervisor.wire.states import AgentState as S
 from tests.unit.test_lifecycle import FakeOps, make_spec
