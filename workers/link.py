@@ -17,7 +17,7 @@ import sys
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import pydantic_core
 import zmq
@@ -36,19 +36,12 @@ from supervisor.wire.messages import (
     WorkerBeat,
 )
 from supervisor.wire.protocol import ErrorCode, Reply, Request
+from supervisor.wire.verbs import VerbContract
 from supervisor.wire.verbs import snapshot as snapshot_verb
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "unavailable"  # ControlFailure's code when the parent did not answer at all
-
-
-class VerbContract(Protocol):
-    """A verb's module in supervisor/wire/verbs: its name and its argument and result models."""
-
-    NAME: str
-    Args: type[BaseModel]
-    Result: type[BaseModel]
 
 
 class ControlFailure(Exception):

@@ -22,13 +22,14 @@ from supervisor.config.fields import is_loopback, split_listen
 from supervisor.config.manager_sections import ManagerAPISettings, TLSSettings, tls_wanted
 from supervisor.wire.protocol import ErrorCode
 from supervisor.wire.proto import daemon_pb2, daemon_pb2_grpc
+from supervisor.wire.verbs import VerbContract
 from supervisor.wire.verbs import history as history_verb
 from supervisor.wire.verbs import restart as restart_verb
 from supervisor.wire.verbs import start as start_verb
 from supervisor.wire.verbs import status as status_verb
 from supervisor.wire.verbs import stop as stop_verb
 from supervisor.wire.verbs.agent_actions import ActionArgs
-from workers.link import UNAVAILABLE, ControlFailure, VerbContract, WorkerLink
+from workers.link import UNAVAILABLE, ControlFailure, WorkerLink
 from workers.tls_files import read_pem
 from workers.runner import StartupError, begin_process, json_object, read_worker_settings, stop_event, worker_arg_parser
 

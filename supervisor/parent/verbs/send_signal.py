@@ -12,7 +12,7 @@ import signal as signal_mod
 
 from supervisor.common.metadata_store import iso_utc
 from supervisor.wire.states import PROCESS_STATES
-from supervisor.wire.verbs.send_signal import NAME, Args, Result, SignalOutcome, parse_signal  # noqa: F401  (the verb's contract)
+from supervisor.wire.verbs.send_signal import NAME, Args, Result, SignalOutcome  # noqa: F401  (the verb's contract, for the dispatch)
 
 
 log = logging.getLogger(__name__)
