@@ -320,23 +320,7 @@ def detect(mode: str, root: Path | None, *, mountinfo: str | None = None, self_c
     if not mounts:
         return Tracking("process-group", "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")
     if root is not None:
-        mount = _mount_of(mounts, root)
-        if mount is None:
-            return Tracking("process-group", f"cgroups.root {root} is not inside a cgroup v2 mount ({', '.join(str(m.path) for m in mounts)})")
-        if dry_run and not root.exists():
-            why = _writable(root.parent)
-            if why:
-                return Tracking("process-group", f"cannot create cgroups.root {root}: {why}")
-            return Tracking("cgroup", "cgroups.root is configured (will be created)", root, mount)
-        try:
-            root.mkdir(exist_ok=True)
-        except OSError as exc:
-            return Tracking("process-group", f"cannot create cgroups.root {root}: {exc.strerror or exc}")
-        why = _writable(root)
-        if why:
-            return Tracking("process-group", why)
-        controllers = _offered(root) if dry_run else _enable_controllers(root)
-        return Tracking("cgroup", "cgroups.root is configured", root, mount, controllers)
+        return _configured_root(mounts, root, dry_run)
     own = unified_path(self_cgroup if self_cgroup is not None else (_read(Path(SELF_CGROUP)) or ""))
     if own is None:
         return Tracking("process-group", "agentd is in no cgroup v2 (no 0:: line in /proc/self/cgroup)")
@@ -345,28 +329,53 @@ def detect(mode: str, root: Path | None, *, mountinfo: str | None = None, self_c
         if rel is None:
             continue
         path = mount.path / rel.lstrip("/")
-        if not path.is_dir():
-            continue
-        if path.name == SUPERVISOR_LEAF and _delegated(path.parent):
-            path = path.parent  # an earlier agentd of this unit already moved itself into the leaf
-        if not _delegated(path):
-            return Tracking("process-group", f"agentd's cgroup {own} is not delegated to it (run under systemd with Delegate=yes, or set cgroups.root)")
-        why = _writable(path)
-        if why:
-            return Tracking("process-group", why)
-        base = path / AGENTS_DIR
-        if dry_run:
-            return Tracking("cgroup", f"delegated cgroup {own}", base, mount, _offered(path))
-        try:
-            leaf = path / SUPERVISOR_LEAF
-            leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
-            base.mkdir(exist_ok=True)
-        except OSError as exc:
-            return Tracking("process-group", f"cannot set up the delegated cgroup {path}: {exc.strerror or exc}")
-        _enable_controllers(path)
-        return Tracking("cgroup", f"delegated cgroup {own}", base, mount, _enable_controllers(base))
+        if path.is_dir():
+            return _delegated_own(mount, path, own, dry_run)
     return Tracking("process-group", f"agentd's cgroup {own} is not visible under any cgroup v2 mount")
+
+
+def _configured_root(mounts: list[Mount], root: Path, dry_run: bool) -> Tracking:
+    """`cgroups.root` is set: agents go under it, created if missing."""
+    mount = _mount_of(mounts, root)
+    if mount is None:
+        return Tracking("process-group", f"cgroups.root {root} is not inside a cgroup v2 mount ({', '.join(str(m.path) for m in mounts)})")
+    if dry_run and not root.exists():
+        why = _writable(root.parent)
+        if why:
+            return Tracking("process-group", f"cannot create cgroups.root {root}: {why}")
+        return Tracking("cgroup", "cgroups.root is configured (will be created)", root, mount)
+    try:
+        root.mkdir(exist_ok=True)
+    except OSError as exc:
+        return Tracking("process-group", f"cannot create cgroups.root {root}: {exc.strerror or exc}")
+    why = _writable(root)
+    if why:
+        return Tracking("process-group", why)
+    controllers = _offered(root) if dry_run else _enable_controllers(root)
+    return Tracking("cgroup", "cgroups.root is configured", root, mount, controllers)
+
+
+def _delegated_own(mount: Mount, path: Path, own: str, dry_run: bool) -> Tracking:
+    """agentd's own cgroup at `path`: usable when delegated, split into `supervisor/` and `agents/`."""
+    if path.name == SUPERVISOR_LEAF and _delegated(path.parent):
+        path = path.parent  # an earlier agentd of this unit already moved itself into the leaf
+    if not _delegated(path):
+        return Tracking("process-group", f"agentd's cgroup {own} is not delegated to it (run under systemd with Delegate=yes, or set cgroups.root)")
+    why = _writable(path)
+    if why:
+        return Tracking("process-group", why)
+    base = path / AGENTS_DIR
+    if dry_run:
+        return Tracking("cgroup", f"delegated cgroup {own}", base, mount, _offered(path))
+    try:
+        leaf = path / SUPERVISOR_LEAF
+        leaf.mkdir(exist_ok=True)
+        (leaf / "cgroup.procs").write_text(str(os.getpid()))
+        base.mkdir(exist_ok=True)
+    except OSError as exc:
+        return Tracking("process-group", f"cannot set up the delegated cgroup {path}: {exc.strerror or exc}")
+    _enable_controllers(path)
+    return Tracking("cgroup", f"delegated cgroup {own}", base, mount, _enable_controllers(base))
 
 
 def limit_values(memory_max: int | None, cpu_max: float | None, pids_max: int | None) -> dict[str, str]:

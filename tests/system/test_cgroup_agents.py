@@ -40,17 +40,23 @@ def _pids(agentd, agent_id, kinds=("START", "CHILD", "GRANDCHILD")):
     return {m[0]: int(m[1]) for m in read_markers(agentd.marker(agent_id)) if m[0] in kinds}
 
 
+def _start_escaper(agentd, cgroup_root, agent_id):
+    """agentd in cgroup mode with one agent that double-forks out of its group; returns its status once
+    running and the pids of its START/CHILD/GRANDCHILD markers (the grandchild has escaped by then)."""
+    agentd.write_config([agentd.helper_agent(agent_id, "daemonize-escape")], cgroups={"root": str(cgroup_root)})
+    agentd.start()
+    state = agentd.wait_state(agent_id, "running")
+    wait_for_marker(agentd.marker(agent_id), "GRANDCHILD")
+    return state, _pids(agentd, agent_id)
+
+
 def _populated(path) -> int:
     return flat_keyed((path / "cgroup.events").read_text())["populated"]
 
 
 @needs_cgroup2
 def test_escaping_double_fork_setsid_agent_is_fully_stopped_in_cgroup_mode(agentd, cgroup_root):
-    agentd.write_config([agentd.helper_agent("escaper", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
-    agentd.start()
-    st = agentd.wait_state("escaper", "running")
-    wait_for_marker(agentd.marker("escaper"), "GRANDCHILD")
-    pids = _pids(agentd, "escaper")
+    st, pids = _start_escaper(agentd, cgroup_root, "escaper")
     main, escaped = pids["START"], pids["GRANDCHILD"]
     wait_until(lambda: not pid_alive(pids["CHILD"]), message="the middle process to exit")
     # It really escaped: its own session and group, not a descendant of the main process.
@@ -78,11 +84,8 @@ def test_escaping_double_fork_setsid_agent_is_fully_stopped_in_cgroup_mode(agent
 
 @needs_cgroup2
 def test_agent_re_adopted_after_kill9_is_still_tracked_by_its_cgroup(agentd, cgroup_root):
-    agentd.write_config([agentd.helper_agent("keeper", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
-    agentd.start()
-    before = agentd.wait_state("keeper", "running")
-    wait_for_marker(agentd.marker("keeper"), "GRANDCHILD")
-    escaped = _pids(agentd, "keeper")["GRANDCHILD"]
+    before, pids = _start_escaper(agentd, cgroup_root, "keeper")
+    escaped = pids["GRANDCHILD"]
     agentd.kill9()
     agentd.start()
     after = agentd.wait_state("keeper", "running")
@@ -99,10 +102,8 @@ def test_agent_re_adopted_after_kill9_is_still_tracked_by_its_cgroup(agentd, cgr
 def test_agent_whose_metadata_is_lost_is_adopted_and_still_tracked_by_its_cgroup(agentd, cgroup_root):
     """Metadata lost while agentd was down: the process is found again (by its identity marks) and
     its cgroup still holds everything it forked, so the stop reaches the escaped grandchild."""
-    agentd.write_config([agentd.helper_agent("dup", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
-    agentd.start()
-    first = agentd.wait_state("dup", "running")
-    escaped = int(wait_for_marker(agentd.marker("dup"), "GRANDCHILD")[0][1])
+    first, pids = _start_escaper(agentd, cgroup_root, "dup")
+    escaped = pids["GRANDCHILD"]
     agentd.kill9()
     for f in (agentd.data_dir / "metadata").glob("dup*"):
         f.unlink()
@@ -205,10 +206,8 @@ def test_heartbeats_from_an_escaped_process_count_in_cgroup_mode(agentd, cgroup_
 def test_agent_started_in_a_cgroup_stays_tracked_by_it_when_agentd_restarts_without_cgroups(agentd, cgroup_root):
     """The cgroup is recorded in the agent's metadata: switching `cgroups.mode: off` (or moving
     cgroups.root) does not lose the processes started before."""
-    agentd.write_config([agentd.helper_agent("moved", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
-    agentd.start()
-    before = agentd.wait_state("moved", "running")
-    escaped = int(wait_for_marker(agentd.marker("moved"), "GRANDCHILD")[0][1])
+    before, pids = _start_escaper(agentd, cgroup_root, "moved")
+    escaped = pids["GRANDCHILD"]
     agentd.terminate()
     agentd.write_config(cgroups={"mode": "off"})
     agentd.start()
@@ -222,10 +221,7 @@ def test_agent_started_in_a_cgroup_stays_tracked_by_it_when_agentd_restarts_with
 @needs_cgroup2
 def test_resource_figures_count_escaped_processes_from_the_cgroup(agentd, cgroup_root):
     agentd.extra = {"resources": {"interval": 0.5}}
-    agentd.write_config([agentd.helper_agent("acct", "daemonize-escape")], cgroups={"root": str(cgroup_root)})
-    agentd.start()
-    agentd.wait_state("acct", "running")
-    wait_for_marker(agentd.marker("acct"), "GRANDCHILD")
+    _start_escaper(agentd, cgroup_root, "acct")
 
     def sample():
         item = next(i for i in agentd.call("top")["agents"] if i["status"]["id"] == "acct")
