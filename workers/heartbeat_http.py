@@ -44,7 +44,10 @@ MAX_CONNECTIONS = 1024
 LINGER = 2.0  # after refusing a request we read and discard for this long, so the client sees our reply
 SWEEP_INTERVAL = 0.25
 MAX_REPORTED = 100  # rejected items listed in a batch reply; the count is always complete
-PARENT_METRICS_REFRESH = 5.0  # seconds between fetches of the parent's metrics text
+# A scrape fetches the parent's metrics text (agents' health, cpu, rss, restarts) and answers once it has it;
+# nothing is fetched between scrapes (issue 11: idle cost). Scrapes this close together share one fetch.
+PARENT_METRICS_FRESH = 1.0
+PARENT_METRICS_WAIT = 3.0  # a parent that does not answer by then: the scrape gets the last copy
 ACCEPT_BATCH = 4  # connections accepted per wake-up; small, so that workers sharing the socket share a burst
 ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long (as asyncio's own server does)
 UNVERIFIED_SHARE = 4  # at most 1/4 of max_connections may be connections that delivered no valid heartbeat yet
@@ -158,8 +161,10 @@ class HeartbeatHttpServer:
         self._sock: socket.socket | None = None
         self._accepting: dict[asyncio.Task, socket.socket] = {}  # accepted, transport not yet set up
         self._sweeper: asyncio.Task | None = None
-        self._parent_metrics_task: asyncio.Task | None = None
+        self._parent_metrics_task: asyncio.Task | None = None  # the fetch in flight, shared by concurrent scrapes
         self.parent_metrics = b""  # the parent's Prometheus text (agents' health, cpu, rss, restarts; workers)
+        self.parent_metrics_at: float | None = None  # loop time of the fetch that gave it
+        self.answering: set[asyncio.Task] = set()  # scrapes waiting for the parent's text
         self._process = psutil.Process()
         for key in ("received", "accepted", "dropped", "connections", "connections_open", "timeouts"):
             self.counters[key] += 0  # present from the first beat, so a zero shows as a zero
@@ -175,7 +180,6 @@ class HeartbeatHttpServer:
         self._sock = sock
         loop.add_reader(sock.fileno(), self._accept)
         self._sweeper = asyncio.create_task(self._sweep(), name="sweep")
-        self._parent_metrics_task = asyncio.create_task(self._refresh_parent_metrics(), name="parent-metrics")
 
     def _accept(self) -> None:
         """A few connections per wake-up: every worker on the socket is woken, and each takes its share."""
@@ -215,14 +219,24 @@ class HeartbeatHttpServer:
         if self._sock is not None and self._sock.fileno() >= 0:
             asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
 
-    async def _refresh_parent_metrics(self) -> None:
-        # Fetched in the background so a scrape never waits on the parent; at most a few seconds old.
-        while True:
-            try:
-                self.parent_metrics = (await self.link.call(metrics_verb, timeout=5.0)).text.encode()
-            except Exception as exc:  # the parent busy or restarting: serve the last copy
-                log.debug("parent metrics not refreshed: %s", exc)
-            await asyncio.sleep(PARENT_METRICS_REFRESH)
+    def parent_metrics_fresh(self) -> bool:
+        at = self.parent_metrics_at
+        return at is not None and asyncio.get_running_loop().time() - at < PARENT_METRICS_FRESH
+
+    async def refresh_parent_metrics(self) -> None:
+        """Fetch the parent's metrics text for a scrape; never raises (a busy or restarting parent: the last copy stays)."""
+        if self._parent_metrics_task is None:
+            self._parent_metrics_task = asyncio.create_task(self._fetch_parent_metrics(), name="parent-metrics")
+        await asyncio.shield(self._parent_metrics_task)
+
+    async def _fetch_parent_metrics(self) -> None:
+        try:
+            self.parent_metrics = (await self.link.call(metrics_verb, timeout=PARENT_METRICS_WAIT)).text.encode()
+            self.parent_metrics_at = asyncio.get_running_loop().time()
+        except Exception as exc:
+            log.debug("parent metrics not refreshed: %s", exc)
+        finally:
+            self._parent_metrics_task = None
 
     async def close(self) -> None:
         """Stop accepting (only our copy of the socket closes; the parent's keeps the backlog) and drop connections."""
@@ -241,8 +255,10 @@ class HeartbeatHttpServer:
             conn.close()
         # Await the cancelled tasks too: one still inside a control request holds a socket open,
         # and the link's context shutdown would wait for it (the worker then missed its stop deadline).
+        for task in self.answering:
+            task.cancel()
         background = [t for t in (self._sweeper, self._parent_metrics_task) if t is not None]
-        await asyncio.gather(*self._accepting, *background, return_exceptions=True)
+        await asyncio.gather(*self._accepting, *self.answering, *background, return_exceptions=True)
 
     async def _sweep(self) -> None:
         # One timer for all connections: cheaper than a call_later per request, precise enough for timeouts.
@@ -524,6 +540,9 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.head_received = 0  # bytes fed while the current request's headers are incomplete
         self.body = bytearray()
+        # While a scrape waits for the parent's metrics, requests after it on this connection wait too, so
+        # that replies go out in request order: (method, path, token, body, keep_alive) of each.
+        self.held: list[tuple[bytes, bytes, str | None, bytes, bool]] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -679,24 +698,56 @@ class _Connection(asyncio.Protocol):
         self.in_request = False
         method = self.parser.get_method()
         path = self.url.split(b"?", 1)[0]
+        if self.held is not None:
+            self.held.append((method, path, self.token, bytes(self.body), self.keep_alive))
+            self.body.clear()
+            return
+        if path == b"/metrics" and method in ROUTES[path] and not self.server.parent_metrics_fresh():
+            self._hold_for_metrics(method)
+            return
+        self._answer(method, path, self.token, self.body, self.keep_alive)
+
+    def _hold_for_metrics(self, method: bytes) -> None:
+        """Answer this scrape once the parent's metrics text is in; read nothing more meanwhile."""
+        assert self.transport is not None
+        self.held = []
+        keep_alive = self.keep_alive
+        self.body.clear()
+        self.transport.pause_reading()
+        self.deadline = self.loop.time() + PARENT_METRICS_WAIT + self._timeout()  # the fetch is not the client's delay
+        task = self.loop.create_task(self._answer_held(method, keep_alive))
+        self.server.answering.add(task)
+        task.add_done_callback(self.server.answering.discard)
+
+    async def _answer_held(self, method: bytes, keep_alive: bool) -> None:
+        await self.server.refresh_parent_metrics()
+        held, self.held = self.held or [], None
+        for request in [(method, b"/metrics", None, b"", keep_alive), *held]:
+            if self.closed:
+                return
+            self._answer(*request)
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _answer(self, method: bytes, path: bytes, token: str | None, body: bytes | bytearray, keep_alive: bool) -> None:
         try:
             if path == b"/heartbeat" and method == b"POST":  # the hot path, without the routing
-                status, body, content_type, headers = self.server._heartbeats(self.body, self.token, batch=False, conn=self)
+                status, reply, content_type, headers = self.server._heartbeats(body, token, batch=False, conn=self)
             else:
-                status, body, content_type, headers = self.server.handle(method, path, self.token, self.body, conn=self)
+                status, reply, content_type, headers = self.server.handle(method, path, token, body, conn=self)
         except Exception:  # a bug must cost one request, not the worker; the traceback stays in our log, rate-limited
             self.server.limited.exception("internal", "request %s %s failed", method.decode("latin-1"), path[:200].decode("latin-1"))
-            status, body, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()
+            status, reply, content_type, headers = 500, json_reply(False, "internal error"), JSON_TYPE, ()
         self.body.clear()  # an idle keep-alive connection holds no request body
         if status == 200 and self.peer_key is not None and path in (b"/heartbeat", b"/heartbeats"):
             self.verified()
         self.server.counters[_STATUS_KEYS.get(status) or f"http_{status}"] += 1
-        if body is ACCEPTED.body and self.keep_alive and not headers and method != b"HEAD":
+        if reply is ACCEPTED.body and keep_alive and not headers and method != b"HEAD":
             self.write(ACCEPTED.response)  # the common case, rendered once per millisecond
         else:
-            self.write(render(status, body, content_type=content_type, close=not self.keep_alive,
+            self.write(render(status, reply, content_type=content_type, close=not keep_alive,
                               headers=headers, head_only=method == b"HEAD"))
-        if not self.keep_alive:
+        if not keep_alive:
             self.close()
         else:
             self.deadline = self.loop.time() + self._timeout()

@@ -49,6 +49,8 @@ class StandInParent:
         self.last_heartbeat: dict[str, float] = {}
         self.seq = 0
         self.events: list = []
+        self.metrics_text = ""  # what the `metrics` verb answers (the parent's Prometheus text)
+        self.metrics_requests = 0
         self.ctx = zmq.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.bind(f"ipc://{self.dir}/state.ipc")
@@ -76,8 +78,12 @@ class StandInParent:
                     ident, payload = self.router.recv_multipart()
                     req = Request.model_validate_json(payload)
                     with self._lock:
-                        result = {"seq": self.seq, "agents": [a.model_dump() for a in self.agents.values()],
-                                  "last_heartbeat": dict(self.last_heartbeat)}
+                        if req.verb == "metrics":
+                            self.metrics_requests += 1
+                            result = {"text": self.metrics_text}
+                        else:
+                            result = {"seq": self.seq, "agents": [a.model_dump() for a in self.agents.values()],
+                                      "last_heartbeat": dict(self.last_heartbeat)}
                     reply = Reply(id=req.id, ok=True, result=result)
                     self.router.send_multipart([ident, reply.model_dump_json().encode()])
 
@@ -546,6 +552,41 @@ def test_metrics_are_prometheus_text(env):
                    for line in text.splitlines())
 
     wait_until(last_heartbeat_shown, timeout=30)
+
+
+def _past_the_shared_fetch(worker: Worker) -> None:
+    """Scrape once, then let PARENT_METRICS_FRESH pass: the next scrape fetches the parent's text itself."""
+    from workers.heartbeat_http import PARENT_METRICS_FRESH
+
+    request(worker.port, "GET", "/metrics")
+    last_scrape = time.monotonic()
+    wait_until(lambda: time.monotonic() - last_scrape > PARENT_METRICS_FRESH + 0.1, timeout=10)
+
+
+def test_parent_metrics_are_fetched_by_the_scrape_itself(env):
+    # Issue 11: the parent's text is fetched for a scrape (not every few seconds), so it is as of the scrape.
+    parent, worker, _agents = env
+    _past_the_shared_fetch(worker)
+    fetches = parent.metrics_requests
+    parent.metrics_text = "# TYPE agentd_test_value gauge\nagentd_test_value 1.0\n"
+    assert "agentd_test_value 1.0" in request(worker.port, "GET", "/metrics")[2].decode()
+    assert parent.metrics_requests == fetches + 1
+    parent.metrics_text = "# TYPE agentd_test_value gauge\nagentd_test_value 2.0\n"
+    wait_until(lambda: "agentd_test_value 2.0" in request(worker.port, "GET", "/metrics")[2].decode(), timeout=30)
+
+
+def test_requests_pipelined_behind_a_scrape_are_answered_in_order(env):
+    parent, worker, _agents = env
+    _past_the_shared_fetch(worker)
+    parent.metrics_text = "# TYPE agentd_test_value gauge\nagentd_test_value 3.0\n"
+    payload = (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /heartbeat/stats HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    replies = raw_exchange(worker.port, payload).split(b"HTTP/1.1 ")[1:]
+    assert [r.split(b"\r\n", 1)[0] for r in replies] == [b"200 OK"] * 3
+    assert b"agentd_test_value 3.0" in replies[0] and b"text/plain" in replies[0]
+    assert b"application/json" in replies[1] and b'"message": "heartbeat intake counters"' in replies[1]
+    assert replies[2].endswith(b"\r\n\r\n")  # HEAD: headers only
 
 
 def test_label_values_are_escaped():
