@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workers.health")
 
-MAX_TICK = 1.0  # judging wakes at least this often
+# Judging sleeps until the next agent is due (its health_check.interval), or until something changes: a new
+# agent view, or, while a verdict is out, heartbeat times or a stall that could refute it (issue 11: an idle
+# node must not walk every agent every second). This is only the safety net.
+MAX_TICK = 30.0
 MIN_TICK = 0.05
 WORKERS_TIMEOUT = 2.0  # the `workers` request must not hold up a sampling round for long
 COUNTERS = ("judged", "samples", "sample_errors", "endpoint_checks", "endpoint_failures")
@@ -67,14 +70,31 @@ class HealthWorker:
         # Our own stalls: after one, the heartbeat times we hold may be stale, so they count like an intake
         # outage (and like a parent stall for the other verdicts).
         self.stalls = StallWatch(f"health worker {link.name}")
+        self.stalls.listeners.append(lambda _stall: self._wake_if_verdict_out())
+        self._rules: dict[str, tuple[AgentView, HealthRules]] = {}  # per view: rules_of is not free for 200 agents
         link.on_change.append(self._on_change)
 
     def _on_change(self) -> None:
-        # Heartbeat times change every second; only a new or changed agent view needs a judgement now.
+        # Heartbeat times change every second; a new or changed agent view needs a judgement now, and
+        # an outstanding verdict may be refuted by new times (an intake restart, a heartbeat, a stall).
         agents = self.link.agents
         if len(agents) != len(self._views) or any(self._views.get(k) is not v for k, v in agents.items()):
             self._views = dict(agents)
             self._wake.set()
+        else:
+            self._wake_if_verdict_out()
+
+    def _wake_if_verdict_out(self) -> None:
+        agents = self.link.agents
+        if any((a := agents.get(agent_id)) is not None and a.generation == gen for agent_id, gen in self._verdict_gen.items()):
+            self._wake.set()
+
+    def rules(self, agent: AgentView) -> HealthRules:
+        """rules_of(agent), computed once per agent view."""
+        cached = self._rules.get(agent.id)
+        if cached is None or cached[0] is not agent:
+            cached = self._rules[agent.id] = (agent, rules_of(agent))
+        return cached[1]
 
     async def run(self) -> None:
         """Run both loops until cancelled."""
@@ -112,7 +132,7 @@ class HealthWorker:
                 continue
             if self._verdict_gen.get(agent.id) == agent.generation:
                 continue  # the judge stays quiet about it; no samples or endpoint checks to spend either
-            interval = rules_of(agent).interval
+            interval = self.rules(agent).interval
             last = self._judged_at.get(agent.id)
             if last is None or last[0] != agent.generation or now - last[1] >= interval:
                 due.append(agent)
@@ -179,7 +199,7 @@ class HealthWorker:
             sample = self._samples.get(agent.id)
             if agent.pid is None:
                 continue
-            if sample is None or sample.generation != agent.generation or now - self._sampled_at.get(agent.id, float("-inf")) >= rules_of(agent).interval:
+            if sample is None or sample.generation != agent.generation or now - self._sampled_at.get(agent.id, float("-inf")) >= self.rules(agent).interval:
                 stale.append(agent)
         if stale:
             loop = asyncio.get_running_loop()
@@ -189,7 +209,7 @@ class HealthWorker:
 
     def _forget(self, agents: dict[str, AgentView]) -> None:
         """Drop everything about agents that left the configuration: every map here stays bounded."""
-        for table in (self._samples, self._sampled_at, self._judged_at, self._endpoint_done, self._endpoint_ok, self._verdict_gen):
+        for table in (self._samples, self._sampled_at, self._judged_at, self._endpoint_done, self._endpoint_ok, self._verdict_gen, self._rules):
             for agent_id in table.keys() - agents.keys():
                 del table[agent_id]
         for agent_id in self._endpoint_tasks.keys() - agents.keys():
@@ -198,7 +218,7 @@ class HealthWorker:
     # ----------------------------------------------------------------- endpoint checks
 
     def _start_endpoint_check(self, agent: AgentView) -> None:
-        rules = rules_of(agent)
+        rules = self.rules(agent)
         if rules.http_endpoint is None:
             return
         running = self._endpoint_tasks.get(agent.id)
