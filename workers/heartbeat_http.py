@@ -33,7 +33,8 @@ from supervisor.wire.states import AgentState
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.verbs import metrics as metrics_verb
 from workers.peer_socket import FdHints, SockDiag, is_loopback, socket_in_tree
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, report_bad_timestamps
+from workers.agent_directory import AgentDirectory, report_bad_timestamps
+from workers.heartbeat_rules import HeartbeatRejected, decode_json
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
 

@@ -12,7 +12,8 @@ import pytest
 from supervisor.wire.messages import AgentView, Heartbeat
 from tests.support.processes import descendants, kill_tree
 from tests.support.wait import wait_until
-from workers.heartbeat_rules import NCPU, AgentDirectory, HeartbeatRejected, parse_heartbeat
+from workers.agent_directory import AgentDirectory
+from workers.heartbeat_rules import NCPU, HeartbeatRejected, parse_heartbeat
 
 NOW = 1_700_000_000.5
 

@@ -32,7 +32,8 @@ from tests.support.certs import make_cert
 from tests.support.daemon import ROOT
 from tests.support.wait import wait_until
 from workers.node_facts import go_arch
-from workers.sync import ManagerSync, backoff_for
+from workers.manager_channel import backoff_for
+from workers.manager_sync import ManagerSync
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "node-under-test"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from supervisor.parent.control_server import BadRequest, parse_request
 from supervisor.wire.messages import AgentView, Heartbeat
 from supervisor.wire.protocol import Reply
-from workers.heartbeat_rules import AgentDirectory, HeartbeatRejected, decode_json, parse_heartbeat
+from workers.agent_directory import AgentDirectory
+from workers.heartbeat_rules import HeartbeatRejected, decode_json, parse_heartbeat
 
 NASTY_TEXT = ["\ud800", "\udfff", "\x00", "\x1b[2J", "\x1b]0;t\x07", "\u202e", "\u200b", "\x7f", "\x85", "é", "🙂", ""]
 FIELDS = ["agent_id", "pid", "timestamp", "status", "version", "cpu", "memory", "token", "generation"]
