@@ -1,92 +1,33 @@
 """Resource history in SQLite (``<data_dir>/history.db``, WAL), written by one background thread.
 
-The parent's event loop only queues samples; the thread owns the one connection, writes, answers
-queries and prunes. Locks, a vanished file, corruption and a full disk are logged and survived.
+The parent's event loop only queues samples; the thread owns the one connection (history_db.HistoryFile),
+writes, answers queries and prunes. Locks, a vanished file, corruption and a full disk are logged and
+survived (docs/architecture.md, "Resource history").
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from supervisor.wire.messages import ResourceSample
 from supervisor.common.backoff import Backoff
 from supervisor.common.rate_limited_log import RateLimitedLog
+from supervisor.parent import history_db
+from supervisor.parent.history_db import HistoryFile, cause, classify
+from supervisor.wire.messages import ResourceSample
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-
-# Each step upgrades user_version N-1 to N; a later column or index change appends one here.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        "CREATE TABLE IF NOT EXISTS samples(agent_id TEXT, ts REAL, cpu REAL, rss INTEGER, vms INTEGER,"
-        " read_bytes INTEGER, write_bytes INTEGER, fds INTEGER, threads INTEGER, procs INTEGER)",
-        "CREATE INDEX IF NOT EXISTS samples_agent_ts ON samples(agent_id, ts)",
-    ),
-}
-
-_COLUMNS = ("agent_id", "ts", "cpu", "rss", "vms", "read_bytes", "write_bytes", "fds", "threads", "procs")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM samples"
-_INSERT = f"INSERT INTO samples({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-# Distinct agent ids by hopping through the (agent_id, ts) index: one seek per agent, not a scan of every row.
-_AGENT_IDS = (
-    "WITH RECURSIVE a(id) AS (SELECT MIN(agent_id) FROM samples"
-    " UNION ALL SELECT (SELECT MIN(agent_id) FROM samples WHERE agent_id > a.id) FROM a WHERE a.id IS NOT NULL)"
-    " SELECT id FROM a WHERE id IS NOT NULL"
-)
-
-_SIDECARS = ("-wal", "-shm")
 _MIN_DELAY = 0.25
 _MAX_DELAY = 5.0
 _FULL_LOG_PERIOD = 60.0
-
-
-class _Corrupt(Exception):
-    """quick_check found damage that SQLite itself did not raise on."""
-
-
-def _row(s: ResourceSample) -> tuple[Any, ...]:
-    return (s.agent_id, s.ts, s.cpu, s.rss, s.vms, s.read_bytes, s.write_bytes, s.fds, s.threads, s.procs)
-
-
-def _sample(row: tuple[Any, ...]) -> ResourceSample:
-    return ResourceSample(**dict(zip(_COLUMNS, row)))
-
-
-def _classify(exc: BaseException) -> str:
-    """Fault kind: locked, full, corrupt, moved (file unlinked under us) or error."""
-    if isinstance(exc, _Corrupt):
-        return "corrupt"
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_READONLY_DBMOVED:
-            return "moved"
-        primary = code & 0xFF if isinstance(code, int) else None
-        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return "locked"
-        if primary == sqlite3.SQLITE_FULL:
-            return "full"
-        if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            return "corrupt"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "full"
-    return "error"
-
-
-def _cause(exc: BaseException) -> str:
-    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    return f"{name}: {exc}"
 
 
 class HistoryStore:
@@ -125,8 +66,7 @@ class HistoryStore:
         self._drop_log = RateLimitedLog(log, period=60.0)
 
         # Owned by the writer thread only.
-        self._conn: sqlite3.Connection | None = None
-        self._ident: tuple[int, int] | None = None
+        self._file = HistoryFile(self.path, busy_timeout, configure=self._configure, on_open=self._seed_latest)
         self._retry_at = 0.0
         self._backoff = Backoff(_MIN_DELAY, _MAX_DELAY)
         self._fault: str | None = None
@@ -163,14 +103,14 @@ class HistoryStore:
 
     def query(self, agent_id: str, since: float, until: float | None = None, limit: int = 10_000) -> list[ResourceSample]:
         """The most recent `limit` samples of an agent in [since, until], oldest first; [] on any failure."""
-        return self._call(self._query, (agent_id, since, until, limit), [])
+        return self._call(history_db.query, (agent_id, since, until, limit), [])
 
     def aggregate(self, agent_id: str, since: float, until: float | None, every: float) -> list[tuple]:
         """Per `every`-second window (aligned to the epoch) in [since, until], oldest first; [] on any failure.
 
         Each row: (window start, samples, cpu avg, cpu max, rss avg, rss max, fds avg, fds max, threads max, procs max).
         """
-        return self._call(self._aggregate, (agent_id, since, until, every), [])
+        return self._call(history_db.aggregate, (agent_id, since, until, every), [])
 
     def latest(self) -> dict[str, ResourceSample]:
         """The newest sample per agent id, from memory."""
@@ -232,39 +172,15 @@ class HistoryStore:
         if not fut.set_running_or_notify_cancel():
             return
         try:
-            fut.set_result(fn(self._ensure_open(), *args))
+            fut.set_result(fn(self._file.ensure_open(), *args))
         except Exception as exc:
             self._failed(exc, fn.__name__.strip("_"))
             fut.set_result(default)
 
-    def _query(self, conn: sqlite3.Connection, agent_id: str, since: float, until: float | None, limit: int) -> list[ResourceSample]:
-        if limit <= 0:
-            return []
-        sql, params = f"{_SELECT} WHERE agent_id = ? AND ts >= ?", [agent_id, since]
-        if until is not None:
-            sql += " AND ts <= ?"
-            params.append(until)
-        rows = conn.execute(sql + " ORDER BY ts DESC LIMIT ?", (*params, int(limit))).fetchall()
-        rows.reverse()
-        return [_sample(r) for r in rows]
-
-    def _aggregate(self, conn: sqlite3.Connection, agent_id: str, since: float, until: float | None, every: float) -> list[tuple]:
-        # One indexed range scan grouped in SQLite: an hour of 10 s samples is 360 rows, a week 60 k.
-        sql = (
-            "SELECT CAST(ts / ? AS INTEGER) AS w, COUNT(*), AVG(cpu), MAX(cpu), AVG(rss), MAX(rss), AVG(fds), MAX(fds),"
-            " MAX(threads), MAX(procs) FROM samples WHERE agent_id = ? AND ts >= ?"
-        )
-        params: list[Any] = [float(every), agent_id, since]
-        if until is not None:
-            sql += " AND ts <= ?"
-            params.append(until)
-        rows = conn.execute(sql + " GROUP BY w ORDER BY w", params).fetchall()
-        return [(w * every, *rest) for w, *rest in rows]
-
     def _prune_all(self, conn: sqlite3.Connection) -> int:
         cutoff = time.time() - self.retention
         total = 0
-        for agent_id in [r[0] for r in conn.execute(_AGENT_IDS)]:
+        for agent_id in history_db.agent_ids(conn):
             while True:
                 n = self._delete_chunk(conn, agent_id, cutoff)
                 total += n
@@ -323,7 +239,7 @@ class HistoryStore:
                 fut.set_result(default)
         if lost:
             log.warning("history store closed with %d samples unwritten (last fault: %s)", lost, self._fault or "none")
-        self._drop_connection()
+        self._file.drop()
 
     def _write_pending(self) -> None:
         while True:
@@ -338,16 +254,8 @@ class HistoryStore:
                     n += len(b)
                 self._pending_count -= n
             try:
-                conn = self._ensure_open()
-                rows = [_row(s) for b in batches for s in b]
-                # IMMEDIATE takes the write lock up front, so a busy database fails here, before any work.
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(_INSERT, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback(conn)
-                    raise
+                conn = self._file.ensure_open()
+                history_db.insert(conn, [s for b in batches for s in b])
             except Exception as exc:
                 with self._cond:
                     # Back at the front: they are still the oldest, and the bound still applies to them.
@@ -366,9 +274,9 @@ class HistoryStore:
         """Delete one chunk of old rows; schedules the next chunk at once while more remain."""
         now = time.monotonic()
         try:
-            conn = self._ensure_open()
+            conn = self._file.ensure_open()
             if self._prune_pass is None:
-                self._prune_pass = (time.time() - self.retention, [r[0] for r in conn.execute(_AGENT_IDS)])
+                self._prune_pass = (time.time() - self.retention, history_db.agent_ids(conn))
             cutoff, agents = self._prune_pass
             if agents:
                 n = self._delete_chunk(conn, agents[0], cutoff)
@@ -385,11 +293,7 @@ class HistoryStore:
             self._next_prune = now + max(self._failed(exc, "prune"), _MIN_DELAY)
 
     def _delete_chunk(self, conn: sqlite3.Connection, agent_id: str, cutoff: float) -> int:
-        cur = conn.execute(
-            "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE agent_id = ? AND ts < ? LIMIT ?)",
-            (agent_id, cutoff, self.prune_chunk),
-        )
-        n = max(cur.rowcount, 0)
+        n = history_db.delete_chunk(conn, agent_id, cutoff, self.prune_chunk)
         if n:
             with self._cond:
                 self._counts["pruned"] += n
@@ -401,156 +305,36 @@ class HistoryStore:
             for agent_id in [a for a, s in self._latest.items() if s.ts < cutoff]:
                 del self._latest[agent_id]
 
-    # ------------------------------------------------------------------ connection management (writer thread)
-
-    def _ensure_open(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            ident = self._identity()
-            if ident != self._ident:
-                # Deleted files stay writable through the open descriptor, so writes would vanish silently.
-                why = "the file is gone" if ident is None else "another file now has its name"
-                log.warning("history database %s was removed while open (%s); recreating it", self.path, why)
-                self._drop_connection()
-        if self._conn is None:
-            try:
-                self._conn = self._open()
-            except Exception as exc:
-                if _classify(exc) != "corrupt":
-                    raise
-                self._quarantine(exc)
-                self._conn = self._open()
-        return self._conn
-
-    def _identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        existed = self.path.exists()
-        if not existed:
-            # A WAL left from a deleted database would be replayed into the new, empty one.
-            self._remove_sidecars()
-        conn = self._connect()
-        try:
-            self._configure(conn)
-            if existed:
-                result = conn.execute("PRAGMA quick_check").fetchone()
-                if not result or result[0] != "ok":
-                    raise _Corrupt(f"quick_check: {result[0] if result else 'no answer'}")
-            self._migrate(conn)
-            self._seed_latest(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._ident = self._identity()
-        return conn
-
-    def _connect(self) -> sqlite3.Connection:
-        # Autocommit: transactions are explicit, so a failed write never leaves one open.
-        # Born owner-and-group only, like metadata and logs (SQLite gives its -wal and -shm files the same mode).
-        try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640))
-            os.chmod(self.path, 0o640)
-        except OSError:
-            pass  # sqlite3 reports the real problem next, through the usual fault handling
-        return sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+    # ------------------------------------------------------------------ each new connection (writer thread)
 
     def _configure(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            log.warning("history database %s has schema %d, newer than ours (%d); using it as is", self.path, version, SCHEMA_VERSION)
-            return
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in _MIGRATIONS[target]:
-                    conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version = {target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback(conn)
-                raise
+        # A method of the store, not only of the file, so a test's subclass can add a PRAGMA (a tiny disk).
+        history_db.configure(conn)
 
     def _seed_latest(self, conn: sqlite3.Connection) -> None:
-        found = []
-        for (agent_id,) in conn.execute(_AGENT_IDS).fetchall():
-            row = conn.execute(f"{_SELECT} WHERE agent_id = ? ORDER BY ts DESC LIMIT 1", (agent_id,)).fetchone()
-            if row is not None:
-                found.append(_sample(row))
+        found = history_db.newest_per_agent(conn)
         with self._cond:
             for s in found:
                 cur = self._latest.get(s.agent_id)
                 if cur is None or s.ts > cur.ts:
                     self._latest[s.agent_id] = s
 
-    def _quarantine(self, exc: BaseException) -> None:
-        self._drop_connection()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while target.exists():
-            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            n += 1
-        try:
-            os.replace(self.path, target)
-        except FileNotFoundError:
-            return
-        # The WAL belongs to the damaged file; renamed alongside, SQLite still pairs them when inspecting the copy.
-        for suffix in _SIDECARS:
-            try:
-                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
-            except OSError:
-                pass
-        log.warning("corrupt history database %s (%s); moved aside to %s, starting a new one", self.path, _cause(exc), target.name)
-
-    def _remove_sidecars(self) -> None:
-        for suffix in _SIDECARS:
-            try:
-                os.unlink(f"{self.path}{suffix}")
-            except FileNotFoundError:
-                pass
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass  # closing a connection to a vanished or broken file may fail; it is dropped either way
-            self._conn = None
-        self._ident = None
-
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite may already have rolled back itself (e.g. after SQLITE_FULL)
-
     # ------------------------------------------------------------------ fault accounting (writer thread)
 
     def _failed(self, exc: BaseException, action: str) -> float:
         """Count, log once per episode, and react; returns the retry delay it scheduled."""
-        kind = _classify(exc)
+        kind = classify(exc)
         with self._cond:
             self._counts["errors"] += 1
             pending = self._pending_count
         self._fault_failures += 1
         if kind == "corrupt":
-            self._quarantine(exc)
+            self._file.quarantine(exc)
             self._retry_at = time.monotonic()
             return 0.0
         if kind == "moved":
-            log.warning("history database %s was removed or renamed while open (%s); recreating it", self.path, _cause(exc))
-            self._drop_connection()
+            log.warning("history database %s was removed or renamed while open (%s); recreating it", self.path, cause(exc))
+            self._file.drop()
             self._retry_at = time.monotonic()
             return 0.0
         now = time.monotonic()
@@ -561,10 +345,10 @@ class HistoryStore:
                 msg = "disk full for history database %s (%s) during %s; %d samples kept for retry"
             else:
                 msg = "history database %s failed (%s) during %s; %d samples kept for retry"
-            log.warning(msg, self.path, _cause(exc), action, pending)
+            log.warning(msg, self.path, cause(exc), action, pending)
             self._fault, self._fault_logged_at = kind, now
         if kind == "error":
-            self._drop_connection()  # a fresh connection may heal an I/O error or a recreated directory
+            self._file.drop()  # a fresh connection may heal an I/O error or a recreated directory
         delay = self._backoff.next_delay()
         self._retry_at = now + delay
         return delay

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from supervisor.parent.history_store import SCHEMA_VERSION, HistoryStore
+from supervisor.parent.history_db import SCHEMA_VERSION
+from supervisor.parent.history_store import HistoryStore
 from supervisor.wire.messages import ResourceSample
 from tests.support.wait import wait_until
 
