@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from supervisor.ctl.agentctl_main import EXIT_AGENT_FAILED, EXIT_FAILED, EXIT_PENDING, fail
+from supervisor.ctl.agentctl_main import EXIT_FAILED, exit_code, fail
 from supervisor.ctl.cli_context import Ctx, command_ctx, complete_agent_ids, json_option
 from supervisor.ctl.control_client import ClientError, DaemonUnavailable
 from supervisor.ctl.status_view import render_action, render_status
@@ -52,8 +52,9 @@ def status(click_ctx: click.Context, ids: tuple[str, ...], types: tuple[str, ...
         c.emit(shown, render_status(shown))
     if len(ids) == 1 and not c.as_json:
         _recent_log_lines(c, ids[0])
-    if any(a.state == "failed" for a in result.agents):
-        sys.exit(EXIT_AGENT_FAILED)
+    code = exit_code(status_verb.NAME, shown)
+    if code:
+        sys.exit(code)
 
 
 STATUS_LOG_LINES = 10
@@ -105,10 +106,9 @@ def _action(click_ctx: click.Context, verb: VerbContract, ids: tuple[str, ...], 
         result = _call_with_progress(c, verb, args, list(ids))
     dumped = result.model_dump(mode="json")
     c.emit(dumped, render_action(dumped))
-    if any(not r.ok for r in result.results):
-        sys.exit(EXIT_FAILED)
-    if result.pending:
-        sys.exit(EXIT_PENDING)
+    code = exit_code(verb.NAME, dumped)
+    if code:
+        sys.exit(code)
 
 
 def _call_with_progress(c: Ctx, verb: VerbContract, args: ActionArgs, ids: list[str]) -> ActionResultList:

@@ -55,6 +55,18 @@ def fail(message: str, code: int, as_json: bool = False, error_code: str | None 
     sys.exit(code)
 
 
+def exit_code(verb: str, result: dict) -> int:
+    """What agentctl exits with once `result` is shown: `status` 5 when an agent shown is failed; an action 1
+    when it failed for some agent, 4 when some agent had not settled in time; else 0."""
+    if verb == "status":
+        return EXIT_AGENT_FAILED if any(a["state"] == "failed" for a in result["agents"]) else 0
+    if verb in ACTION_TIMEOUTS:
+        if any(not r["ok"] for r in result["results"]):
+            return EXIT_FAILED
+        return EXIT_PENDING if result.get("pending") else 0
+    return 0
+
+
 def quick_call(argv: list[str], env: Mapping[str, str]) -> QuickCall | None:
     """The quick call `argv` asks for, or None when the full CLI must handle it."""
     run_dir: str | None = None
@@ -167,18 +179,14 @@ def run_quick(call: QuickCall) -> None:
         text = printable(render(result))
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-    if call.verb == "status" and any(a["state"] == "failed" for a in result["agents"]):
-        sys.exit(EXIT_AGENT_FAILED)
-    if call.verb in ACTION_TIMEOUTS:
-        if any(not r["ok"] for r in result["results"]):
-            sys.exit(EXIT_FAILED)
-        if result.get("pending"):
-            sys.exit(EXIT_PENDING)
+    code = exit_code(call.verb, result)
+    if code:
+        sys.exit(code)
 
 
 def _progress_call(client, call: QuickCall) -> dict:
     """The action with each agent's progress shown while it runs; a failure after the start is the
-    click CLI's message (supervisor/ctl/agentctl.py, _call_with_progress)."""
+    click CLI's message (supervisor/ctl/agent_commands.py, _call_with_progress)."""
     from supervisor.ctl.control_client import ClientError
     from supervisor.ctl.progress import call_with_progress
 

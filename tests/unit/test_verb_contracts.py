@@ -86,3 +86,16 @@ def test_link_call_returns_the_result_model_and_says_when_nobody_answers(tmp_pat
             await link.close()
 
     asyncio.run(run())
+
+
+def test_both_agentctl_paths_exit_by_the_same_rule() -> None:
+    from supervisor.ctl.agentctl_main import exit_code
+
+    running, failed = {"state": "running"}, {"state": "failed"}
+    assert exit_code("status", {"agents": [running]}) == 0
+    assert exit_code("status", {"agents": [running, failed]}) == 5
+    done, refused = {"ok": True}, {"ok": False}
+    assert exit_code("stop", {"results": [done], "pending": False}) == 0
+    assert exit_code("restart", {"results": [done, refused], "pending": True}) == 1  # a failure outranks waiting
+    assert exit_code("start", {"results": [done], "pending": True}) == 4
+    assert exit_code("ping", {"pong": True}) == 0
