@@ -32,6 +32,7 @@ from supervisor.common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from supervisor.wire.states import AgentState
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.verbs import metrics as metrics_verb
+from supervisor.common.listen_sockets import ListenError, bind_tcp
 from workers.peer_socket import FdHints, SockDiag, is_loopback, socket_in_tree
 from workers.agent_directory import AgentDirectory, report_bad_timestamps
 from workers.heartbeat_rules import HeartbeatRejected, decode_json
@@ -813,10 +814,8 @@ def listening_socket(fd: int) -> socket.socket:
 
 
 def bind_socket(listen: str) -> socket.socket:
-    """Standalone mode: bind and listen on host:port ourselves (SO_REUSEADDR, as create_server sets it)."""
-    host, port = split_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024)
+    """Standalone mode: bind host:port by the parent's own rules (supervisor/common/listen_sockets.py)."""
+    return bind_tcp(listen, *split_listen(listen))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -847,6 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(args.max_connections + FD_HEADROOM)
     try:
         sock = listening_socket(args.listen_fd) if args.listen_fd is not None else bind_socket(settings.listen)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.listen, exc)
         return 2

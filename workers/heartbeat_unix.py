@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import socket
-import stat
 import sys
 from pathlib import Path
 
+from supervisor.common.listen_sockets import ListenError, close_socket_file, unix_listener
 from supervisor.config.daemon_sections import UnixIntake
 from workers.link import WorkerLink
 from workers.runner import FD_HEADROOM, StartupError, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
@@ -36,33 +35,11 @@ def _listening_socket(fd: int) -> socket.socket:
 
 
 def bind_socket(path: Path) -> socket.socket:
-    """Bind and listen on path with mode 0666, replacing a stale socket file but never a live one."""
+    """Standalone: bind path by the parent's own rules (supervisor/common/listen_sockets.py)."""
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None:
-        if not stat.S_ISSOCK(mode):
-            raise StartupError(f"{path}: exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # nobody listens: left over from a crash
-        else:
-            raise StartupError(f"{path}: another process is already serving heartbeats there")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        # Identity comes from peer credentials, so any local user may connect (agents run as other users).
-        os.chmod(path, 0o666)
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"{path}: cannot listen: {exc.strerror or exc}") from None
-    return sock
+        return unix_listener(path)
+    except ListenError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,12 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = asyncio.run(_run(run_dir, args.name, settings, sock))
     finally:
-        sock.close()
         if args.listen_fd is None and settings.path is not None:
-            try:
-                os.unlink(settings.path)
-            except FileNotFoundError:
-                pass
+            close_socket_file(sock, settings.path)
+        else:
+            sock.close()
     return code
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from supervisor.wire.verbs.status import ExitRecord  # stored here, shown by status
+from supervisor.common.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,6 @@ def _read_nofollow(path: Path) -> bytes:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class MetadataStore:
     """The metadata directory: load, save and delete agent records."""
 
@@ -184,7 +177,7 @@ class MetadataStore:
         finally:
             with self._lock:
                 self._inflight.discard(tmp_base)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def delete(self, agent_id: str) -> None:
         """Remove the record of ``agent_id``; a missing file is fine."""
@@ -192,7 +185,7 @@ class MetadataStore:
             os.unlink(self.path_for(agent_id))
         except FileNotFoundError:
             return
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _read(self, path: Path, agent_id: str) -> AgentRecord | None:
         try:
@@ -251,7 +244,7 @@ class MetadataStore:
             )
             return
         try:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError:
             pass
         log.warning("corrupt metadata file %s (%s); moved aside to %s", path, reason, target.name)

@@ -42,7 +42,7 @@ from supervisor.parent.heartbeat_secrets import HeartbeatSecrets
 from supervisor.parent.history_store import HistoryStore
 from supervisor.parent.instance_lock import InstanceLock
 from supervisor.parent.lifecycle import AgentProcess
-from supervisor.parent.listeners import HTTP_PORT_FILE, bound_address, read_port, remember_port, tcp_listener, unix_listener
+from supervisor.parent.listeners import HTTP_PORT_FILE, bound_address, close_socket_file, read_port, remember_port, tcp_listener, unix_listener
 from supervisor.parent.log_upkeep import LogUpkeep
 from supervisor.parent.metadata_writer import MetadataWriter
 from supervisor.parent.notify_apply import NotifyApplier
@@ -269,8 +269,8 @@ class Daemon:
             log.info("heartbeat HTTP intake on %s", self.http_address)
         if hb.unix.enabled:
             self.unix_sock = unix_listener(hb.unix.path)
-            self._closers.append(self.unix_sock.close)
-            self._closers.append(lambda: Path(hb.unix.path).unlink(missing_ok=True))
+            unix_sock = self.unix_sock
+            self._closers.append(lambda: close_socket_file(unix_sock, hb.unix.path))
         return heartbeat_env(self.http_address, hb.unix.path if self.unix_sock else None)
 
     def _prepare_dirs(self) -> None:

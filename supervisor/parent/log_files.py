@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from supervisor.common.log_reading import READ_LIMIT, rotated_copies, rotated_path
+from supervisor.common.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bo
         _shift(path, keep)
         if keep == 0:
             os.ftruncate(fd, 0)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             log.info("truncated %s (%d bytes, keep=0)", path, size)
             return True
         dest = rotated_path(path, 1, compressed=False)
@@ -125,7 +126,7 @@ def rotate_if_needed(path: Path, max_size: int, keep: int, compress: bool) -> bo
             )
         if compress:
             dest = _compress(dest)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         log.info("rotated %s (%d bytes) to %s", path, copied, dest.name)
         return True
     finally:
@@ -248,14 +249,6 @@ def _compress(raw: Path) -> Path:
 
 def _log_file_opener(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rotation_due_by_age(path: Path, interval: float, started: float, now: float) -> bool:

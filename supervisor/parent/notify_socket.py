@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from supervisor.common.listen_sockets import close_socket_file
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ class NotifySocket:
             self.loop.remove_reader(self.sock.fileno())
         except (ValueError, OSError):
             pass
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
+        close_socket_file(self.sock, self.path)
 
 
 class NotifyHub:
