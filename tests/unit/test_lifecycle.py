@@ -76,6 +76,14 @@ def new_agent(ops, transitions=None, record=None, **spec):
     return AgentProcess(make_spec(**spec), ops, on_transition=on_transition, record=record, wall=lambda: 1_700_000_000.0)
 
 
+def running_agent(ops):
+    """An agent started at 0.0 and running from 1.0 (past start_seconds)."""
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    return a
+
+
 def crash(agent, ops, now, code=1):
     """The current process exits and its whole tree is gone."""
     ops.alive.discard(agent.handle.generation)
@@ -250,9 +258,7 @@ def test_policy_on_failure_restarts_only_failures(ops):
 
 
 def test_exit_with_leftover_children_stops_them_before_restarting(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     gen = a.handle.generation
     a.on_exit(2.0, gen, 1, None)  # main died, its children did not (still in ops.alive)
     assert a.state == S.STOPPING
@@ -314,9 +320,7 @@ def test_stop_force_on_a_tree_already_stopping_kills_it(ops):
 
 
 def test_stop_is_not_done_while_any_process_of_the_tree_lives(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     a.stop(2.0)
     a.on_exit(2.1, a.handle.generation, None, signal.SIGTERM)  # main gone, tree still alive
     a.tick(2.2)
@@ -364,9 +368,7 @@ def test_stop_of_failed_agent_moves_it_to_stopped(ops):
 
 
 def test_operator_stopped_agent_is_never_started_by_automation(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     a.stop(2.0)
     settle_stop(a, ops, 2.1)
     assert a.state == S.STOPPED
@@ -378,9 +380,7 @@ def test_operator_stopped_agent_is_never_started_by_automation(ops):
 
 
 def test_operator_stop_during_a_restart_wins(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     a.restart(2.0)
     a.stop(2.1)
     settle_stop(a, ops, 2.2)
@@ -388,9 +388,7 @@ def test_operator_stop_during_a_restart_wins(ops):
 
 
 def test_verdict_stops_then_restarts_under_policy(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     res = a.verdict(5.0, a.handle.generation, "no_heartbeat for 95s")
     assert res.ok and a.state == S.STOPPING
     settle_stop(a, ops, 5.1)
@@ -411,9 +409,7 @@ def test_stale_verdict_is_ignored(ops):
 
 
 def test_restart_stops_the_tree_then_starts_a_new_generation(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     first = a.handle
     a.restart(2.0)
     assert a.state == S.STOPPING
@@ -432,9 +428,7 @@ def test_start_while_stopping_starts_once_the_tree_is_gone(ops):
 
 
 def test_update_spec_restarts_a_running_agent_with_the_new_spec(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     a.update_spec(make_spec(args=["--v2"]), 2.0)
     assert a.state == S.STOPPING
     settle_stop(a, ops, 2.1)
@@ -509,9 +503,7 @@ def test_verdict_with_policy_never_records_health_but_does_not_stop(ops):
 
 
 def test_restarts_are_counted_by_reason(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     crash(a, ops, 2.0)
     a.tick(2.0)
     a.tick(3.1)
@@ -526,9 +518,7 @@ def test_restarts_are_counted_by_reason(ops):
 
 
 def test_health_reports_for_old_generations_are_ignored_and_stop_says_why(ops):
-    a = new_agent(ops)
-    a.start(0.0)
-    a.tick(1.0)
+    a = running_agent(ops)
     gen = a.handle.generation
     a.set_health(gen, "healthy", "")
     assert a.health == "healthy"
