@@ -57,6 +57,16 @@ def boot_id() -> str:
         return ""
 
 
+def boot_time() -> float:
+    """When the machine booted (Unix time, /proc/stat `btime`): what psutil.boot_time() reads, without
+    importing psutil into the parent before its first spawn."""
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise RuntimeError("no btime in /proc/stat")
+
+
 def is_same_process(pid: int, ticks: int | None, recorded_boot: str | None = None) -> bool:
     """True when `pid` is alive (not a zombie) and is the process that started at `ticks`."""
     if not pid or ticks is None:

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from supervisor.common.cgroups import CONTROLLER_OF, MOUNTINFO, AgentCgroup, Tracking, cgroup2_mounts, cgroup_name, limit_values
 from supervisor.parent.agent_config_check import check_agent_config
 from supervisor.config.agent import AgentSpec
@@ -28,7 +26,7 @@ from supervisor.parent.heartbeat_secrets import ENV_VAR as HEARTBEAT_TOKEN_ENV
 from supervisor.parent.process_handle import ProcessHandle, SpawnError
 from supervisor.common.metadata_store import parse_iso
 from supervisor.parent.log_files import open_agent_log
-from supervisor.common.proc_table import ProcessTable, boot_id, is_same_process, read_stat, start_ticks
+from supervisor.common.proc_table import ProcessTable, boot_id, boot_time, is_same_process, read_stat, start_ticks
 from supervisor.common.agent_files import agent_log_path
 
 log = logging.getLogger(__name__)
@@ -84,7 +82,7 @@ class RealProcessOps:
         self._warned_not_root: set[str] = set()
         self.table = ProcessTable()  # one /proc scan serves every agent stopping in the same tick
         self.boot_id = boot_id()
-        self.boot_time = psutil.boot_time()
+        self.boot_time = boot_time()
         # agent id -> its heartbeat secret (supervisor/parent/heartbeat_secrets.py); set by the daemon.
         self.heartbeat_secret: Callable[[str], str] | None = None
 
@@ -372,10 +370,9 @@ class RealProcessOps:
             return f"MAINPID={pid} is not a live process of the agent"
         ticks = start_ticks(pid)
         old_pid, old_watch = handle.pid, handle.os_state
-        try:
-            create_time = psutil.Process(pid).create_time()
-        except psutil.Error:
+        if ticks is None:
             return f"MAINPID={pid} is gone"
+        create_time = self.boot_time + ticks / CLOCK_TICKS
         handle.pid, handle.start_ticks, handle.create_time = pid, ticks, create_time
         handle.tree[pid] = ticks or 0
         if not self._watch(agent_id, handle, None):
