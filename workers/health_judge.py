@@ -180,7 +180,7 @@ class HealthJudge:
     def _refuted(st: _AgentState, last_hb: float | None, intake_restarted_at: float | None, stalled_until: float | None) -> bool:
         """The parent may have refused the sent verdict: it stalled after the evidence began, or (for
         no_heartbeat) it could not take heartbeats in for part of it or one arrived since. The parent
-        refuses only in these cases (Daemon.apply_verdict), so a refused verdict is always judged again."""
+        refuses only in these cases (supervisor/parent/heartbeat_apply.py, VerdictApplier), so a refused verdict is always judged again."""
         if stalled_until is not None and stalled_until > st.verdict_since:
             return True
         if st.verdict_kind != "no_heartbeat":

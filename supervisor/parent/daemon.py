@@ -54,6 +54,7 @@ from supervisor.parent.safe_paths import prepare_dir
 from supervisor.parent.sd_notify import Watchdog, sd_notify
 from supervisor.parent.shutdown import Shutdown, let_manager_sync, stop_every_agent
 from supervisor.parent.state_feed import StateFeed
+from supervisor.parent.verbs.context import VerbContext
 from supervisor.parent.worker_pool import WorkerPool
 from supervisor.parent.worker_specs import heartbeat_env, worker_specs
 from supervisor.wire import ipc
@@ -124,6 +125,7 @@ class Daemon:
         self.config_watch: ConfigWatch | None = None
         self.state_feed: StateFeed | None = None
         self.pool: WorkerPool | None = None
+        self.verb_context: VerbContext | None = None  # what control verbs get instead of the daemon
 
     # ----------------------------------------------------------------- clocks and small views
 
@@ -224,6 +226,7 @@ class Daemon:
                                self.config.daemon.log_level, self.config.daemon.log_format, self._on_worker_respawn, stalls=self.stalls)
         self.pool.start_all()
         self._tasks.append(self._keep_running(self.pool.run_checks, "worker-checks"))
+        self.verb_context = self._verb_context()  # before the loop runs the control task: requests need it
 
     async def _close(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -423,7 +426,15 @@ class Daemon:
     # ----------------------------------------------------------------- control, reload, shutdown
 
     async def _dispatch(self, request: Request) -> Reply:
-        return await dispatch(request, self, self.shutdown)
+        return await dispatch(request, self.verb_context, self.shutdown)
+
+    def _verb_context(self) -> VerbContext:
+        return VerbContext(
+            pid=self.pid, config_path=self.config_path, registry=self.registry, events=self.events, history=self.history, signals=self.ops,
+            pool=self.pool, heartbeats=self.heartbeats, grace=self.grace, stalls=self.stalls, now=self.now, uptime=self.uptime,
+            log_path=self.log_path, status_info=self.status_info, intake_counters=self.intake_counters, feed_seq=lambda: self.state_feed.seq,
+            manager_address=lambda: self.config.manager.address, stop_agents_on_shutdown=lambda: self.config.shutdown.stop_agents,
+            after_action=self.after_action, wait_for_agents=self.wait_for_agents, reload=self.reload, request_shutdown=self.request_shutdown)
 
     def reload(self, dry_run: bool = False) -> ReloadPlan:
         """Re-read the config file and apply the per-agent diff (or only compute it)."""

@@ -24,10 +24,12 @@ from supervisor.parent.notify_socket import Sender
 from supervisor.parent.registry import Registry
 from supervisor.parent.reload_apply import apply_plan, plan_with_launch_changes
 from supervisor.parent.shutdown import Shutdown, manager_heard
+from supervisor.parent.verbs.context import VerbContext
 from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.parent.worker_specs import heartbeat_env
 from supervisor.wire.protocol import PROTOCOL_VERSION, ControlError, ErrorCode, Request
 from supervisor.wire.states import AgentState as S
+from supervisor.wire.verbs.status import DaemonStatus
 from tests.unit.test_lifecycle import FakeOps, make_spec
 
 
@@ -237,3 +239,37 @@ def test_agents_get_the_heartbeat_addresses_actually_bound():
     assert heartbeat_env("0.0.0.0:8080", None) == {"AGENTD_HEARTBEAT_URL": "http://127.0.0.1:8080/heartbeat"}
     assert heartbeat_env("[::1]:9", Path("/run/hb.sock")) == {"AGENTD_HEARTBEAT_URL": "http://[::1]:9/heartbeat", "AGENTD_HEARTBEAT_SOCKET": "/run/hb.sock"}
     assert heartbeat_env(None, None) == {}
+
+
+def verb_context(registry: Registry, ops: FakeOps, t: list[float]) -> VerbContext:
+    """A VerbContext of plain parts: what a handler sees, without a daemon."""
+    woken: list[int] = []
+
+    async def wait_for_agents(agents, settled, timeout):
+        for agent in agents:  # the loop's ticks, by hand: every stopping tree is gone at once
+            ops.alive.discard(agent.handle.generation)
+            agent.on_exit(t[0], agent.handle.generation, None, 15)
+            agent.tick(t[0])
+
+    status = DaemonStatus(pid=7, version="test", uptime_s=1.0, config=None, run_dir="/run")
+    return VerbContext(
+        pid=7, config_path=None, registry=registry, events=EventLog(), history=None, signals=ops, pool=None, heartbeats=None, grace=None,
+        stalls=None, now=lambda: t[0], uptime=lambda: 1.0, log_path=lambda agent_id: Path("/nonexistent") / agent_id, status_info=lambda: status,
+        intake_counters=dict, feed_seq=lambda: 0, manager_address=lambda: None, stop_agents_on_shutdown=lambda: False,
+        after_action=lambda: woken.append(1), wait_for_agents=wait_for_agents, reload=None, request_shutdown=None)
+
+
+def test_verbs_act_through_the_context_alone():
+    ops, registry, t = FakeOps(), Registry(), [0.0]
+    for agent_id in ("a1", "a2"):
+        agent = AgentProcess(make_spec(id=agent_id), ops, on_transition=lambda *a: None)
+        registry.add(agent)
+        agent.start(0.0)
+        agent.tick(1.0)
+    ctx = verb_context(registry, ops, t)
+    t[0] = 2.0
+    reply = asyncio.run(dispatch(Request(v=PROTOCOL_VERSION, id="r1", verb="stop", args={"ids": ["a1"]}), ctx, Shutdown(False, lambda: None)))
+    assert reply.ok and reply.result["results"][0]["state"] == "stopped"
+    reply = asyncio.run(dispatch(Request(v=PROTOCOL_VERSION, id="r2", verb="status", args={}), ctx, Shutdown(False, lambda: None)))
+    assert [(a["id"], a["state"]) for a in reply.result["agents"]] == [("a1", "stopped"), ("a2", "running")]
+    assert reply.result["manager"] is None and reply.result["daemon"]["pid"] == 7

@@ -1,4 +1,6 @@
-"""Control verbs' handlers: one module per verb, `async def handle(daemon, args: Args) -> Result`.
+"""Control verbs' handlers: one module per verb, `async def handle(ctx: VerbContext, args: Args) -> Result`.
+
+A handler gets `context.VerbContext`, exactly what verbs use of the parent, never the daemon.
 
 Each module imports NAME, `Args` and `Result` from its contract in supervisor/wire/verbs/<verb>.py, which
 workers and agentctl call through too (docs/architecture.md, "Control protocol").

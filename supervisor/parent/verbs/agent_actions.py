@@ -7,22 +7,23 @@ from typing import Callable
 from supervisor.parent.lifecycle import ActionResult, AgentProcess
 from supervisor.wire.states import AgentState
 from supervisor.wire.verbs.agent_actions import ActionArgs, ActionResultList, AgentOutcome
+from supervisor.parent.verbs.context import VerbContext
 
 
 async def run_action(
-    daemon,
+    ctx: VerbContext,
     args: ActionArgs,
     act: Callable[[AgentProcess, float], ActionResult],
     settled: Callable[[AgentProcess], bool],
     describe: Callable[[AgentProcess, ActionResult], tuple[bool, str]],
 ) -> ActionResultList:
     """Apply `act` to every selected agent at once, then wait (in parallel) until each is `settled`."""
-    agents = daemon.registry.select(args.ids, args.all)
-    now = daemon.now()
+    agents = ctx.registry.select(args.ids, args.all)
+    now = ctx.now()
     immediate = {a.spec.id: act(a, now) for a in agents}
-    daemon.after_action()
+    ctx.after_action()
     if args.wait:
-        await daemon.wait_for_agents([a for a in agents if immediate[a.spec.id].ok], settled, args.timeout)
+        await ctx.wait_for_agents([a for a in agents if immediate[a.spec.id].ok], settled, args.timeout)
     out, pending = [], False
     for a in agents:
         res = immediate[a.spec.id]

@@ -6,16 +6,17 @@ import asyncio
 import time
 
 from supervisor.wire.verbs.history import NAME, Args, Result, Window  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
-async def handle(daemon, args: Args) -> Result:
+async def handle(ctx: VerbContext, args: Args) -> Result:
     if not args.id.startswith("agentd/"):
-        daemon.registry.get(args.id)
+        ctx.registry.get(args.id)
     since = time.time() - args.since
     loop = asyncio.get_running_loop()
     if args.every is not None:
-        rows = await loop.run_in_executor(None, daemon.history.aggregate, args.id, since, None, args.every)
+        rows = await loop.run_in_executor(None, ctx.history.aggregate, args.id, since, None, args.every)
         windows = [Window(**dict(zip(Window.model_fields, row))) for row in rows]
         return Result(agent_id=args.id, since=since, samples=[], every=args.every, windows=windows)
-    samples = await loop.run_in_executor(None, daemon.history.query, args.id, since, None, args.limit)
+    samples = await loop.run_in_executor(None, ctx.history.query, args.id, since, None, args.limit)
     return Result(agent_id=args.id, since=since, samples=samples)

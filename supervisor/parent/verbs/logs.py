@@ -12,6 +12,7 @@ import re
 from supervisor.common.log_reading import read_log
 from supervisor.wire.protocol import ControlError, ErrorCode
 from supervisor.wire.verbs.logs import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
 def _safe_id(agent_id: str) -> bool:
@@ -19,10 +20,10 @@ def _safe_id(agent_id: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", agent_id) is not None and ".." not in agent_id
 
 
-async def handle(daemon, args: Args) -> Result:
-    path = daemon.log_path(args.id)
-    if daemon.registry.find(args.id) is None and not (_safe_id(args.id) and path.parent.is_dir()):
-        daemon.registry.get(args.id)  # not configured and no logs left: the usual not_found
+async def handle(ctx: VerbContext, args: Args) -> Result:
+    path = ctx.log_path(args.id)
+    if ctx.registry.find(args.id) is None and not (_safe_id(args.id) and path.parent.is_dir()):
+        ctx.registry.get(args.id)  # not configured and no logs left: the usual not_found
     if args.since is not None and args.until is not None and args.since > args.until:
         raise ControlError(ErrorCode.BAD_REQUEST, "--since is after --until")
     # File reads can be slow on a loaded disk; keep them off the event loop.

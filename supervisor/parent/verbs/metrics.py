@@ -2,7 +2,8 @@
 
 from supervisor.common.prometheus import render_parent_metrics
 from supervisor.wire.verbs.metrics import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
-async def handle(daemon, args: Args) -> Result:
-    return Result(text=render_parent_metrics(daemon))
+async def handle(ctx: VerbContext, args: Args) -> Result:
+    return Result(text=render_parent_metrics(ctx))

@@ -13,24 +13,25 @@ import signal as signal_mod
 from supervisor.common.metadata_store import iso_utc
 from supervisor.wire.states import PROCESS_STATES
 from supervisor.wire.verbs.send_signal import NAME, Args, Result, SignalOutcome  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
 log = logging.getLogger(__name__)
 
 
-async def handle(daemon, args: Args) -> Result:
+async def handle(ctx: VerbContext, args: Args) -> Result:
     signum = int(signal_mod.Signals[args.signal])
     out = []
-    for agent in daemon.registry.select(args.ids, args.all):
+    for agent in ctx.registry.select(args.ids, args.all):
         handle = agent.handle
         if handle is None or agent.state not in PROCESS_STATES or handle.exited:
             out.append(SignalOutcome(id=agent.spec.id, ok=False, pid=None, message=f"not running ({agent.state.value})"))
             continue
         try:
             if args.tree:
-                daemon.ops.signal_tree(handle, signum)
+                ctx.signals.signal_tree(handle, signum)
             else:
-                daemon.ops.signal_main(handle, signum)
+                ctx.signals.signal_main(handle, signum)
         except OSError as exc:
             out.append(SignalOutcome(id=agent.spec.id, ok=False, pid=handle.pid, message=f"cannot signal: {exc.strerror or exc}"))
             continue
@@ -38,6 +39,6 @@ async def handle(daemon, args: Args) -> Result:
         note = f"{args.signal} sent to {whom} by operator"
         log.info("%s: %s", agent.spec.id, note)
         state = agent.state.value
-        daemon.events.append(iso_utc(), agent.spec.id, state, state, note)  # in `events`, beside the transitions
+        ctx.events.append(iso_utc(), agent.spec.id, state, state, note)  # in `events`, beside the transitions
         out.append(SignalOutcome(id=agent.spec.id, ok=True, pid=handle.pid, message=f"{args.signal} sent to {whom}"))
     return Result(signal=args.signal, results=out)

@@ -8,14 +8,15 @@ from supervisor.parent.lifecycle import AgentProcess
 from supervisor.common.metadata_store import iso_utc
 from supervisor.wire.states import AgentState
 from supervisor.wire.verbs.status import NAME, AgentStatus, Args, ManagerLink, Result  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
-def manager_link(daemon) -> ManagerLink | None:
+def manager_link(ctx: VerbContext) -> ManagerLink | None:
     """Read the sync worker's reported link info; None when no Manager is configured."""
-    address = daemon.config.manager.address
+    address = ctx.manager_address()
     if not address:
         return None
-    worker = next((w for w in daemon.pool.describe() if w.name == "sync"), None)
+    worker = next((w for w in ctx.pool.describe() if w.name == "sync"), None)
     info = worker.info if worker else {}
     pending = info.get("pending")
     return ManagerLink(
@@ -82,10 +83,10 @@ def agent_status(agent: AgentProcess, now: float) -> AgentStatus:
     )
 
 
-async def handle(daemon, args: Args) -> Result:
-    agents = daemon.registry.select(args.ids, all_agents=not args.ids)
+async def handle(ctx: VerbContext, args: Args) -> Result:
+    agents = ctx.registry.select(args.ids, all_agents=not args.ids)
     if args.types:
         wanted = {t.strip().lower() for t in args.types}
         agents = [a for a in agents if a.spec.type in wanted]
-    now = daemon.now()
-    return Result(daemon=daemon.status_info(), agents=[agent_status(a, now) for a in agents], manager=manager_link(daemon))
+    now = ctx.now()
+    return Result(daemon=ctx.status_info(), agents=[agent_status(a, now) for a in agents], manager=manager_link(ctx))

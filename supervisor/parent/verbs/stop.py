@@ -3,6 +3,7 @@
 from supervisor.parent.verbs.agent_actions import run_action
 from supervisor.wire.states import DOWN_STATES
 from supervisor.wire.verbs.stop import NAME, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
 def _settled(agent) -> bool:
@@ -15,5 +16,5 @@ def _describe(agent, res):
     return True, f"stopped ({agent.stop_note})" if agent.stop_note else "stopped"
 
 
-async def handle(daemon, args: Args) -> Result:
-    return await run_action(daemon, args, lambda a, now: a.stop(now, force=args.force), _settled, _describe)
+async def handle(ctx: VerbContext, args: Args) -> Result:
+    return await run_action(ctx, args, lambda a, now: a.stop(now, force=args.force), _settled, _describe)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from supervisor.parent.verbs.status import agent_status
 from supervisor.wire.states import PROCESS_STATES
 from supervisor.wire.verbs.top import NAME, AgentTop, Args, Result  # noqa: F401  (the verb's contract, for the dispatch)
+from supervisor.parent.verbs.context import VerbContext
 
 
-async def handle(daemon, args: Args) -> Result:
-    latest = daemon.history.latest()
-    now = daemon.now()
+async def handle(ctx: VerbContext, args: Args) -> Result:
+    latest = ctx.history.latest()
+    now = ctx.now()
     agents = []
-    for agent in daemon.registry:
+    for agent in ctx.registry:
         sample = latest.get(agent.spec.id)
         if sample is not None and sample.generation is not None and sample.generation != agent.generation:
             sample = None  # belongs to a process that has since been replaced
