@@ -13,10 +13,10 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import zmq
 import zmq.asyncio
@@ -30,6 +30,7 @@ from supervisor.common.stall_watch import StallWatch
 from supervisor.config.agent import AgentSpec
 from supervisor.config.schema import Config
 from supervisor.parent.adoption import Adoption
+from supervisor.parent.background import keep_running
 from supervisor.parent.agent_identity import NODE_VAR, find_marked
 from supervisor.parent.config_watch import ConfigWatch
 from supervisor.parent.control_dispatch import dispatch
@@ -42,7 +43,6 @@ from supervisor.parent.heartbeat_secrets import HeartbeatSecrets
 from supervisor.parent.history_store import HistoryStore
 from supervisor.parent.instance_lock import InstanceLock
 from supervisor.parent.lifecycle import AgentProcess
-from supervisor.parent.listeners import HTTP_PORT_FILE, bound_address, close_socket_file, read_port, remember_port, tcp_listener, unix_listener
 from supervisor.parent.log_upkeep import LogUpkeep
 from supervisor.parent.metadata_writer import MetadataWriter
 from supervisor.parent.notify_apply import NotifyApplier
@@ -56,7 +56,7 @@ from supervisor.parent.shutdown import Shutdown, let_manager_sync, stop_every_ag
 from supervisor.parent.state_feed import StateFeed
 from supervisor.parent.verbs.context import VerbContext
 from supervisor.parent.worker_pool import WorkerPool
-from supervisor.parent.worker_specs import heartbeat_env, worker_specs
+from supervisor.parent.worker_specs import IntakeSockets, heartbeat_env, open_intake_sockets, worker_specs
 from supervisor.wire import ipc
 from supervisor.wire.messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from supervisor.wire.protocol import ControlError, Reply, Request
@@ -112,9 +112,7 @@ class Daemon:
         self.node_id = ""
         self.store: MetadataStore | None = None
         self.writer: MetadataWriter | None = None
-        self.http_sock: socket.socket | None = None
-        self.unix_sock: socket.socket | None = None
-        self.http_address: str | None = None
+        self.sockets = IntakeSockets()
         self.tracking: Tracking | None = None
         self.notify: NotifyHub | None = None
         self.notices: NotifyApplier | None = None
@@ -170,7 +168,7 @@ class Daemon:
             self._start(loop)
             log.info("agentd %s running (pid %d, %d agents, %d workers, run_dir %s)", __version__, self.pid, len(self.registry), len(self.pool.workers), self.run_dir)
             sd_notify("READY=1\nSTATUS=supervising %d agents" % len(self.registry))
-            await self._supervise()
+            await self._supervise(self.shutdown.requested.is_set)
             sd_notify("STOPPING=1")
             await self._shutdown_sequence()  # workers still run: the Manager hears of agents stopped now
             await self.pool.stop_all()
@@ -183,7 +181,8 @@ class Daemon:
         """Everything between the locks and ready; each piece registers how it is closed."""
         if self.config.daemon.pid_file is not None:
             self._closers.append(write_plain_pid(self.config.daemon.pid_file, self.pid))
-        env = self._open_listeners()
+        self.sockets = open_intake_sockets(self.config.heartbeat, self.data_dir, self._closers)
+        env = heartbeat_env(self.sockets.http_address, self.sockets.unix_path)
         env[NODE_VAR] = self.node_id  # with AGENTD_AGENT_ID: a live copy is found even without metadata
         self.tracking = detect_tracking(self.config.cgroups.mode, self.config.cgroups.root)
         if self.config.cgroups.mode == "required" and self.tracking.mode != "cgroup":
@@ -218,14 +217,14 @@ class Daemon:
         feed = HeartbeatFeed(self.grace, lambda: (self.heartbeats.times(), self.heartbeats.times_mono()), lambda: self.stalls.last_end,
                              lambda: intake_outage(self.pool.describe(), self.pool.forwarding_stalled), self.state_feed.heartbeat_times,
                              lambda: self._persist_dirty(heartbeats_too=True), self.config.metadata.flush_interval, self.now, self.wall)
-        self._tasks = [self._keep_running(factory, name) for factory, name in (
+        self._tasks = [keep_running(factory, name) for factory, name in (
             (self.control.serve, "control"), (self.intake.serve, "events"), (self.log_upkeep.rotate_forever, "log-rotation"),
             (self.log_upkeep.prune_forever, "log-retention"), (feed.run, "heartbeat-feed"), (self.stalls.run, "stall-watch"))]
         # Workers start once the endpoints they connect to are up.
-        self.pool = WorkerPool(loop, self.run_dir, worker_specs(self.config, self.http_sock, self.unix_sock, self.node_id, self.data_dir),
+        self.pool = WorkerPool(loop, self.run_dir, worker_specs(self.config, self.sockets, self.node_id, self.data_dir),
                                self.config.daemon.log_level, self.config.daemon.log_format, self._on_worker_respawn, stalls=self.stalls)
         self.pool.start_all()
-        self._tasks.append(self._keep_running(self.pool.run_checks, "worker-checks"))
+        self._tasks.append(keep_running(self.pool.run_checks, "worker-checks"))
         self.verb_context = self._verb_context()  # before the loop runs the control task: requests need it
 
     async def _close(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -244,38 +243,6 @@ class Daemon:
         self.pidfile.release()
         self.instance_lock.release(loop)
 
-    def _keep_running(self, factory, name: str) -> asyncio.Task:
-        """Run a background loop; if it ever dies of a bug, log it and start it again after a second."""
-
-        async def guarded() -> None:
-            while True:
-                try:
-                    await factory()
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("background task %s failed; restarting it", name)
-                    await asyncio.sleep(1.0)
-
-        return asyncio.create_task(guarded(), name=name)
-
-    def _open_listeners(self) -> dict[str, str]:
-        """Bind the intake sockets the workers will inherit; returns the agents' heartbeat env."""
-        hb = self.config.heartbeat
-        if hb.http.enabled:
-            port_file = self.data_dir / HTTP_PORT_FILE
-            self.http_sock = tcp_listener(hb.http.listen, read_port(port_file))
-            self._closers.append(self.http_sock.close)
-            self.http_address = bound_address(self.http_sock)
-            remember_port(port_file, self.http_sock.getsockname()[1])
-            log.info("heartbeat HTTP intake on %s", self.http_address)
-        if hb.unix.enabled:
-            self.unix_sock = unix_listener(hb.unix.path)
-            unix_sock = self.unix_sock
-            self._closers.append(lambda: close_socket_file(unix_sock, hb.unix.path))
-        return heartbeat_env(self.http_address, hb.unix.path if self.unix_sock else None)
-
     def _prepare_dirs(self) -> None:
         # A new run_dir is 0755 so agents running as other users can reach the heartbeat socket; the
         # control socket inside it is born 0600. Existing directories keep their mode, and are refused
@@ -292,28 +259,18 @@ class Daemon:
 
     # ----------------------------------------------------------------- the supervision loop
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, done: Callable[[], bool], cap: float = 1.0) -> None:
+        """Tick every agent, persist, and wait for a wake-up or the earliest due time (at most `cap`) until `done()`."""
         watchdog = self.watchdog
-        while not self.shutdown.requested.is_set():
+        while not done():
             next_due = self._tick_all()
-            watchdog.tick(time.monotonic())  # only from here: pings stop when supervision does (docs/operations.md)
+            # Only from here: pings stop when supervision does (docs/operations.md); a long stop of every agent is still supervision.
+            watchdog.tick(time.monotonic())
             self._wake.clear()
-            timeout = 1.0 if next_due is None else min(1.0, max(0.0, next_due - self.now()))
+            timeout = cap if next_due is None else min(cap, max(0.0, next_due - self.now()))
             ping_due = watchdog.due_in(time.monotonic())
             if ping_due is not None:
                 timeout = min(timeout, ping_due)
-            if timeout > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
-
-    async def _supervise_until(self, fut: asyncio.Future) -> None:
-        while not fut.done():
-            next_due = self._tick_all()
-            self.watchdog.tick(time.monotonic())  # a long stop of every agent is still supervision
-            self._wake.clear()
-            timeout = 0.5 if next_due is None else min(0.5, max(0.0, next_due - self.now()))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -463,7 +420,7 @@ class Daemon:
 
     async def _shutdown_sequence(self) -> None:
         if self.shutdown.stop_agents:
-            await stop_every_agent(list(self.registry), self.now(), self._persist_dirty, self.wait_for_agents, self._supervise_until)
+            await stop_every_agent(list(self.registry), self.now(), self._persist_dirty, self.wait_for_agents, lambda fut: self._supervise(fut.done, 0.5))
             if self.config.manager.address:
                 await let_manager_sync(self.pool.describe, since=self.wall(), now=self.now)
         for agent in self.registry:

@@ -1,14 +1,49 @@
-"""Which workers the parent runs and with what settings, from the config and the sockets it bound
+"""The intake sockets the parent binds, and which workers it runs with what settings
 (docs/architecture.md, "Workers")."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from supervisor.config.daemon_sections import HeartbeatSettings
 from supervisor.config.schema import Config
+from supervisor.parent.listeners import HTTP_PORT_FILE, bound_address, close_socket_file, read_port, remember_port, tcp_listener, unix_listener
 from supervisor.parent.worker_pool import WorkerSpec
+
+log = logging.getLogger("supervisor.parent.daemon")  # the parent's log lines keep their logger name
+
+
+@dataclass
+class IntakeSockets:
+    """The listening sockets the intake workers inherit, bound by the parent before they start."""
+
+    http_sock: socket.socket | None = None
+    unix_sock: socket.socket | None = None
+    http_address: str | None = None
+    unix_path: Path | None = None
+
+
+def open_intake_sockets(hb: HeartbeatSettings, data_dir: Path, closers: list[Callable[[], None]]) -> IntakeSockets:
+    """Bind what `heartbeat:` enables (HTTP on the port used last time when it is free); `closers` gets how to undo each."""
+    out = IntakeSockets()
+    if hb.http.enabled:
+        port_file = data_dir / HTTP_PORT_FILE
+        out.http_sock = tcp_listener(hb.http.listen, read_port(port_file))
+        closers.append(out.http_sock.close)
+        out.http_address = bound_address(out.http_sock)
+        remember_port(port_file, out.http_sock.getsockname()[1])
+        log.info("heartbeat HTTP intake on %s", out.http_address)
+    if hb.unix.enabled:
+        out.unix_sock = unix_listener(hb.unix.path)
+        out.unix_path = Path(hb.unix.path)
+        unix_sock = out.unix_sock
+        closers.append(lambda: close_socket_file(unix_sock, hb.unix.path))
+    return out
 
 
 def heartbeat_env(http_address: str | None, unix_path: Path | None) -> dict[str, str]:
@@ -27,9 +62,10 @@ def heartbeat_env(http_address: str | None, unix_path: Path | None) -> dict[str,
     return env
 
 
-def worker_specs(config: Config, http_sock: socket.socket | None, unix_sock: socket.socket | None, node_id: str, data_dir: Path) -> list[WorkerSpec]:
+def worker_specs(config: Config, sockets: IntakeSockets, node_id: str, data_dir: Path) -> list[WorkerSpec]:
     """Intake workers for the bound sockets (they inherit them), the health worker, and the Manager's."""
     hb = config.heartbeat
+    http_sock, unix_sock = sockets.http_sock, sockets.unix_sock
     specs = []
     if http_sock is not None:
         fd = http_sock.fileno()
