@@ -30,6 +30,7 @@ from supervisor.common.stall_watch import StallWatch
 from supervisor.config.agent import AgentSpec
 from supervisor.config.schema import Config
 from supervisor.parent.adoption import Adoption
+from supervisor.parent.agent_changes import AgentChanges
 from supervisor.parent.background import keep_running
 from supervisor.parent.agent_identity import NODE_VAR, find_marked
 from supervisor.parent.config_watch import ConfigWatch
@@ -84,7 +85,7 @@ class Daemon:
         self.registry = Registry()
         self.events = EventLog()
         self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
+        self.changes = AgentChanges(self.now)  # what verbs waiting for agents to settle wait on
         self.shutdown = Shutdown(config.shutdown.stop_agents, self.wake)
         self._tasks: list[asyncio.Task] = []
         self._closers: list = []
@@ -310,22 +311,6 @@ class Daemon:
         self._persist_dirty()
         self.wake()
 
-    async def wait_for_agents(self, agents: list[AgentProcess], settled, timeout: float) -> None:
-        """Wait until `settled(agent)` holds for every agent or `timeout` passes; never blocks the loop.
-
-        One waiter for all of them: one waiter per agent made each of 200 transitions wake 200 coroutines."""
-        deadline = self.now() + timeout
-        waiting = [a for a in agents if not settled(a)]
-        while waiting:
-            remaining = deadline - self.now()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                return
-            waiting = [a for a in waiting if not settled(a)]
-
     # ----------------------------------------------------------------- events from agents and workers
 
     def _publish(self, agent: AgentProcess) -> None:
@@ -337,8 +322,7 @@ class Daemon:
         level = logging.WARNING if new in (AgentState.FAILED, AgentState.RESTARTING) else logging.INFO
         log.log(level, "%s: %s -> %s: %s", agent.spec.id, old.value, new.value, reason)
         self._publish(agent)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.changes.fire()
         self.wake()
 
     def _on_exit(self, agent_id: str, generation: int, code: int | None, signum: int | None) -> None:
@@ -391,7 +375,7 @@ class Daemon:
             pool=self.pool, heartbeats=self.heartbeats, grace=self.grace, stalls=self.stalls, now=self.now, uptime=self.uptime,
             log_path=self.log_path, status_info=self.status_info, intake_counters=self.intake_counters, feed_seq=lambda: self.state_feed.seq,
             manager_address=lambda: self.config.manager.address, stop_agents_on_shutdown=lambda: self.config.shutdown.stop_agents,
-            after_action=self.after_action, wait_for_agents=self.wait_for_agents, reload=self.reload, request_shutdown=self.request_shutdown)
+            after_action=self.after_action, wait_for_agents=self.changes.wait_for, reload=self.reload, request_shutdown=self.request_shutdown)
 
     def reload(self, dry_run: bool = False) -> ReloadPlan:
         """Re-read the config file and apply the per-agent diff (or only compute it)."""
@@ -420,7 +404,7 @@ class Daemon:
 
     async def _shutdown_sequence(self) -> None:
         if self.shutdown.stop_agents:
-            await stop_every_agent(list(self.registry), self.now(), self._persist_dirty, self.wait_for_agents, lambda fut: self._supervise(fut.done, 0.5))
+            await stop_every_agent(list(self.registry), self.now(), self._persist_dirty, self.changes.wait_for, lambda fut: self._supervise(fut.done, 0.5))
             if self.config.manager.address:
                 await let_manager_sync(self.pool.describe, since=self.wall(), now=self.now)
         for agent in self.registry:

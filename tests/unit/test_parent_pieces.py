@@ -13,6 +13,7 @@ from pathlib import Path
 from supervisor.common.metadata_store import AgentRecord
 from supervisor.config.loading import parse_config
 from supervisor.parent.adoption import Adoption
+from supervisor.parent.agent_changes import AgentChanges
 from supervisor.parent.agent_identity import Marked
 from supervisor.parent.control_dispatch import dispatch
 from supervisor.parent.event_log import EventLog
@@ -273,3 +274,21 @@ def test_verbs_act_through_the_context_alone():
     reply = asyncio.run(dispatch(Request(v=PROTOCOL_VERSION, id="r2", verb="status", args={}), ctx, Shutdown(False, lambda: None)))
     assert [(a["id"], a["state"]) for a in reply.result["agents"]] == [("a1", "stopped"), ("a2", "running")]
     assert reply.result["manager"] is None and reply.result["daemon"]["pid"] == 7
+
+
+def test_a_waiter_returns_once_every_agent_settled_or_at_its_timeout():
+    async def scenario():
+        changes = AgentChanges(asyncio.get_running_loop().time)
+        a, b = AgentProcess(make_spec(id="a"), FakeOps(), on_transition=lambda *x: None), AgentProcess(make_spec(id="b"), FakeOps(), on_transition=lambda *x: None)
+        settled = {"a": False, "b": False}
+        waiter = asyncio.ensure_future(changes.wait_for([a, b], lambda agent: settled[agent.spec.id], 30.0))
+        await asyncio.sleep(0)
+        settled["a"] = True
+        changes.fire()
+        await asyncio.sleep(0)
+        assert not waiter.done()  # b still works
+        settled["b"] = True
+        changes.fire()
+        await asyncio.wait_for(waiter, 5.0)
+        await asyncio.wait_for(changes.wait_for([a], lambda agent: False, 0.01), 5.0)  # the timeout ends it; nothing raises
+    asyncio.run(scenario())
