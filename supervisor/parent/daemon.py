@@ -375,7 +375,7 @@ class Daemon:
             pool=self.pool, heartbeats=self.heartbeats, grace=self.grace, stalls=self.stalls, now=self.now, uptime=self.uptime,
             log_path=self.log_path, status_info=self.status_info, intake_counters=self.intake_counters, feed_seq=lambda: self.state_feed.seq,
             manager_address=lambda: self.config.manager.address, stop_agents_on_shutdown=lambda: self.config.shutdown.stop_agents,
-            after_action=self.after_action, wait_for_agents=self.changes.wait_for, reload=self.reload, request_shutdown=self.request_shutdown)
+            after_action=self.after_action, records_written=self.writer.wait_written, wait_for_agents=self.changes.wait_for, reload=self.reload, request_shutdown=self.request_shutdown)
 
     def reload(self, dry_run: bool = False) -> ReloadPlan:
         """Re-read the config file and apply the per-agent diff (or only compute it)."""

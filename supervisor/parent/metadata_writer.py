@@ -27,6 +27,7 @@ class MetadataWriter:
         self._pending: dict[str, AgentRecord | None] = {}  # None = delete
         self._cond = threading.Condition()
         self._busy = False
+        self._writing: str | None = None  # the agent whose record the thread has in hand
         self._closed = False
         self.failures = 0
         self._failing: dict[str, tuple[float, int]] = {}  # agent id -> (last logged, failures since), per episode
@@ -48,6 +49,15 @@ class MetadataWriter:
         with self._cond:
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
+    def wait_written(self, agent_ids: list[str], timeout: float) -> bool:
+        """Block until the records queued so far for these agents are on disk (or `timeout` passes).
+
+        An operator's start/stop is acknowledged only after this, so agentd dying right after the reply
+        cannot forget it (docs/architecture.md, "Metadata writing")."""
+        wanted = set(agent_ids)
+        with self._cond:
+            return self._cond.wait_for(lambda: self._writing not in wanted and not wanted & self._pending.keys(), timeout)
+
     def close(self) -> None:
         if not self.flush():
             log.error("metadata writes still pending at exit: %s", ", ".join(self._pending) or "(in flight)")
@@ -65,6 +75,7 @@ class MetadataWriter:
                 agent_id, record = next(iter(self._pending.items()))
                 del self._pending[agent_id]
                 self._busy = True
+                self._writing = agent_id
             failed = False
             try:
                 if record is None:
@@ -81,10 +92,12 @@ class MetadataWriter:
                     # lost because the disk was full for a moment.
                     self._pending.setdefault(agent_id, record)
                     self._busy = False
+                    self._writing = None
                     self._cond.notify_all()
                     self._cond.wait(RETRY_DELAY)
                 else:
                     self._busy = False
+                    self._writing = None
                     self._cond.notify_all()
             if not failed and self._failing.pop(agent_id, None) is not None:
                 log.warning("metadata for %s written again", agent_id)

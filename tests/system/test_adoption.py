@@ -236,3 +236,20 @@ def test_http_port_0_is_kept_across_an_agentd_restart_for_readopted_agents(agent
     wait_until(lambda: agentd.status("h")["last_heartbeat"] != first_seen, message="more heartbeats")
     st = agentd.status("h")
     assert st["pid"] == pid and st["restarts"] == 0
+
+
+def test_an_answered_stop_is_on_disk_before_agentd_can_die(agentd):
+    """Regression: `stop` answered before the loop pass that saved the agent's `stopped` record, so a
+    kill -9 of agentd right after left `stopping` on disk (seen in test_agentctl_offline)."""
+    agentd.write_config([agentd.helper_agent(i, "well-behaved") for i in ("a", "b", "c")])
+    agentd.start()
+    for i in ("a", "b", "c"):
+        agentd.wait_state(i, "running")
+    assert agentd.agentctl("stop", "b", "c").returncode == 0
+    agentd.kill9()  # at once: nothing may still be queued for the disk
+    for i in ("b", "c"):
+        record = json.loads((agentd.data_dir / "metadata" / f"{i}.json").read_text())
+        assert record["status"] == "stopped" and record["operator_stopped"], record
+    agentd.start()
+    assert agentd.wait_state("b", "stopped")["operator_stopped"]
+    agentd.wait_state("a", "running")

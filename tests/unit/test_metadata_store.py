@@ -229,3 +229,33 @@ def test_writer_retries_a_failed_write_instead_of_dropping_it(tmp_path):
         assert writer.failures == 1
     finally:
         writer.close()
+
+
+def test_wait_written_returns_once_those_agents_are_on_disk(tmp_path):
+    """An action's reply waits for its agents' records only: a slow write of another agent does not hold it,
+    and a record still in hand is waited for."""
+    import threading
+
+    from supervisor.parent.metadata_writer import MetadataWriter
+
+    gate = threading.Event()
+
+    class SlowStore(MetadataStore):
+        def save(self, record):
+            if record.id == "slow":
+                gate.wait(10)
+            super().save(record)
+
+    store = SlowStore(tmp_path / "metadata")
+    writer = MetadataWriter(store)
+    try:
+        writer.save(AgentRecord(id="slow", status="running"))
+        writer.save(AgentRecord(id="b", status="stopped", operator_stopped=True))
+        assert not writer.wait_written(["slow"], timeout=0.2)  # the thread holds it until the gate opens
+        gate.set()
+        assert writer.wait_written(["b", "slow"], timeout=10)
+        assert store.load("b").operator_stopped and store.load("slow").status == "running"
+        assert writer.wait_written(["nothing-queued"], timeout=0)
+    finally:
+        gate.set()
+        writer.close()

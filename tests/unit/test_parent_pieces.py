@@ -257,7 +257,7 @@ def verb_context(registry: Registry, ops: FakeOps, t: list[float]) -> VerbContex
         pid=7, config_path=None, registry=registry, events=EventLog(), history=None, signals=ops, pool=None, heartbeats=None, grace=None,
         stalls=None, now=lambda: t[0], uptime=lambda: 1.0, log_path=lambda agent_id: Path("/nonexistent") / agent_id, status_info=lambda: status,
         intake_counters=dict, feed_seq=lambda: 0, manager_address=lambda: None, stop_agents_on_shutdown=lambda: False,
-        after_action=lambda: woken.append(1), wait_for_agents=wait_for_agents, reload=None, request_shutdown=None)
+        after_action=lambda: woken.append(1), records_written=lambda ids, timeout: True, wait_for_agents=wait_for_agents, reload=None, request_shutdown=None)
 
 
 def test_verbs_act_through_the_context_alone():

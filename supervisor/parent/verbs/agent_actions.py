@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Callable
 
 from supervisor.parent.lifecycle import ActionResult, AgentProcess
 from supervisor.wire.states import AgentState
 from supervisor.wire.verbs.agent_actions import ActionArgs, ActionResultList, AgentOutcome
 from supervisor.parent.verbs.context import VerbContext
+
+log = logging.getLogger(__name__)
+# How long a reply waits for the agents' records to reach the disk; a full disk must not hang agentctl.
+RECORD_WAIT = 5.0
 
 
 async def run_action(
@@ -24,6 +30,11 @@ async def run_action(
     ctx.after_action()
     if args.wait:
         await ctx.wait_for_agents([a for a in agents if immediate[a.spec.id].ok], settled, args.timeout)
+        ctx.after_action()  # what settled meanwhile is persisted before the reply, not at the next loop pass
+    ids = [a.spec.id for a in agents]
+    if not await asyncio.get_running_loop().run_in_executor(None, ctx.records_written, ids, RECORD_WAIT):
+        log.warning("%s: replying before the agents' records reached the disk (still pending after %.0fs)",
+                    ", ".join(ids), RECORD_WAIT)
     out, pending = [], False
     for a in agents:
         res = immediate[a.spec.id]

@@ -60,6 +60,7 @@ class VerbContext:
     manager_address: Callable[[], str | None]  # as configured now (reload may change it)
     stop_agents_on_shutdown: Callable[[], bool]  # shutdown.stop_agents as configured now
     after_action: Callable[[], None]  # persist now and let the loop run the agents' timers
+    records_written: Callable[[list[str], float], bool]  # blocking: these agents' records on disk within timeout
     wait_for_agents: Callable[[list[AgentProcess], Callable[[AgentProcess], bool], float], Awaitable[None]]
     reload: Callable[[bool], ReloadPlan]  # dry_run -> the plan (applied unless dry_run)
     request_shutdown: Callable[[bool, str], None]  # (stop_agents, why)
