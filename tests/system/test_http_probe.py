@@ -1,18 +1,17 @@
 """The health worker's http_endpoint check against real local HTTP and HTTPS servers (self-signed, with and
-without its CA), and the config that chooses verification."""
+without its CA), and the config that chooses verification.
+
+The tests here use real processes; the unit ones are in tests/unit/test_http_probe.py."""
 
 from __future__ import annotations
 
 import asyncio
 import http.server
-import socket
 import ssl
 import threading
-import time
 
 import pytest
 
-from supervisor.config.health_check import HealthCheck
 from tests.support.certs import make_cert
 from tests.support.daemon import TestDaemon
 from tests.support.wait import wait_until
@@ -52,13 +51,6 @@ class Server:
 
 
 @pytest.fixture
-def plain():
-    s = Server()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def tls(tmp_path):
     cert, key = make_cert(tmp_path, "agent", "IP:127.0.0.1")
     s = Server(cert, key)
@@ -75,45 +67,6 @@ def probe(url, timeout=5.0, **kw):
         finally:
             await p.aclose()
     return asyncio.run(run())
-
-
-def test_plain_http_status_decides(plain):
-    assert probe(plain.base + "/ok") == (True, "HTTP 200")
-    assert probe(plain.base + "/broken") == (False, "HTTP 500")
-    assert probe(plain.base + "/moved") == (False, "HTTP 302")  # a redirect is not "alive": not followed
-
-
-def test_refused_connection_says_so():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ok, why = probe(f"http://127.0.0.1:{port}/")
-    assert not ok and why == "Connection refused"
-
-
-def test_silent_server_is_bounded_by_the_timeout():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()  # accepts (kernel backlog), never answers
-        t0 = time.monotonic()
-        ok, why = probe(f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=0.5)
-        elapsed = time.monotonic() - t0
-    assert not ok and why == "no answer within 0.5 s"
-    assert elapsed < 10  # bounded: not the library's own default timeouts
-
-
-def test_a_probe_never_raises_for_a_bad_url():
-    for url in ("http://127.0.0.1:99999/", "http://exa mple/", "ftp://127.0.0.1/"):
-        ok, why = probe(url, timeout=2)
-        assert not ok and why, url
-    with pytest.raises(ValueError, match="must be an http"):
-        HealthCheck(http_endpoint="http://127.0.0.1:99999/")
-
-
-def test_environment_proxies_are_ignored(plain, monkeypatch):
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    assert probe(plain.base + "/ok") == (True, "HTTP 200")
 
 
 def test_self_signed_https_fails_verification_without_its_ca(tls):
@@ -164,19 +117,6 @@ def test_a_rotated_ca_file_is_loaded_again(tls, tmp_path):
 
     first, second = asyncio.run(run())
     assert not first[0] and second == (True, "HTTP 200")
-
-
-def test_config_checks_the_tls_options(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
-    assert HealthCheck(http_endpoint="https://127.0.0.1:1/", http_ca_file=str(ca)).http_ca_file == ca
-    assert HealthCheck().http_tls_verify is True
-    with pytest.raises(ValueError, match="must be an absolute path"):
-        HealthCheck(http_ca_file="ca.pem")
-    with pytest.raises(ValueError, match="does not exist"):
-        HealthCheck(http_ca_file=str(tmp_path / "nope.pem"))
-    with pytest.raises(ValueError, match="contradict"):
-        HealthCheck(http_ca_file=str(ca), http_tls_verify=False)
 
 
 def test_daemon_judges_a_self_signed_endpoint_by_its_configured_ca(agentd: TestDaemon, tls):
