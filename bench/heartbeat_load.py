@@ -796,13 +796,14 @@ def render(r: dict) -> str:
         lines.append(f"Sender identity (heartbeat.http.verify_sender), 1 worker, {a['connections']} conns, wrk run by the agent itself "
                      f"(so its connections are in the agent's tree), {a.get('identity_seconds', 10):g} s each:")
         lines.append("")
-        lines.append("| load | worker CPU µs per heartbeat, median | heartbeats/s applied, median (rounds) | wrk req/s | p99 ms | non-200 (all rounds) | tree checks (all rounds) | throughput cost vs check off |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| load | worker CPU µs per heartbeat, median | heartbeats/s applied, median (rounds) | wrk req/s | p99 ms | non-200 (all rounds) | tree checks (all rounds) | of which recalled | descriptor-table reads | throughput cost vs check off |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         costs = {label: pct for label, _rate, _base, pct in identity_cost(ident)}
         for x in ident:
             cost = f"{costs[x['label']]:+.1f} %" if x["label"] in costs else "baseline"
             lines.append(f"| {x['label']} | {x['cpu_us']:.1f} | {x['applied_per_s']:,.0f} ({', '.join(f'{v:,}' for v in x['rates'])}) | "
-                         f"{x['wrk']['rps']:,.0f} | {x['wrk']['p99']:.2f} | {x['non2xx']} | {x['sender_checks']:,} | {cost} |")
+                         f"{x['wrk']['rps']:,.0f} | {x['wrk']['p99']:.2f} | {x['non2xx']} | {x['sender_checks']:,} | "
+                         f"{x.get('recalled', 0):,} | {x.get('fd_table_reads', 0):,} | {cost} |")
         lines.append("")
     micro = r.get("identity_micro")
     if micro and ident:
@@ -810,7 +811,9 @@ def render(r: dict) -> str:
         lines.append(f"The check's own steps, timed alone (min of 15 repeats; a client holding {micro['conns']} loopback connections, "
                      f"as wrk does): sock_diag lookup {micro['sock_diag_us']:.1f} µs per connection (paid with the check off too: the "
                      f"per-peer limits use it); tree proof {micro['tree_scan_us']:.1f} µs reading every descriptor, "
-                     f"{micro['tree_hinted_us']:.1f} µs with the descriptor hint, {micro['tree_child_us']:.1f} µs through a descendant; "
+                     f"{micro['tree_hinted_us']:.1f} µs with the descriptor hint, {micro['tree_child_us']:.1f} µs through a descendant, "
+                     f"{micro.get('tree_recording_us', 0):.1f} µs reading every descriptor and recording its sockets, "
+                     f"{micro.get('tree_recalled_us', 0):.1f} µs for a socket a recent read recorded; "
                      f"per request afterwards: cached proof {micro['cached_us']:.2f} µs, secret compare {micro['secret_us']:.2f} µs.")
         if False in base:
             ka = (micro["cached_us"] + micro["secret_us"]) / base[False] * 100
@@ -1061,12 +1064,14 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
                 # The worker's own CPU per heartbeat: far less noisy than throughput on a shared machine.
                 cpu_us = (sum(cpu1) - sum(cpu0)) / max(1, hh.get("received", 0)) * 1e6 if cpu0 and cpu1 else None
                 runs[label].append({"wrk": w, "applied": applied, "applied_per_s": applied / w["duration_s"], "cpu_us": cpu_us,
-                                    "sender_checks": hh.get("sender_checks", 0),
+                                    "sender_checks": hh.get("sender_checks", 0), "recalled": hh.get("sender_checks_recalled", 0),
+                                    "fd_table_reads": hh.get("sender_fd_table_reads", 0),
                                     "rejected": {k: v for k, v in hh.items() if k.startswith("rejected_") and v}})
                 x = runs[label][-1]
                 print(f"  [{rep + 1}/{args.identity_repeats}] {label}: {x['applied_per_s']:,.0f}/s applied, worker CPU "
                       f"{x['cpu_us'] or 0:.1f} µs/heartbeat, wrk {w['rps']:,.0f} req/s, "
-                      f"p99 {w['p99']:.2f} ms, non-2xx {w['non2xx']}, socket errors {w['socket_errors'] or 'none'}, tree checks {x['sender_checks']:,}, "
+                      f"p99 {w['p99']:.2f} ms, non-2xx {w['non2xx']}, socket errors {w['socket_errors'] or 'none'}, tree checks {x['sender_checks']:,} "
+                      f"({x['recalled']:,} recalled, {x['fd_table_reads']:,} descriptor-table reads), "
                       f"rejected {x['rejected'] or 'none'}", flush=True)
     finally:
         for verify, (agentd, ctl, _port) in daemons.items():
@@ -1085,6 +1090,8 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
                         "cpu_us": cpus[len(cpus) // 2] if cpus else None,
                         "applied_per_s": mid["applied_per_s"], "rates": [round(x["applied_per_s"]) for x in runs[label]],
                         "sender_checks": sum(x["sender_checks"] for x in runs[label]),
+                        "recalled": sum(x["recalled"] for x in runs[label]),
+                        "fd_table_reads": sum(x["fd_table_reads"] for x in runs[label]),
                         "non2xx": sum(x["wrk"]["non2xx"] for x in runs[label])})
     result["identity"] = summary
     micro = identity_micro(args.connections)
@@ -1107,7 +1114,7 @@ def identity_micro(conns: int = 64) -> dict:
     the shared machine did meanwhile): a client process holding `conns` loopback connections, as wrk does."""
     import hmac as _hmac
     import timeit
-    from workers.peer_socket import FdHints, SockDiag, socket_in_tree
+    from workers.peer_socket import FdHints, SockDiag, SocketOwners, socket_in_tree
 
     srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 8)
     holder = subprocess.Popen([str(PYTHON), "-c", HOLDER, str(srv.getsockname()[1]), str(conns)], stdin=subprocess.PIPE,
@@ -1125,6 +1132,9 @@ def identity_micro(conns: int = 64) -> dict:
         hints = FdHints()
         found = socket_in_tree(target, [holder.pid], holder.pid)
         hints.freed(*found)  # as if its previous connection had closed there
+        owners = SocketOwners()
+        socket_in_tree(target, [holder.pid], holder.pid, owners=owners)
+        other = peers[conns // 2 + 1]
         proven = {("agent", 1)}
         secret = "x" * 43
         return {
@@ -1133,6 +1143,9 @@ def identity_micro(conns: int = 64) -> dict:
             "tree_scan_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid)),
             "tree_hinted_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, hints=hints)),
             "tree_child_us": best(lambda: socket_in_tree(target, [os.getpid()], os.getpid())),  # found under a descendant
+            # A full read that records every socket it sees, and a later connection of the same process found in it.
+            "tree_recording_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, owners=SocketOwners())),
+            "tree_recalled_us": best(lambda: owners.holder(other.inode, other.uid, [holder.pid], holder.pid), number=2000),
             "cached_us": best(lambda: ("agent", 1) in proven, number=100_000),
             "secret_us": best(lambda: _hmac.compare_digest(secret.encode("utf-8", "surrogateescape"), secret.encode()), number=100_000),
         }

@@ -33,7 +33,7 @@ from supervisor.wire.states import AgentState
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.verbs import metrics as metrics_verb
 from supervisor.common.listen_sockets import ListenError, bind_tcp
-from workers.peer_socket import FdHints, SockDiag, is_loopback, socket_in_tree
+from workers.peer_socket import FdHints, PeerSocket, SockDiag, SocketOwners, is_loopback, socket_in_tree
 from workers.agent_directory import AgentDirectory, report_bad_timestamps
 from workers.heartbeat_rules import HeartbeatRejected, decode_json
 from workers.link import WorkerLink
@@ -154,6 +154,7 @@ class HeartbeatHttpServer:
         self.unverified_total = 0
         self.max_unverified = max(1, max_connections // UNVERIFIED_SHARE)
         self._fd_hints = FdHints()
+        self._owners = SocketOwners()
         try:
             self._diag: SockDiag | None = SockDiag()
         except OSError as exc:  # no sock_diag (a container without it): peers are told apart by address only
@@ -278,9 +279,9 @@ class HeartbeatHttpServer:
 
     # ------------------------------------------------------------------------------------------ peers
 
-    def peer_of(self, transport: asyncio.BaseTransport) -> tuple[str, int | None, str]:
+    def peer_of(self, transport: asyncio.BaseTransport) -> tuple[str, PeerSocket | None, str]:
         """Whom a new connection counts against (its owner's uid on loopback, else its address), the client
-        socket's inode when the kernel could tell (loopback only), and the address for messages."""
+        socket's owner uid and inode when the kernel could tell (loopback only), and the address for messages."""
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else "?"
         if self._diag is not None and is_loopback(host):
@@ -291,7 +292,7 @@ class HeartbeatHttpServer:
                 self.limited.warning("sock_diag", "sock_diag lookup failed: %s", exc)
                 found = None
             if found is not None:
-                return f"uid:{found.uid}", found.inode, host
+                return f"uid:{found.uid}", found, host
         return f"addr:{host}", None, host
 
     def prove_sender(self, conn: "_Connection | None", fields: dict, token: str | None) -> None:
@@ -311,12 +312,20 @@ class HeartbeatHttpServer:
         if token is not None and agent.secret and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), agent.secret.encode()):
             conn.proven.add(proof)
             return
-        if conn.peer_inode is None:
+        if conn.peer is None:
             self.counters["sender_checks_failed"] += 1
             raise HeartbeatRejected(401, "sender_unproven", f"agent {agent.id!r}: a heartbeat from {conn.peer_host} must carry the "
                                     f"agent's token (Authorization: Bearer $AGENTD_HEARTBEAT_TOKEN)")
         self.counters["sender_checks"] += 1
-        holder = socket_in_tree(conn.peer_inode, [fields["pid"], agent.pid or 0], agent.pid or 0, hints=self._fd_hints)
+        first = [fields["pid"], agent.pid or 0]
+        # Another connection of a process whose descriptors a proof read moments ago: a lookup, not a second read.
+        holder = self._owners.holder(conn.peer.inode, conn.peer.uid, first, agent.pid or 0)
+        if holder is not None:
+            self.counters["sender_checks_recalled"] += 1
+        else:
+            reads = self._owners.scans
+            holder = socket_in_tree(conn.peer.inode, first, agent.pid or 0, hints=self._fd_hints, owners=self._owners)
+            self.counters["sender_fd_table_reads"] += self._owners.scans - reads
         if holder is not None:
             self._fd_hints.taken(*holder)
             conn.holder = holder
@@ -532,7 +541,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.deadline = self.loop.time() + min(self.settings.request_timeout, self.settings.unverified_timeout)
         self.peer_key: str | None = None  # set while this connection counts as unverified
-        self.peer_inode: int | None = None  # the client socket's inode (loopback), for the sender check
+        self.peer: PeerSocket | None = None  # the client socket's owner and inode (loopback), for the sender check
         self.peer_host = "?"
         self.proven: set[tuple[str, int]] = set()  # (agent id, generation) this connection has proven to be
         self.holder: tuple[int, str] | None = None  # (pid, fd) that holds the client end, once proven by the tree
@@ -569,7 +578,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             return
-        key, self.peer_inode, self.peer_host = server.peer_of(transport)
+        key, self.peer, self.peer_host = server.peer_of(transport)
         refusal = server.admit_unverified(key)
         if refusal is not None:
             server.counters["rejected_too_many_unverified"] += 1
@@ -595,6 +604,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.holder is not None:  # its descriptor is about to be free: the client's next socket likely gets it
             self.server._fd_hints.freed(*self.holder)
+        if self.peer is not None:
+            self.server._owners.forget(self.peer.inode)
         if self.peer_key is not None:
             self.server.release_unverified(self.peer_key)
             self.peer_key = None

@@ -118,14 +118,15 @@ class Worker:
     """A real `python -m workers.heartbeat_http` on a listening socket this test bound to port 0 (or was given)."""
 
     def __init__(self, parent: StandInParent, *extra: str, listener: socket.socket | None = None,
-                 name: str = "hh-test", wait: bool = True) -> None:
+                 name: str = "hh-test", wait: bool = True, settings: dict | None = None) -> None:
         self.listener = listener or socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = self.listener.getsockname()[1]
         fd = self.listener.fileno()
         self.log = parent.dir / f"{name}.log"
         # The test process sends for the agents from outside their trees: the sender check is off here and
         # exercised with real agents in tests/system/test_hostile_identity.py.
-        conf = {"listen": "127.0.0.1:0", "processes": 1, "max_body": MAX_BODY, "request_timeout": REQUEST_TIMEOUT, "verify_sender": False}
+        conf = {"listen": "127.0.0.1:0", "processes": 1, "max_body": MAX_BODY, "request_timeout": REQUEST_TIMEOUT, "verify_sender": False,
+                **(settings or {})}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.heartbeat_http", "--run-dir", str(parent.dir), "--name", name,
