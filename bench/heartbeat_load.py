@@ -796,14 +796,14 @@ def render(r: dict) -> str:
         lines.append(f"Sender identity (heartbeat.http.verify_sender), 1 worker, {a['connections']} conns, wrk run by the agent itself "
                      f"(so its connections are in the agent's tree), {a.get('identity_seconds', 10):g} s each:")
         lines.append("")
-        lines.append("| load | worker CPU µs per heartbeat, median | heartbeats/s applied, median (rounds) | wrk req/s | p99 ms | non-200 (all rounds) | tree checks (all rounds) | of which recalled | descriptor-table reads | throughput cost vs check off |")
+        lines.append("| load | worker CPU µs per heartbeat, median | heartbeats/s applied, median (rounds) | wrk req/s | p99 ms | non-200 (all rounds) | tree checks (all rounds) | of which recalled | descriptors read | throughput cost vs check off |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         costs = {label: pct for label, _rate, _base, pct in identity_cost(ident)}
         for x in ident:
             cost = f"{costs[x['label']]:+.1f} %" if x["label"] in costs else "baseline"
             lines.append(f"| {x['label']} | {x['cpu_us']:.1f} | {x['applied_per_s']:,.0f} ({', '.join(f'{v:,}' for v in x['rates'])}) | "
                          f"{x['wrk']['rps']:,.0f} | {x['wrk']['p99']:.2f} | {x['non2xx']} | {x['sender_checks']:,} | "
-                         f"{x.get('recalled', 0):,} | {x.get('fd_table_reads', 0):,} | {cost} |")
+                         f"{x.get('recalled', 0):,} | {x.get('links_read', 0):,} | {cost} |")
         lines.append("")
     micro = r.get("identity_micro")
     if micro and ident:
@@ -1065,13 +1065,13 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
                 cpu_us = (sum(cpu1) - sum(cpu0)) / max(1, hh.get("received", 0)) * 1e6 if cpu0 and cpu1 else None
                 runs[label].append({"wrk": w, "applied": applied, "applied_per_s": applied / w["duration_s"], "cpu_us": cpu_us,
                                     "sender_checks": hh.get("sender_checks", 0), "recalled": hh.get("sender_checks_recalled", 0),
-                                    "fd_table_reads": hh.get("sender_fd_table_reads", 0),
+                                    "links_read": hh.get("sender_fd_links_read", 0),
                                     "rejected": {k: v for k, v in hh.items() if k.startswith("rejected_") and v}})
                 x = runs[label][-1]
                 print(f"  [{rep + 1}/{args.identity_repeats}] {label}: {x['applied_per_s']:,.0f}/s applied, worker CPU "
                       f"{x['cpu_us'] or 0:.1f} µs/heartbeat, wrk {w['rps']:,.0f} req/s, "
                       f"p99 {w['p99']:.2f} ms, non-2xx {w['non2xx']}, socket errors {w['socket_errors'] or 'none'}, tree checks {x['sender_checks']:,} "
-                      f"({x['recalled']:,} recalled, {x['fd_table_reads']:,} descriptor-table reads), "
+                      f"({x['recalled']:,} recalled, {x['links_read']:,} descriptors read), "
                       f"rejected {x['rejected'] or 'none'}", flush=True)
     finally:
         for verify, (agentd, ctl, _port) in daemons.items():
@@ -1091,7 +1091,7 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
                         "applied_per_s": mid["applied_per_s"], "rates": [round(x["applied_per_s"]) for x in runs[label]],
                         "sender_checks": sum(x["sender_checks"] for x in runs[label]),
                         "recalled": sum(x["recalled"] for x in runs[label]),
-                        "fd_table_reads": sum(x["fd_table_reads"] for x in runs[label]),
+                        "links_read": sum(x["links_read"] for x in runs[label]),
                         "non2xx": sum(x["wrk"]["non2xx"] for x in runs[label])})
     result["identity"] = summary
     micro = identity_micro(args.connections)
@@ -1114,7 +1114,7 @@ def identity_micro(conns: int = 64) -> dict:
     the shared machine did meanwhile): a client process holding `conns` loopback connections, as wrk does."""
     import hmac as _hmac
     import timeit
-    from workers.peer_socket import FdHints, SockDiag, SocketOwners, socket_in_tree
+    from workers.peer_socket import FdHints, SockDiag, socket_in_tree
 
     srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 8)
     holder = subprocess.Popen([str(PYTHON), "-c", HOLDER, str(srv.getsockname()[1]), str(conns)], stdin=subprocess.PIPE,
@@ -1132,8 +1132,6 @@ def identity_micro(conns: int = 64) -> dict:
         hints = FdHints()
         found = socket_in_tree(target, [holder.pid], holder.pid)
         hints.freed(*found)  # as if its previous connection had closed there
-        owners = SocketOwners()
-        socket_in_tree(target, [holder.pid], holder.pid, owners=owners)
         other = peers[conns // 2 + 1]
         proven = {("agent", 1)}
         secret = "x" * 43
@@ -1144,8 +1142,8 @@ def identity_micro(conns: int = 64) -> dict:
             "tree_hinted_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, hints=hints)),
             "tree_child_us": best(lambda: socket_in_tree(target, [os.getpid()], os.getpid())),  # found under a descendant
             # A full read that records every socket it sees, and a later connection of the same process found in it.
-            "tree_recording_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, owners=SocketOwners())),
-            "tree_recalled_us": best(lambda: owners.holder(other.inode, other.uid, [holder.pid], holder.pid), number=2000),
+            "tree_recording_us": best(lambda: recording_read(target, holder.pid)),
+            "tree_recalled_us": recalled_us(target, other, holder.pid, best),
             "cached_us": best(lambda: ("agent", 1) in proven, number=100_000),
             "secret_us": best(lambda: _hmac.compare_digest(secret.encode("utf-8", "surrogateescape"), secret.encode()), number=100_000),
         }
@@ -1153,6 +1151,27 @@ def identity_micro(conns: int = 64) -> dict:
         holder.stdin.close()
         holder.wait(10)
         srv.close()
+
+
+def recording_read(target: int, pid: int) -> None:
+    from workers.peer_socket import SocketOwners, socket_in_tree
+
+    owners = SocketOwners()
+    socket_in_tree(target, [pid], pid, owners=owners)
+    owners.close()
+
+
+def recalled_us(target: int, other, pid: int, best) -> float:
+    """A connection proven by what the read for another connection of the same process recorded."""
+    from workers.peer_socket import SocketOwners, socket_in_tree
+
+    owners = SocketOwners(ttl=3600)  # timed for the lookup, not for how long a record lasts
+    try:
+        socket_in_tree(target, [pid], pid, owners=owners)
+        assert owners.holder(other.inode, other.uid, [pid], pid) is not None
+        return best(lambda: owners.holder(other.inode, other.uid, [pid], pid), number=2000)
+    finally:
+        owners.close()
 
 
 def identity_cost(runs: list[dict]) -> list[tuple[str, float, float, float]]:

@@ -323,9 +323,9 @@ class HeartbeatHttpServer:
         if holder is not None:
             self.counters["sender_checks_recalled"] += 1
         else:
-            reads = self._owners.scans
+            links = self._owners.links_read
             holder = socket_in_tree(conn.peer.inode, first, agent.pid or 0, hints=self._fd_hints, owners=self._owners)
-            self.counters["sender_fd_table_reads"] += self._owners.scans - reads
+            self.counters["sender_fd_links_read"] += self._owners.links_read - links
         if holder is not None:
             self._fd_hints.taken(*holder)
             conn.holder = holder

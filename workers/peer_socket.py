@@ -90,7 +90,7 @@ class SockDiag:
             return PeerSocket(uid, inode)
 
 
-HINTS_PER_PID = 16
+HINTS_PER_PID = 128  # a client with this many connections closing at once still finds its new ones here
 MAX_HINTED_PIDS = 1024
 
 
@@ -118,6 +118,10 @@ class FdHints:
         hints.insert(0, fd)
         del hints[HINTS_PER_PID:]
 
+    def take_all(self, pid: int) -> list[str]:
+        """Every hinted number of pid, which are then no hints any more (they are being read)."""
+        return self._by_pid.pop(pid, [])
+
     def taken(self, pid: int, fd: str) -> None:
         """A connection was found under fd: the number is in use until that connection closes."""
         hints = self._by_pid.get(pid)
@@ -125,83 +129,171 @@ class FdHints:
             hints.remove(fd)
 
 
-def _proc_stat(pid: int) -> tuple[int, int, int] | None:
-    """(start time in clock ticks since boot, parent pid, owner uid) of a live process, or None if it is gone
-    or a zombie (its descriptors are closed). The start time tells a process from a later one under its pid."""
+def _stat_of(fd: int) -> tuple[int, int] | None:
+    """(start time in clock ticks since boot, parent pid) from an open /proc/<pid>/stat, or None once that
+    process has exited or is a zombie (its descriptors are closed). An open /proc file stays bound to its
+    process: after the pid is reused, reading it fails instead of describing the newcomer."""
     try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        data = os.pread(fd, 4096, 0)
     except OSError:
         return None
-    try:
-        uid = os.fstat(fd).st_uid
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     fields = data[data.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
     try:
         if fields[0] in (b"Z", b"X"):
             return None
-        return int(fields[19]), int(fields[1]), uid
+        return int(fields[19]), int(fields[1])
     except (IndexError, ValueError):
         return None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        stat = _stat_of(fd)
+    finally:
+        os.close(fd)
+    return stat[1] if stat is not None else None
+
+
+def _below(ppid: int, root: int) -> bool:
+    """Whether a process whose parent is `ppid` descends from root, walking parents up from it."""
+    current: int | None = ppid
+    for _ in range(MAX_TREE_DEPTH):
+        if current is None or root <= 1 or current <= 1:
+            return False
+        if current == root:
+            return True
+        current = _parent_of(current)
+    return False
 
 
 MAX_TREE_DEPTH = 64
 OWNERS_TTL = 5.0
 MAX_OWNED_SOCKETS = 8192
+MAX_RECORDED_PIDS = 64  # each holds its /proc/<pid>/stat open
 
 
 @dataclass
-class _Scan:
+class _Record:
+    stat_fd: int  # /proc/<pid>/stat of the process that was read, kept open: it fails once that process is gone
     start: int
     uid: int
-    at: float
-    sockets: dict[int, str]  # socket inode -> descriptor number
+    at: float  # when a read last added to it
+    sockets: dict[int, tuple[str, float]]  # socket inode -> (descriptor number, when it was seen there)
 
 
 class SocketOwners:
-    """Socket inodes seen in a process's descriptor table the last time a proof had to read all of it, so the
-    other connections that process had open then are proven by a lookup instead of another full read
-    (docs/decisions.md, "HTTP sender identity"). A socket inode names one socket until 2**32 more pseudo-file
-    inodes have been made, so one seen in a process's table was that process's socket. An entry counts only
-    for the same process (pid and start time), for a client socket whose kernel owner uid is the uid that
-    process had, for `ttl` seconds, and while the process is in the claimed tree at the time of the proof."""
+    """The sockets seen in processes' descriptor tables, so a process's other connections are proven by a
+    lookup instead of another read (docs/decisions.md, "HTTP sender identity").
 
-    def __init__(self, ttl: float = OWNERS_TTL, capacity: int = MAX_OWNED_SOCKETS, clock=time.monotonic) -> None:
+    A socket inode names one socket until 2**32 more pseudo-file inodes have been made, so a socket seen in
+    a process's table was that process's socket. An entry proves a client socket only for the same process
+    (its /proc/<pid>/stat held open and the start time unchanged, so a reused pid does not inherit it), when
+    the socket's kernel owner uid is the uid that process ran as, for `ttl` seconds after it was seen, and
+    while the process is the claimed pid or below the agent at the time of the proof."""
+
+    def __init__(self, ttl: float = OWNERS_TTL, capacity: int = MAX_OWNED_SOCKETS,
+                 max_pids: int = MAX_RECORDED_PIDS, clock=time.monotonic) -> None:
         self.ttl = ttl
         self.capacity = capacity
+        self.max_pids = max_pids
         self._clock = clock
-        self._by_pid: dict[int, _Scan] = {}  # oldest scan first
-        self._by_inode: dict[int, int] = {}  # socket inode -> pid whose scan saw it
+        self._by_pid: dict[int, _Record] = {}  # least recently read first
+        self._by_inode: dict[int, int] = {}  # socket inode -> pid whose table held it
         self.hits = 0
-        self.scans = 0
+        self.links_read = 0  # readlinks done: what the proofs cost
 
     def __len__(self) -> int:
         return len(self._by_inode)
 
-    def record(self, pid: int, start: int, uid: int, sockets: dict[int, str]) -> None:
-        """A full read of pid's descriptors (the process with this start time) found these sockets."""
-        self.scans += 1
-        self.drop(pid)
+    def close(self) -> None:
+        for pid in list(self._by_pid):
+            self.drop(pid)
+
+    def read(self, pid: int, fds: list[str] | None = None) -> dict[int, str] | None:
+        """Read pid's descriptors `fds` (None: all of them) and record every socket among them; the sockets
+        seen (inode -> descriptor), or None if the process is gone."""
+        record = self._by_pid.get(pid)
+        if record is not None and _stat_of(record.stat_fd) is None:
+            self.drop(pid)
+            record = None
+        if record is None:
+            try:
+                stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            stat = _stat_of(stat_fd)
+            if stat is None:
+                os.close(stat_fd)
+                return None
+            record = _Record(stat_fd, stat[0], os.fstat(stat_fd).st_uid, 0.0, {})
+        seen = self._links(pid, fds)
+        after = _stat_of(record.stat_fd)
+        if seen is None or after is None or after[0] != record.start:  # the process ended during the read
+            if self._by_pid.get(pid) is record:
+                self.drop(pid)
+            else:
+                os.close(record.stat_fd)
+            return None
         now = self._clock()
-        while self._by_pid:  # oldest first: expired scans, then whatever makes room
-            oldest, scan = next(iter(self._by_pid.items()))
-            if now - scan.at <= self.ttl and len(self._by_inode) + len(sockets) <= self.capacity:
-                break
-            self.drop(oldest)
-        if len(sockets) > self.capacity:
-            sockets = dict(list(sockets.items())[: self.capacity])
-        self._by_pid[pid] = _Scan(start, uid, now, sockets)
-        for inode in sockets:
+        if fds is None:  # a full read is the whole truth: what it did not see is gone
+            for inode in record.sockets:
+                if self._by_inode.get(inode) == pid:
+                    del self._by_inode[inode]
+            record.sockets = {}
+        for inode, fd in seen.items():
+            record.sockets[inode] = (fd, now)
             self._by_inode[inode] = pid
+        record.at = now
+        self._by_pid.pop(pid, None)
+        self._by_pid[pid] = record  # most recently read last
+        self._evict(now, keep=pid)
+        return seen
+
+    def _links(self, pid: int, fds: list[str] | None) -> dict[int, str] | None:
+        """Socket inode -> descriptor number for pid's descriptors `fds` (None: all), or None if unreadable."""
+        try:
+            # Relative to the directory's descriptor: cheaper than resolving /proc/<pid>/fd per entry.
+            dir_fd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        seen: dict[int, str] = {}
+        try:
+            names = os.listdir(dir_fd) if fds is None else fds
+            self.links_read += len(names)
+            for name in names:
+                try:
+                    link = os.readlink(name, dir_fd=dir_fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    seen[int(link[8:-1])] = name
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+        return seen
+
+    def _evict(self, now: float, keep: int) -> None:
+        for pid, record in list(self._by_pid.items()):  # least recently read first
+            crowded = len(self._by_pid) > self.max_pids or len(self._by_inode) > self.capacity
+            if pid == keep or (not crowded and now - record.at <= self.ttl):
+                break
+            self.drop(pid)
+        record = self._by_pid.get(keep)
+        while record is not None and len(self._by_inode) > self.capacity:  # one process alone has too many
+            inode, _ = record.sockets.popitem()
+            self._by_inode.pop(inode, None)
 
     def drop(self, pid: int) -> None:
-        """Forget what a scan of pid saw (the process is gone, or a newer scan replaces it)."""
-        scan = self._by_pid.pop(pid, None)
-        if scan is not None:
-            for inode in scan.sockets:
+        """Forget what reads of pid saw (the process is gone, or it is evicted)."""
+        record = self._by_pid.pop(pid, None)
+        if record is not None:
+            os.close(record.stat_fd)
+            for inode in record.sockets:
                 if self._by_inode.get(inode) == pid:
                     del self._by_inode[inode]
 
@@ -212,87 +304,65 @@ class SocketOwners:
             self._by_pid[pid].sockets.pop(inode, None)
 
     def holder(self, inode: int, uid: int | None, first: list[int], root: int) -> tuple[int, str] | None:
-        """(pid, descriptor) under which a recent scan saw socket `inode`, if that process is still the same,
-        ran as `uid` (the socket's owner, from sock_diag) and is in `first` or below `root` now; else None."""
+        """(pid, descriptor) under which a read saw socket `inode`, if that was under `ttl` seconds ago, the
+        process is still the same, ran as `uid` (the socket's owner, from sock_diag) and is in `first` or
+        below `root` now; else None."""
         pid = self._by_inode.get(inode) if inode and uid is not None else None
         if pid is None:
             return None
-        scan = self._by_pid[pid]
-        if self._clock() - scan.at > self.ttl:
-            self.drop(pid)
+        record = self._by_pid[pid]
+        fd, seen_at = record.sockets[inode]
+        if self._clock() - seen_at > self.ttl:
+            self.forget(inode)
             return None
-        if scan.uid != uid:
+        if record.uid != uid:
             return None  # not the user whose process held it: the full proof decides
-        now = _proc_stat(pid)
-        if now is None or now[0] != scan.start:
-            self.drop(pid)  # gone, or another process under the same pid
+        now = _stat_of(record.stat_fd)
+        if now is None or now[0] != record.start:
+            self.drop(pid)  # gone (its pid may be another process's by now)
             return None
         if pid not in first and not _below(now[1], root):
             return None  # no longer in the claimed tree (its parent exited, say)
         self.hits += 1
-        return pid, scan.sockets[inode]
+        return pid, fd
 
 
-def _below(ppid: int, root: int) -> bool:
-    """Whether the process whose parent is `ppid` descends from root, walking parents up from it."""
-    current = ppid
-    for _ in range(MAX_TREE_DEPTH):
-        if root <= 1 or current <= 1:
-            return False
-        if current == root:
-            return True
-        stat = _proc_stat(current)
-        if stat is None:
-            return False
-        current = stat[1]
-    return False
-
-
-def _holds(pid: int, needle: str, hints: FdHints | None, owners: SocketOwners | None = None) -> str | None:
-    """The descriptor number under which pid holds `needle`, or None. With `owners`, a full read goes on past
-    the match and records every socket it saw."""
+def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | None = None) -> str | None:
+    """The descriptor number under which pid holds socket `inode`, or None. With `owners`, every descriptor
+    read is recorded: the hinted ones (all of them: they are where the process's new connections are), then,
+    if those miss, all of them."""
+    if owners is not None:
+        if hints is not None and hints.get(pid):
+            hinted = hints.take_all(pid)
+            seen = owners.read(pid, hinted)
+            if seen is not None and inode in seen:
+                return seen[inode]
+        seen = owners.read(pid)
+        return seen.get(inode) if seen is not None else None
+    needle = f"socket:[{inode}]"
     base = f"/proc/{pid}/fd"
-    tried: set[str] = set()
+    tried: list[str] = []
     if hints is not None:
-        for fd in hints.get(pid):
-            tried.add(fd)
+        tried = list(hints.get(pid))
+        for fd in tried:
             try:
                 if os.readlink(f"{base}/{fd}") == needle:
                     return fd
             except OSError:
                 continue
-    before = _proc_stat(pid) if owners is not None else None
     try:
-        # Relative to the directory's descriptor: cheaper than resolving /proc/<pid>/fd per entry, and bound to
-        # this process even if its pid is reused meanwhile.
-        dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        names = os.listdir(base)
     except OSError:
         return None
-    found: str | None = None
-    sockets: dict[int, str] = {}
-    try:
-        for name in os.listdir(dir_fd):
-            if name in tried and owners is None:
-                continue
-            try:
-                link = os.readlink(name, dir_fd=dir_fd)
-            except OSError:
-                continue
-            if link == needle:
-                found = name
-                if owners is None:
-                    break
-            if owners is not None and link.startswith("socket:["):
-                sockets[int(link[8:-1])] = name
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    if before is not None and owners is not None:
-        after = _proc_stat(pid)
-        if after is not None and after[0] == before[0]:  # one process throughout the read
-            owners.record(pid, before[0], before[2], sockets)
-    return found
+    for name in names:
+        if name in tried:
+            continue
+        try:
+            if os.readlink(f"{base}/{name}") == needle:
+                return name
+        except OSError:
+            continue
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -315,13 +385,12 @@ def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256,
                    hints: FdHints | None = None, owners: SocketOwners | None = None) -> tuple[int, str] | None:
     """(pid, descriptor) of the process holding socket `inode`: tried in `first` (the claimed sender, the
     agent), then in the descendants of `root`, at most `limit` processes; None if none of them holds it.
-    Every full read of a descriptor table is recorded in `owners`."""
-    needle = f"socket:[{inode}]"
+    Every descriptor read is recorded in `owners`."""
     seen: set[int] = set()
     for pid in first:
         if pid not in seen:
             seen.add(pid)
-            fd = _holds(pid, needle, hints, owners)
+            fd = _holds(pid, inode, hints, owners)
             if fd is not None:
                 return pid, fd
     queue = [root]
@@ -329,7 +398,7 @@ def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256,
         for child in _children(queue.pop()):
             if child not in seen:
                 seen.add(child)
-                fd = _holds(child, needle, hints, owners)
+                fd = _holds(child, inode, hints, owners)
                 if fd is not None:
                     return child, fd
                 queue.append(child)
