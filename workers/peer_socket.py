@@ -216,10 +216,7 @@ class SocketOwners:
     def read(self, pid: int, fds: list[str] | None = None) -> dict[int, str] | None:
         """Read pid's descriptors `fds` (None: all of them) and record every socket among them; the sockets
         seen (inode -> descriptor), or None if the process is gone."""
-        record = self._by_pid.get(pid)
-        if record is not None and _stat_of(record.stat_fd) is None:
-            self.drop(pid)
-            record = None
+        record = self._by_pid.get(pid)  # its open stat is read after the descriptors: that shows it was this process
         if record is None:
             try:
                 stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
@@ -255,27 +252,22 @@ class SocketOwners:
 
     def _links(self, pid: int, fds: list[str] | None) -> dict[int, str] | None:
         """Socket inode -> descriptor number for pid's descriptors `fds` (None: all), or None if unreadable."""
+        if fds is not None and len(fds) <= 2:  # a hint or two: opening the directory would cost more than it saves
+            self.links_read += len(fds)
+            return _sockets(fds, lambda name: os.readlink(f"/proc/{pid}/fd/{name}"))
         try:
             # Relative to the directory's descriptor: cheaper than resolving /proc/<pid>/fd per entry.
             dir_fd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
-        seen: dict[int, str] = {}
         try:
             names = os.listdir(dir_fd) if fds is None else fds
             self.links_read += len(names)
-            for name in names:
-                try:
-                    link = os.readlink(name, dir_fd=dir_fd)
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    seen[int(link[8:-1])] = name
+            return _sockets(names, lambda name: os.readlink(name, dir_fd=dir_fd))
         except OSError:
             return None
         finally:
             os.close(dir_fd)
-        return seen
 
     def _evict(self, now: float, keep: int) -> None:
         for pid, record in list(self._by_pid.items()):  # least recently read first
@@ -325,6 +317,19 @@ class SocketOwners:
             return None  # no longer in the claimed tree (its parent exited, say)
         self.hits += 1
         return pid, fd
+
+
+def _sockets(names: list[str], readlink) -> dict[int, str]:
+    """Socket inode -> descriptor number, for those of `names` that are sockets."""
+    seen: dict[int, str] = {}
+    for name in names:
+        try:
+            link = readlink(name)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            seen[int(link[8:-1])] = name
+    return seen
 
 
 def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | None = None) -> str | None:
