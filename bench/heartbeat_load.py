@@ -1095,7 +1095,11 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
                         "non2xx": sum(x["wrk"]["non2xx"] for x in runs[label])})
     result["identity"] = summary
     micro = identity_micro(args.connections)
+    micro["proof_cost"] = [proof_cost(n) for n in (1, 16, args.connections)]
     result["identity_micro"] = micro
+    for x in micro["proof_cost"]:
+        print(f"  tree proof, {x['conns']} connections replaced as they close: {x['cpu_us']:.1f} µs CPU per proof, "
+              f"{x['recalled']:,} of {x['proofs']:,} recalled, {x['links_read'] / max(1, x['proofs']):.2f} descriptors read per proof", flush=True)
     print("  identity steps, µs (min of repeats): " + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in micro.items() if k.endswith("_us")), flush=True)
     for label, rate, base, pct in identity_cost(summary):
         print(f"  median {label}: {rate:.1f} µs/heartbeat of worker CPU vs {base:.1f} with the check off: throughput cost {pct:+.1f} %", flush=True)
@@ -1151,6 +1155,66 @@ def identity_micro(conns: int = 64) -> dict:
         holder.stdin.close()
         holder.wait(10)
         srv.close()
+
+
+RECONNECTOR = r"""
+import selectors, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+def connect():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"x")
+    sel.register(s, selectors.EVENT_READ)
+for _ in range(n):
+    connect()
+while True:
+    for key, _ in sel.select():
+        if not key.fileobj.recv(16):
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            connect()
+"""
+
+
+def proof_cost(conns: int, seconds: float = 4.0) -> dict:
+    """A client keeping `conns` connections open, each replaced as soon as the server closes it (wrk's pattern
+    with a connection per request); the server proves every new one as the HTTP worker does and times only
+    the proof, in this thread's CPU time: what a tree proof costs per connection at that concurrency."""
+    from workers.peer_socket import FdHints, SockDiag, SocketOwners, socket_in_tree
+
+    srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 64)
+    client = subprocess.Popen([str(PYTHON), "-c", RECONNECTOR, str(srv.getsockname()[1]), str(conns)], preexec_fn=die_with_us)
+    diag, hints, owners = SockDiag(), FdHints(), SocketOwners()
+    proofs = recalled = 0
+    cpu = 0.0
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            conn, _ = srv.accept()
+            conn.recv(1)
+            peer = diag.peer_of(conn)
+            t0 = time.thread_time()
+            held = owners.holder(peer.inode, peer.uid, [client.pid], client.pid)
+            recalled += held is not None
+            held = held or socket_in_tree(peer.inode, [client.pid], client.pid, hints=hints, owners=owners)
+            if held is not None:
+                hints.taken(*held)
+            cpu += time.thread_time() - t0
+            proofs += 1
+            conn.close()
+            t0 = time.thread_time()
+            if held is not None:
+                hints.freed(*held)
+            owners.forget(peer.inode)
+            cpu += time.thread_time() - t0
+    finally:
+        client.kill()
+        client.wait()
+        owners.close()
+        diag.close()
+        srv.close()
+    return {"conns": conns, "proofs": proofs, "recalled": recalled, "links_read": owners.links_read,
+            "cpu_us": cpu / max(1, proofs) * 1e6}
 
 
 def recording_read(target: int, pid: int) -> None:
