@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from supervisor.parent.history_store import HistoryStore
 from supervisor.wire.messages import ResourceSample
 from tests.support.wait import wait_until
+from tests.unit.test_history_store import make_store  # noqa: F401 - the fixture, shared with the unit half
 
 
 LOGGER = "supervisor.parent.history_store"
@@ -26,20 +26,6 @@ print("locked", flush=True)
 sys.stdin.read()
 con.execute("COMMIT")
 """
-
-
-@pytest.fixture
-def make_store(tmp_path):
-    stores = []
-
-    def make(path=None, retention=DAY, cls=HistoryStore, **kw):
-        store = cls(path or tmp_path / "data" / "history.db", retention, **kw)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close(timeout=1.0)
 
 
 @pytest.fixture

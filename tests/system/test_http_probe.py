@@ -6,48 +6,14 @@ The tests here use real processes; the unit ones are in tests/unit/test_http_pro
 from __future__ import annotations
 
 import asyncio
-import http.server
-import ssl
-import threading
 
 import pytest
 
 from tests.support.certs import make_cert
 from tests.support.daemon import TestDaemon
 from tests.support.wait import wait_until
+from tests.unit.test_http_probe import Server  # the same real test server as the unit half
 from workers.http_probe import EndpointProbe
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        code = {"/ok": 200, "/broken": 500, "/moved": 302}.get(self.path, 404)
-        self.send_response(code)
-        if code == 302:
-            self.send_header("Location", "/ok")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-class Server:
-    """A real ThreadingHTTPServer on 127.0.0.1:0, TLS when given a certificate."""
-
-    def __init__(self, cert=None, key=None) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        if cert is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert, key)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        scheme = "https" if cert is not None else "http"
-        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
