@@ -557,7 +557,7 @@ def test_metrics_are_prometheus_text(env):
 
 def _past_the_shared_fetch(worker: Worker) -> None:
     """Scrape once, then let PARENT_METRICS_FRESH pass: the next scrape fetches the parent's text itself."""
-    from workers.heartbeat_http import PARENT_METRICS_FRESH
+    from workers.http_replies import PARENT_METRICS_FRESH
 
     request(worker.port, "GET", "/metrics")
     last_scrape = time.monotonic()
