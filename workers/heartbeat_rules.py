@@ -12,6 +12,7 @@ import re
 from datetime import datetime, timezone
 from functools import lru_cache
 
+from supervisor.common.json_limits import JsonTooDeep, check_depth
 from supervisor.config.agent import AGENT_ID_PATTERN
 from supervisor.config.units import describe_value
 
@@ -70,14 +71,15 @@ def decode_json(data: bytes | bytearray, what: str = "body") -> object:
     """Bytes to a JSON value, or HeartbeatRejected 400 `invalid` whose message says what is wrong with them.
 
     Every failure json can raise is mapped here, so an intake never sees a traceback from input: bad UTF-8,
-    bad syntax, nesting deeper than the interpreter's stack, integers over Python's 4300-digit limit."""
+    bad syntax, nesting past MAX_JSON_DEPTH (supervisor/common/json_limits.py), integers over Python's 4300-digit limit."""
     try:
+        check_depth(data)  # json and pydantic recurse per level: refuse before they would hit the stack
         return parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise _invalid(f"{what}: not valid UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise _invalid(f"{what}: not valid JSON: {exc}") from None
-    except RecursionError:
+    except JsonTooDeep:
         raise _invalid(f"{what}: JSON nested too deeply") from None
     except ValueError:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
         raise _invalid(f"{what}: a number has too many digits") from None

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from supervisor.wire.verbs.status import ExitRecord  # stored here, shown by status
 from supervisor.common.durable import fsync_dir
+from supervisor.common.json_limits import JsonTooDeep, check_depth
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,9 @@ class MetadataStore:
             self._quarantine(path, f"unreadable ({why})")
             return None
         try:
+            check_depth(raw)
             doc = json.loads(raw)
-        except RecursionError:
+        except JsonTooDeep:
             self._quarantine(path, "not valid JSON (nested too deeply)")
             return None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -210,9 +212,6 @@ class MetadataStore:
             return None
         try:
             record = AgentRecord.model_validate(doc)
-        except RecursionError:
-            self._quarantine(path, "wrong shape: nested too deeply")
-            return None
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "<root>"

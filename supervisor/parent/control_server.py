@@ -18,6 +18,7 @@ import zmq.asyncio
 from pydantic import ValidationError
 
 from supervisor.wire.ipc import bind_private
+from supervisor.common.json_limits import JsonTooDeep, check_depth
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.protocol import MAX_MESSAGE_BYTES, ErrorCode, Reply, Request, error_reply
 from supervisor.config.errors import describe_validation_error
@@ -48,13 +49,14 @@ class BadRequest(Exception):
 def parse_request(payload: bytes) -> Request:
     """One control payload to a `Request`, or BadRequest saying why not; nothing else escapes (issue 8).
 
-    json raises ValueError for integers over 4300 digits and RecursionError for deep nesting; both are input
-    errors like any other. (MAX_MESSAGE_BYTES bounds the work.)"""
+    json raises ValueError for integers over 4300 digits; nesting past MAX_JSON_DEPTH is refused before json
+    sees it (json_limits). Both are input errors like any other. (MAX_MESSAGE_BYTES bounds the work.)"""
     try:
+        check_depth(payload)
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"payload is not JSON: {exc}") from None
-    except RecursionError:
+    except JsonTooDeep:
         raise BadRequest("payload is not usable JSON: nested too deeply") from None
     except ValueError:
         raise BadRequest("payload is not usable JSON: a number has too many digits") from None
@@ -68,8 +70,6 @@ def parse_request(payload: bytes) -> Request:
         return Request.model_validate(raw)
     except ValidationError as exc:
         raise BadRequest(f"malformed request: {describe_validation_error(exc)}", request_id) from None
-    except RecursionError:
-        raise BadRequest("malformed request: nested too deeply", request_id) from None
 
 
 class ControlServer:
