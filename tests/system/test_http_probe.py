@@ -12,7 +12,7 @@ import pytest
 from tests.support.certs import make_cert
 from tests.support.daemon import TestDaemon
 from tests.support.wait import wait_until
-from tests.unit.test_http_probe import Server  # the same real test server as the unit half
+from tests.unit.test_http_probe import Server, probe  # the same real test server and client as the unit half
 from workers.http_probe import EndpointProbe
 
 
@@ -23,16 +23,6 @@ def tls(tmp_path):
     s.cert = cert
     yield s
     s.close()
-
-
-def probe(url, timeout=5.0, **kw):
-    async def run():
-        p = EndpointProbe()
-        try:
-            return await p.get(url, timeout, **kw)
-        finally:
-            await p.aclose()
-    return asyncio.run(run())
 
 
 def test_self_signed_https_fails_verification_without_its_ca(tls):
