@@ -1118,7 +1118,8 @@ def identity_micro(conns: int = 64) -> dict:
     the shared machine did meanwhile): a client process holding `conns` loopback connections, as wrk does."""
     import hmac as _hmac
     import timeit
-    from workers.peer_socket import FdHints, SockDiag, socket_in_tree
+    from workers.peer_socket import SockDiag
+    from workers.tree_proof import FdHints, socket_in_tree
 
     srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 8)
     holder = subprocess.Popen([str(PYTHON), "-c", HOLDER, str(srv.getsockname()[1]), str(conns)], stdin=subprocess.PIPE,
@@ -1180,7 +1181,9 @@ def proof_cost(conns: int, seconds: float = 4.0) -> dict:
     """A client keeping `conns` connections open, each replaced as soon as the server closes it (wrk's pattern
     with a connection per request); the server proves every new one as the HTTP worker does and times only
     the proof, in this thread's CPU time: what a tree proof costs per connection at that concurrency."""
-    from workers.peer_socket import FdHints, SockDiag, SocketOwners, socket_in_tree
+    from workers.peer_socket import SockDiag
+    from workers.socket_owners import SocketOwners
+    from workers.tree_proof import FdHints, socket_in_tree
 
     srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 64)
     client = subprocess.Popen([str(PYTHON), "-c", RECONNECTOR, str(srv.getsockname()[1]), str(conns)], preexec_fn=die_with_us)
@@ -1218,7 +1221,8 @@ def proof_cost(conns: int, seconds: float = 4.0) -> dict:
 
 
 def recording_read(target: int, pid: int) -> None:
-    from workers.peer_socket import SocketOwners, socket_in_tree
+    from workers.socket_owners import SocketOwners
+    from workers.tree_proof import socket_in_tree
 
     owners = SocketOwners()
     socket_in_tree(target, [pid], pid, owners=owners)
@@ -1227,7 +1231,8 @@ def recording_read(target: int, pid: int) -> None:
 
 def recalled_us(target: int, other, pid: int, best) -> float:
     """A connection proven by what the read for another connection of the same process recorded."""
-    from workers.peer_socket import SocketOwners, socket_in_tree
+    from workers.socket_owners import SocketOwners
+    from workers.tree_proof import socket_in_tree
 
     owners = SocketOwners(ttl=3600)  # timed for the lookup, not for how long a record lasts
     try:

@@ -17,7 +17,9 @@ import psutil
 from supervisor.config.daemon_sections import HttpIntake
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.verbs import metrics as metrics_verb
-from workers.peer_socket import FdHints, PeerSocket, SockDiag, SocketOwners, is_loopback, socket_in_tree
+from workers.peer_socket import PeerSocket, SockDiag, is_loopback
+from workers.socket_owners import SocketOwners
+from workers.tree_proof import FdHints, socket_in_tree
 from workers.agent_directory import AgentDirectory, report_bad_timestamps
 from workers.heartbeat_rules import HeartbeatRejected, decode_json
 from workers.link import WorkerLink

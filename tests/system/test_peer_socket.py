@@ -1,5 +1,6 @@
-"""The loopback sender proof (workers/peer_socket.py) with real processes and real sockets: the kernel's
-socket owner, the descriptor read, and the record of a read that proves a process's other connections."""
+"""The loopback sender proof (workers/peer_socket.py, tree_proof.py, socket_owners.py) with real processes
+and real sockets: the kernel's socket owner, the descriptor read, and the record of a read that proves a
+process's other connections."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import time
 import pytest
 
 from tests.support.wait import wait_until
-from workers.peer_socket import SockDiag, SocketOwners, socket_in_tree
+from workers.peer_socket import SockDiag
+from workers.socket_owners import SocketOwners
+from workers.tree_proof import socket_in_tree
 
 # Opens N loopback connections (or its forked child does; the parent exits on "leave", so the child is
 # reparented), prints the pid that holds them, and waits for stdin to close (the child for SIGKILL).

@@ -1,0 +1,171 @@
+"""The record of seen sockets: every socket a sender proof's descriptor read saw, by process, so that the
+same process's other connections are proven by a lookup instead of another read (docs/decisions.md, "HTTP
+sender identity")."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from workers.proc_lineage import below, stat_of
+
+OWNERS_TTL = 5.0
+MAX_OWNED_SOCKETS = 8192
+MAX_RECORDED_PIDS = 64  # each holds its /proc/<pid>/stat open
+
+
+@dataclass
+class _Record:
+    stat_fd: int  # /proc/<pid>/stat of the process that was read, kept open: it fails once that process is gone
+    start: int
+    uid: int
+    at: float  # when a read last added to it
+    sockets: dict[int, tuple[str, float]]  # socket inode -> (descriptor number, when it was seen there)
+
+
+class SocketOwners:
+    """The sockets seen in processes' descriptor tables, so a process's other connections are proven by a
+    lookup instead of another read (docs/decisions.md, "HTTP sender identity").
+
+    A socket inode names one socket until 2**32 more pseudo-file inodes have been made, so a socket seen in
+    a process's table was that process's socket. An entry proves a client socket only for the same process
+    (its /proc/<pid>/stat held open and the start time unchanged, so a reused pid does not inherit it), when
+    the socket's kernel owner uid is the uid that process ran as, for `ttl` seconds after it was seen, and
+    while the process is the claimed pid or below the agent at the time of the proof."""
+
+    def __init__(self, ttl: float = OWNERS_TTL, capacity: int = MAX_OWNED_SOCKETS,
+                 max_pids: int = MAX_RECORDED_PIDS, clock=time.monotonic) -> None:
+        self.ttl = ttl
+        self.capacity = capacity
+        self.max_pids = max_pids
+        self._clock = clock
+        self._by_pid: dict[int, _Record] = {}  # least recently read first
+        self._by_inode: dict[int, int] = {}  # socket inode -> pid whose table held it
+        self.hits = 0
+        self.links_read = 0  # readlinks done: what the proofs cost
+
+    def __len__(self) -> int:
+        return len(self._by_inode)
+
+    def close(self) -> None:
+        for pid in list(self._by_pid):
+            self.drop(pid)
+
+    def read(self, pid: int, fds: list[str] | None = None) -> dict[int, str] | None:
+        """Read pid's descriptors `fds` (None: all of them) and record every socket among them; the sockets
+        seen (inode -> descriptor), or None if the process is gone."""
+        record = self._by_pid.get(pid)  # its open stat is read after the descriptors: that shows it was this process
+        if record is None:
+            try:
+                stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            stat = stat_of(stat_fd)
+            if stat is None:
+                os.close(stat_fd)
+                return None
+            record = _Record(stat_fd, stat[0], os.fstat(stat_fd).st_uid, 0.0, {})
+        seen = self._links(pid, fds)
+        after = stat_of(record.stat_fd)
+        if seen is None or after is None or after[0] != record.start:  # the process ended during the read
+            if self._by_pid.get(pid) is record:
+                self.drop(pid)
+            else:
+                os.close(record.stat_fd)
+            return None
+        now = self._clock()
+        if fds is None:  # a full read is the whole truth: what it did not see is gone
+            for inode in record.sockets:
+                if self._by_inode.get(inode) == pid:
+                    del self._by_inode[inode]
+            record.sockets = {}
+        for inode, fd in seen.items():
+            record.sockets[inode] = (fd, now)
+            self._by_inode[inode] = pid
+        record.at = now
+        self._by_pid.pop(pid, None)
+        self._by_pid[pid] = record  # most recently read last
+        self._evict(now, keep=pid)
+        return seen
+
+    def _links(self, pid: int, fds: list[str] | None) -> dict[int, str] | None:
+        """Socket inode -> descriptor number for pid's descriptors `fds` (None: all), or None if unreadable."""
+        if fds is not None and len(fds) <= 2:  # a hint or two: opening the directory would cost more than it saves
+            self.links_read += len(fds)
+            return sockets_among(fds, lambda name: os.readlink(f"/proc/{pid}/fd/{name}"))
+        try:
+            # Relative to the directory's descriptor: cheaper than resolving /proc/<pid>/fd per entry.
+            dir_fd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            names = os.listdir(dir_fd) if fds is None else fds
+            self.links_read += len(names)
+            return sockets_among(names, lambda name: os.readlink(name, dir_fd=dir_fd))
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+
+    def _evict(self, now: float, keep: int) -> None:
+        for pid, record in list(self._by_pid.items()):  # least recently read first
+            crowded = len(self._by_pid) > self.max_pids or len(self._by_inode) > self.capacity
+            if pid == keep or (not crowded and now - record.at <= self.ttl):
+                break
+            self.drop(pid)
+        record = self._by_pid.get(keep)
+        while record is not None and len(self._by_inode) > self.capacity:  # one process alone has too many
+            inode, _ = record.sockets.popitem()
+            self._by_inode.pop(inode, None)
+
+    def drop(self, pid: int) -> None:
+        """Forget what reads of pid saw (the process is gone, or it is evicted)."""
+        record = self._by_pid.pop(pid, None)
+        if record is not None:
+            os.close(record.stat_fd)
+            for inode in record.sockets:
+                if self._by_inode.get(inode) == pid:
+                    del self._by_inode[inode]
+
+    def forget(self, inode: int) -> None:
+        """The connection of this client socket closed: it needs no proof any more."""
+        pid = self._by_inode.pop(inode, None)
+        if pid is not None:
+            self._by_pid[pid].sockets.pop(inode, None)
+
+    def holder(self, inode: int, uid: int | None, first: list[int], root: int) -> tuple[int, str] | None:
+        """(pid, descriptor) under which a read saw socket `inode`, if that was under `ttl` seconds ago, the
+        process is still the same, ran as `uid` (the socket's owner, from sock_diag) and is in `first` or
+        below `root` now; else None."""
+        pid = self._by_inode.get(inode) if inode and uid is not None else None
+        if pid is None:
+            return None
+        record = self._by_pid[pid]
+        fd, seen_at = record.sockets[inode]
+        if self._clock() - seen_at > self.ttl:
+            self.forget(inode)
+            return None
+        if record.uid != uid:
+            return None  # not the user whose process held it: the full proof decides
+        now = stat_of(record.stat_fd)
+        if now is None or now[0] != record.start:
+            self.drop(pid)  # gone (its pid may be another process's by now)
+            return None
+        if pid not in first and not below(now[1], root):
+            return None  # no longer in the claimed tree (its parent exited, say)
+        self.hits += 1
+        return pid, fd
+
+
+def sockets_among(names: list[str], readlink) -> dict[int, str]:
+    """Socket inode -> descriptor number, for those of `names` that are sockets."""
+    seen: dict[int, str] = {}
+    for name in names:
+        try:
+            link = readlink(name)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            seen[int(link[8:-1])] = name
+    return seen

@@ -1,0 +1,111 @@
+"""The tree proof: is the client socket of a loopback connection among the open files of the process tree
+a heartbeat claims? Tried in the claimed pid and the agent first, then in the agent's descendants, with
+per-process descriptor hints so a client that reconnects per request is usually found by one readlink
+(docs/decisions.md, "HTTP sender identity")."""
+
+from __future__ import annotations
+
+import os
+
+from workers.proc_lineage import children
+from workers.socket_owners import SocketOwners
+
+HINTS_PER_PID = 128  # a client with this many connections closing at once still finds its new ones here
+MAX_HINTED_PIDS = 1024
+
+
+class FdHints:
+    """Per process, the descriptor numbers to try first: where its connections were found, and those whose
+    connections closed since. The kernel gives a new socket the lowest free number, so a client that opens
+    a connection per request gets a just-freed one again, and one readlink usually finds it instead of
+    reading every descriptor the process has."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, list[str]] = {}
+
+    def get(self, pid: int) -> list[str]:
+        return self._by_pid.get(pid, [])
+
+    def freed(self, pid: int, fd: str) -> None:
+        """A connection held under fd closed: its number is free, and likely the next socket's."""
+        hints = self._by_pid.get(pid)
+        if hints is None:
+            if len(self._by_pid) >= MAX_HINTED_PIDS:
+                self._by_pid.clear()
+            hints = self._by_pid[pid] = []
+        if fd in hints:
+            hints.remove(fd)
+        hints.insert(0, fd)
+        del hints[HINTS_PER_PID:]
+
+    def take_all(self, pid: int) -> list[str]:
+        """Every hinted number of pid, which are then no hints any more (they are being read)."""
+        return self._by_pid.pop(pid, [])
+
+    def taken(self, pid: int, fd: str) -> None:
+        """A connection was found under fd: the number is in use until that connection closes."""
+        hints = self._by_pid.get(pid)
+        if hints is not None and fd in hints:
+            hints.remove(fd)
+
+
+def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | None = None) -> str | None:
+    """The descriptor number under which pid holds socket `inode`, or None. With `owners`, every descriptor
+    read is recorded: the hinted ones (all of them: they are where the process's new connections are), then,
+    if those miss, all of them."""
+    if owners is not None:
+        if hints is not None and hints.get(pid):
+            hinted = hints.take_all(pid)
+            seen = owners.read(pid, hinted)
+            if seen is not None and inode in seen:
+                return seen[inode]
+        seen = owners.read(pid)
+        return seen.get(inode) if seen is not None else None
+    needle = f"socket:[{inode}]"
+    base = f"/proc/{pid}/fd"
+    tried: list[str] = []
+    if hints is not None:
+        tried = list(hints.get(pid))
+        for fd in tried:
+            try:
+                if os.readlink(f"{base}/{fd}") == needle:
+                    return fd
+            except OSError:
+                continue
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return None
+    for name in names:
+        if name in tried:
+            continue
+        try:
+            if os.readlink(f"{base}/{name}") == needle:
+                return name
+        except OSError:
+            continue
+    return None
+
+
+def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256,
+                   hints: FdHints | None = None, owners: SocketOwners | None = None) -> tuple[int, str] | None:
+    """(pid, descriptor) of the process holding socket `inode`: tried in `first` (the claimed sender, the
+    agent), then in the descendants of `root`, at most `limit` processes; None if none of them holds it.
+    Every descriptor read is recorded in `owners`."""
+    seen: set[int] = set()
+    for pid in first:
+        if pid not in seen:
+            seen.add(pid)
+            fd = _holds(pid, inode, hints, owners)
+            if fd is not None:
+                return pid, fd
+    queue = [root]
+    while queue and len(seen) < limit:
+        for child in children(queue.pop()):
+            if child not in seen:
+                seen.add(child)
+                fd = _holds(child, inode, hints, owners)
+                if fd is not None:
+                    return child, fd
+                queue.append(child)
+    return None
