@@ -67,7 +67,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
             return
         key, self.peer, self.peer_host = server.peer_of(transport)
-        refusal = server.admit_unverified(key)
+        refusal = server.peers.admit(key)
         if refusal is not None:
             server.counters["rejected_too_many_unverified"] += 1
             server.counters["http_503"] += 1
@@ -85,7 +85,7 @@ class HttpConnection(asyncio.Protocol):
     def verified(self) -> None:
         """A heartbeat on this connection was accepted: it no longer counts against its peer's unverified share."""
         if self.peer_key is not None:
-            self.server.release_unverified(self.peer_key)
+            self.server.peers.release(self.peer_key)
             self.peer_key = None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,7 +95,7 @@ class HttpConnection(asyncio.Protocol):
         if self.peer is not None:
             self.server._owners.forget(self.peer.inode)
         if self.peer_key is not None:
-            self.server.release_unverified(self.peer_key)
+            self.server.peers.release(self.peer_key)
             self.peer_key = None
         self.server.connections.discard(self)
         self.server.counters["connections_open"] = len(self.server.connections)

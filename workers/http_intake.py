@@ -4,13 +4,11 @@ heartbeats and answering the four routes (docs/heartbeat-api.md, docs/threat-mod
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
 import logging
 import os
 import socket
 import time
-from collections import Counter
 
 import psutil
 
@@ -20,12 +18,13 @@ from supervisor.wire.verbs import metrics as metrics_verb
 from workers.peer_socket import PeerSocket, SockDiag, is_loopback
 from workers.socket_owners import SocketOwners
 from workers.tree_proof import FdHints, socket_in_tree
+from workers.accept_loop import AcceptLoop, PeerLimits
 from workers.agent_directory import AgentDirectory, report_bad_timestamps
 from workers.heartbeat_rules import HeartbeatRejected, decode_json
 from workers.link import WorkerLink
 from workers.http_connection import HttpConnection
 from workers.http_reports import intake_metrics, intake_stats
-from workers.http_replies import ACCEPTED, ACCEPT_BATCH, ACCEPT_RETRY_DELAY, BUSY, JSON_TYPE, MAX_CONNECTIONS, MAX_REPORTED, METRICS_TYPE, PARENT_METRICS_FRESH, PARENT_METRICS_WAIT, REJECT_REASONS, ROUTES, SWEEP_INTERVAL, UNVERIFIED_SHARE, json_reply
+from workers.http_replies import ACCEPTED, ACCEPT_BATCH, BUSY, JSON_TYPE, MAX_CONNECTIONS, MAX_REPORTED, METRICS_TYPE, PARENT_METRICS_FRESH, PARENT_METRICS_WAIT, REJECT_REASONS, ROUTES, SWEEP_INTERVAL, UNVERIFIED_SHARE, json_reply
 
 log = logging.getLogger("workers.heartbeat_http")  # one logger name for the whole intake
 
@@ -48,9 +47,7 @@ class HeartbeatHttpServer:
         self.connections: set[HttpConnection] = set()
         # Fair capacity (docs/threat-model.md): connections that have not delivered a valid heartbeat yet,
         # per peer ("uid:N" on loopback, from the kernel; else "addr:HOST") and in all.
-        self.unverified: Counter[str] = Counter()
-        self.unverified_total = 0
-        self.max_unverified = max(1, max_connections // UNVERIFIED_SHARE)
+        self.peers = PeerLimits(settings.max_unverified_per_peer, max(1, max_connections // UNVERIFIED_SHARE))
         self._fd_hints = FdHints()
         self._owners = SocketOwners()
         try:
@@ -60,6 +57,7 @@ class HeartbeatHttpServer:
             self._diag = None
         self.has_connections = asyncio.Event()  # set when a connection opens; wakes the sweeper
         self._sock: socket.socket | None = None
+        self._acceptor: AcceptLoop | None = None
         self._accepting: dict[asyncio.Task, socket.socket] = {}  # accepted, transport not yet set up
         self._sweeper: asyncio.Task | None = None
         self._parent_metrics_task: asyncio.Task | None = None  # the fetch in flight, shared by concurrent scrapes
@@ -73,52 +71,22 @@ class HeartbeatHttpServer:
             self.counters[f"rejected_{reason}"] += 0
 
     async def start(self, sock: socket.socket) -> None:
-        # Our own accept loop instead of loop.create_server: asyncio's server would call listen(100) on the shared
-        # socket (shrinking the parent's backlog) and accept up to 100 connections per wake-up, so with
-        # `processes: N` one worker took a whole burst of new connections and the others sat idle.
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
+        # Few connections per wake-up (ACCEPT_BATCH): with `processes: N`, workers sharing the socket share a burst.
         self._sock = sock
-        loop.add_reader(sock.fileno(), self._accept)
+        self._acceptor = AcceptLoop(sock, self._accepted_socket, batch=ACCEPT_BATCH, counters=self.counters, limited=self.limited)
+        self._acceptor.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="sweep")
 
-    def _accept(self) -> None:
-        """A few connections per wake-up: every worker on the socket is woken, and each takes its share."""
-        sock = self._sock
-        if sock is None:
-            return
+    def _accepted_socket(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _addr = sock.accept()
-                conn.setblocking(False)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # another worker was quicker, or nothing left
-            except OSError as exc:
-                cause = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                self.counters[f"accept_errors_{cause}"] += 1
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.limited.warning(f"accept:{cause}", "accept failed: %s", exc)  # e.g. ECONNABORTED, EPROTO
-                    return
-                # Linux keeps reporting the socket readable: pause, or we would spin. Logged once per cause, not
-                # once a second: a local user holding every fd would otherwise write our log full.
-                self.limited.warning(f"accept:{cause}", "cannot accept connections for now (%s); retrying every %g s",
-                                     exc.strerror, ACCEPT_RETRY_DELAY)
-                loop.remove_reader(sock.fileno())
-                loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
-                return
-            task = loop.create_task(loop.connect_accepted_socket(lambda: HttpConnection(self), conn))
-            self._accepting[task] = conn
-            task.add_done_callback(self._accepted)
+        task = loop.create_task(loop.connect_accepted_socket(lambda: HttpConnection(self), conn))
+        self._accepting[task] = conn
+        task.add_done_callback(self._accepted)
 
     def _accepted(self, task: asyncio.Task) -> None:
         conn = self._accepting.pop(task, None)
         if (task.cancelled() or task.exception() is not None) and conn is not None:
             conn.close()
-
-    def _resume_accepting(self) -> None:
-        if self._sock is not None and self._sock.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
 
     def parent_metrics_fresh(self) -> bool:
         at = self.parent_metrics_at
@@ -141,9 +109,9 @@ class HeartbeatHttpServer:
 
     async def close(self) -> None:
         """Stop accepting (only our copy of the socket closes; the parent's keeps the backlog) and drop connections."""
+        if self._acceptor is not None:
+            self._acceptor.stop()
         if self._sock is not None:
-            if self._sock.fileno() >= 0:
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
         for task in list(self._accepting):
@@ -249,22 +217,6 @@ class HeartbeatHttpServer:
         except OSError:
             return False
         return now is not None and now.inode == 0 and now.uid == owner
-
-    def admit_unverified(self, key: str) -> str | None:
-        """Count a new connection against its peer; the refusal's sentence when it has no room."""
-        if self.unverified[key] >= self.settings.max_unverified_per_peer:
-            return f"{key} already has {self.unverified[key]} open connections that sent no valid heartbeat"
-        if self.unverified_total >= self.max_unverified:
-            return f"{self.unverified_total} connections that sent no valid heartbeat are open; the rest is kept for agents"
-        self.unverified[key] += 1
-        self.unverified_total += 1
-        return None
-
-    def release_unverified(self, key: str) -> None:
-        self.unverified[key] -= 1
-        if self.unverified[key] <= 0:
-            del self.unverified[key]
-        self.unverified_total -= 1
 
     # ------------------------------------------------------------------------------------------ requests
 

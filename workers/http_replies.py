@@ -22,7 +22,6 @@ MAX_REPORTED = 100  # rejected items listed in a batch reply; the count is alway
 PARENT_METRICS_FRESH = 1.0
 PARENT_METRICS_WAIT = 3.0  # a parent that does not answer by then: the scrape gets the last copy
 ACCEPT_BATCH = 4  # connections accepted per wake-up; small, so that workers sharing the socket share a burst
-ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long (as asyncio's own server does)
 UNVERIFIED_SHARE = 4  # at most 1/4 of max_connections may be connections that delivered no valid heartbeat yet
 REJECT_REASONS = ("invalid", "unknown_agent", "unauthorized", "pid_not_in_tree", "agent_not_running", "too_large",
                   "sender_not_agent", "sender_unproven")

@@ -7,15 +7,14 @@ There is no reply channel: anything refused or dropped (back-pressure included) 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import struct
 import time
-from collections import Counter
 
 from supervisor.config.daemon_sections import UnixIntake
 from supervisor.common.rate_limited_log import RateLimitedLog
+from workers.accept_loop import AcceptLoop, PeerLimits
 from workers.agent_directory import AgentDirectory, report_bad_timestamps
 from workers.heartbeat_rules import HeartbeatRejected, decode_json
 from workers.link import WorkerLink
@@ -25,7 +24,6 @@ log = logging.getLogger("workers.heartbeat_unix")  # the worker's logger: its lo
 UNKNOWN_SENDER_GRACE = 1.0  # an agent may connect before its state update reaches us
 _CRED = struct.Struct("3i")
 ACCEPT_BATCH = 16  # connections accepted per wake-up
-ACCEPT_RETRY_DELAY = 1.0  # out of fds or memory: stop accepting this long
 # Fair capacity (issue 8): a connection from a process in no agent's tree must deliver a valid heartbeat
 # within unverified_timeout; at most max_unverified_per_peer of them per uid and 1/UNVERIFIED_SHARE of
 # max_connections in all are open at once; one agent's tree holds at most MAX_PER_AGENT.
@@ -105,37 +103,28 @@ class UnixIntakeServer:
         self.counters = link.counters
         self.limited = RateLimitedLog(log)
         report_bad_timestamps(self.directory, self.counters, self.limited)
-        self._sock: socket.socket | None = None
+        self._acceptor: AcceptLoop | None = None
         self._open: dict[asyncio.StreamWriter, asyncio.Task] = {}
         self._starting: set[asyncio.Task] = set()  # accepted, stream not yet set up
-        self._per_key: Counter[str] = Counter()
-        self._unverified = 0
+        self.peers = PeerLimits(settings.max_unverified_per_peer, max(1, settings.max_connections // UNVERIFIED_SHARE))
         self._changed = asyncio.Event()
         link.on_change.append(self._on_change)
         for key in ("received", "accepted", "dropped", "connections", "connections_open", "connections_unverified"):
             self.counters[key] += 0  # reported from the first beat, so a zero is visible as a zero
-
-    @property
-    def max_unverified(self) -> int:
-        return max(1, self.settings.max_connections // UNVERIFIED_SHARE)
 
     def _on_change(self) -> None:
         self.directory.invalidate()
         self._changed.set()
 
     async def start(self, sock: socket.socket) -> None:
-        # Our own accept loop (as the HTTP intake has): credentials are read and limits applied before a
-        # stream is set up, and accept errors are counted and logged once per cause, never per attempt.
-        sock.setblocking(False)
-        self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+        # Credentials are read and limits applied before a stream is set up.
+        self._acceptor = AcceptLoop(sock, self._accepted, batch=ACCEPT_BATCH, counters=self.counters, limited=self.limited)
+        self._acceptor.start()
 
     async def close(self) -> None:
         """Stop accepting, close every open connection and wait for their handlers."""
-        if self._sock is not None:
-            if self._sock.fileno() >= 0:
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock = None  # the caller closes the socket itself
+        if self._acceptor is not None:
+            self._acceptor.stop()  # the caller closes the socket itself
         tasks = [*self._open.values(), *self._starting]
         for writer in list(self._open):
             writer.close()
@@ -143,36 +132,13 @@ class UnixIntakeServer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _accept(self) -> None:
-        sock = self._sock
-        if sock is None:
+    def _accepted(self, conn: socket.socket) -> None:
+        self.counters["connections"] += 1
+        peer = self._admit(conn)
+        if peer is None:
+            conn.close()
             return
-        loop = asyncio.get_running_loop()
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _addr = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                cause = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                self.counters[f"accept_errors_{cause}"] += 1
-                self.limited.warning(f"accept:{cause}", "cannot accept connections for now (%s); retrying every %g s",
-                                     exc.strerror, ACCEPT_RETRY_DELAY)
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    loop.remove_reader(sock.fileno())  # the socket stays readable: pause, or we would spin
-                    loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
-                return
-            self.counters["connections"] += 1
-            peer = self._admit(conn)
-            if peer is None:
-                conn.close()
-                continue
-            task = loop.create_task(self._connection(conn, peer))
-            self._starting.add(task)
-
-    def _resume_accepting(self) -> None:
-        if self._sock is not None and self._sock.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
+        self._starting.add(asyncio.get_running_loop().create_task(self._connection(conn, peer)))
 
     def _refuse(self, reason: str, message: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
@@ -196,35 +162,24 @@ class UnixIntakeServer:
         agent = self.directory.agent_for_pid(pid)
         if agent is not None:
             peer = _Peer(pid, uid, f"agent:{agent.id}", True)
-            if self._per_key[peer.key] >= MAX_PER_AGENT:
-                self._refuse("too_many_connections", f"refused a connection from pid {pid}: agent {agent.id!r} already has {MAX_PER_AGENT} open")
-                return None
+            refusal = self.peers.admit(peer.key, verified=True, limit=MAX_PER_AGENT)
         else:
             peer = _Peer(pid, uid, f"uid:{uid}", False)
-            if self._per_key[peer.key] >= self.settings.max_unverified_per_peer:
-                self._refuse("too_many_unverified", f"refused a connection from pid {pid}: uid {uid} already has "
-                             f"{self.settings.max_unverified_per_peer} open that sent no valid heartbeat")
-                return None
-            if self._unverified >= self.max_unverified:
-                self._refuse("too_many_unverified", f"refused a connection from pid {pid} (uid {uid}): {self._unverified} "
-                             "connections that sent no valid heartbeat are open; the rest is kept for agents")
-                return None
-            self._unverified += 1
-        self._per_key[peer.key] += 1
+            refusal = self.peers.admit(peer.key)
+        if refusal is not None:
+            self._refuse("too_many_connections" if peer.verified else "too_many_unverified",
+                         f"refused a connection from pid {pid} (uid {uid}): {refusal}")
+            return None
         return peer
 
     def _release(self, peer: _Peer) -> None:
-        self._per_key[peer.key] -= 1
-        if self._per_key[peer.key] <= 0:
-            del self._per_key[peer.key]
-        if not peer.verified:
-            self._unverified -= 1
+        self.peers.release(peer.key, verified=peer.verified)
 
     def _verified(self, peer: _Peer, agent_id: str) -> None:
         """The connection delivered a valid heartbeat: it now counts against its agent, not its uid."""
         self._release(peer)
         peer.verified, peer.key = True, f"agent:{agent_id}"
-        self._per_key[peer.key] += 1
+        self.peers.admit(peer.key, verified=True)  # no limit: it is one of the agent's connections already
 
     async def _connection(self, conn: socket.socket, peer: _Peer) -> None:
         task = asyncio.current_task()
@@ -236,7 +191,7 @@ class UnixIntakeServer:
             self._starting.discard(task)
             self._open[writer] = task
             self.counters["connections_open"] = len(self._open)
-            self.counters["connections_unverified"] = self._unverified
+            self.counters["connections_unverified"] = self.peers.unverified
             if not peer.verified:
                 deadline = asyncio.get_running_loop().call_later(self.settings.unverified_timeout, self._unverified_expired, peer, writer)
             await self._serve(reader, peer)
@@ -255,7 +210,7 @@ class UnixIntakeServer:
             else:
                 conn.close()
             self.counters["connections_open"] = len(self._open)
-            self.counters["connections_unverified"] = self._unverified
+            self.counters["connections_unverified"] = self.peers.unverified
 
     def _unverified_expired(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
         if not peer.verified:
