@@ -9,18 +9,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-import zmq
+from pydantic import BaseModel
 
 from supervisor.config.health_check import HealthCheck
 from supervisor.wire.messages import (
-    EVENT_ADAPTER,
-    STATE_TOPIC,
     AgentView,
     HealthReport,
     HeartbeatTimes,
@@ -28,8 +25,11 @@ from supervisor.wire.messages import (
     Verdict,
     WorkerBeat,
 )
-from supervisor.wire.protocol import Reply, Request
+from supervisor.wire.protocol import Request
+from supervisor.wire.verbs import snapshot
+from supervisor.wire.verbs import workers as workers_verb
 from tests.support.processes import kill_tree
+from tests.support.stand_in_parent import StandInParent
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,75 +39,35 @@ FAST = {"interval": 0.5, "heartbeat_timeout": 1.0, "startup_grace": 1.0, "thresh
 BALLOON = "import time; x = b'x' * (100 << 20); open('{ready}', 'w').close(); time.sleep(120)"
 
 
-class StandInParent:
-    """PULL events, PUB state (HeartbeatTimes keeping `fresh` agents current), ROUTER for snapshot/workers."""
+class HealthParent(StandInParent):
+    """Publishes HeartbeatTimes every PUBLISH_EVERY, keeping `fresh` agents current; answers snapshot and workers."""
 
     def __init__(self, run_dir: Path, agents: list[AgentView], last_heartbeat: dict[str, float], fresh: set[str]) -> None:
-        self.run_dir = run_dir
-        self.agents = agents
-        self.last_heartbeat = dict(last_heartbeat)
         self.fresh = fresh
-        self.seq = 0
-        self.messages: list = []
-        self.requests: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(5)
+        self._next_times = 0.0
+        super().__init__(run_dir, agents, last_heartbeat=last_heartbeat)
 
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        pull, pub, router = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB), ctx.socket(zmq.ROUTER)
-        pull.bind(f"ipc://{self.run_dir / 'events.ipc'}")
-        pub.bind(f"ipc://{self.run_dir / 'state.ipc'}")
-        router.bind(f"ipc://{self.run_dir / 'control.ipc'}")
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(router, zmq.POLLIN)
-        self._ready.set()
-        next_times = 0.0
-        try:
-            while not self._stop.is_set():
-                if time.monotonic() >= next_times:
-                    # Fresh heartbeats for the well-behaved agents, numbered like the real feed.
-                    next_times = time.monotonic() + PUBLISH_EVERY
-                    with self._lock:
-                        self.last_heartbeat.update({a: time.time() for a in self.fresh})
-                        self.seq += 1
-                        msg = HeartbeatTimes(seq=self.seq, last_heartbeat=dict(self.last_heartbeat), last_heartbeat_mono=_mono(self.last_heartbeat))
-                    pub.send_multipart([STATE_TOPIC, msg.model_dump_json().encode()])
-                for sock, _ in poller.poll(20):
-                    if sock is pull:
-                        msg = EVENT_ADAPTER.validate_json(pull.recv())
-                        with self._lock:
-                            self.messages.append(msg)
-                    else:
-                        identity, payload = router.recv_multipart()
-                        req = Request.model_validate_json(payload)
-                        with self._lock:
-                            self.requests.append(req.verb)
-                            if req.verb == "snapshot":
-                                result = {"seq": self.seq, "agents": [a.model_dump() for a in self.agents],
-                                          "last_heartbeat": dict(self.last_heartbeat), "intake_restarted_at": None,
-                                          "last_heartbeat_mono": _mono(self.last_heartbeat)}
-                            else:
-                                result = {"workers": [], "parent": {}}
-                        router.send_multipart([identity, Reply(id=req.id, ok=True, result=result).model_dump_json().encode()])
-        finally:
-            ctx.destroy(linger=0)
+    def on_round(self) -> None:
+        if time.monotonic() < self._next_times:
+            return
+        # Fresh heartbeats for the well-behaved agents, numbered like the real feed.
+        self._next_times = time.monotonic() + PUBLISH_EVERY
+        with self.lock:
+            self.last_heartbeat.update({a: time.time() for a in self.fresh})
+            self.seq += 1
+            msg = HeartbeatTimes(seq=self.seq, last_heartbeat=dict(self.last_heartbeat), last_heartbeat_mono=_mono(self.last_heartbeat))
+        self.publish(msg)
 
-    def of(self, kind: type) -> list:
-        with self._lock:
-            return [m for m in self.messages if isinstance(m, kind)]
+    def snapshot(self) -> snapshot.Result:
+        return super().snapshot().model_copy(update={"last_heartbeat_mono": _mono(self.last_heartbeat)})
+
+    def answer(self, request: Request) -> BaseModel | dict:
+        if request.verb == workers_verb.NAME:
+            return {"workers": [], "parent": {}}
+        return super().answer(request)
 
     def verdicts(self, agent_id: str) -> list[Verdict]:
         return [v for v in self.of(Verdict) if v.agent_id == agent_id]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 _SHIFT = time.monotonic() - time.time()  # taken once: the same instant must map to the same number
@@ -168,7 +128,7 @@ def world():
             agent_view("op", sleeper()).model_copy(update={"operator_stopped": True, "state": "stopping"}),
         ]
         wait_until(ready.exists, timeout=30, message="the balloon's allocation")
-        parent = StandInParent(run_dir, agents, {"stale": now - 50}, fresh={"good"})
+        parent = HealthParent(run_dir, agents, {"stale": now - 50}, fresh={"good"})
         settings = json.dumps({"resources": {"interval": 0.5}, "history": {"retention": 60}})
         with open(run_dir / "worker.log", "wb") as out:
             worker = subprocess.Popen(
@@ -190,7 +150,7 @@ def world():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def verdict_for(parent: StandInParent, agent_id: str, timeout: float = 8) -> Verdict:
+def verdict_for(parent: HealthParent, agent_id: str, timeout: float = 8) -> Verdict:
     return wait_until(lambda: parent.verdicts(agent_id), timeout=timeout, message=f"a verdict for {agent_id}")[0]
 
 

@@ -6,30 +6,22 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-import zmq
+from pydantic import BaseModel
 
-from supervisor.wire.messages import (
-    EVENT_ADAPTER,
-    STATE_TOPIC,
-    AgentUpdate,
-    AgentView,
-    HeartbeatBatch,
-    HeartbeatTimes,
-    WorkerBeat,
-)
-from supervisor.wire.protocol import Reply, Request
+from supervisor.wire.messages import AgentUpdate, AgentView, HeartbeatTimes
+from supervisor.wire.protocol import Request
+from supervisor.wire.verbs import metrics as metrics_verb
+from tests.support import stand_in_parent
 from tests.support.wait import wait_until
 from supervisor.common.prometheus import Exposition
 
@@ -40,78 +32,34 @@ MAX_BODY = 65536
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
-class StandInParent:
-    """The parent's side of the three ZeroMQ endpoints: collects events, answers `snapshot`, publishes state."""
+class StandInParent(stand_in_parent.StandInParent):
+    """The parent's three endpoints in a temporary run dir; answers `metrics` with `metrics_text` too."""
 
     def __init__(self, agents: list[AgentView], *, bind_events: bool = True) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hh", dir="/tmp"))  # ipc paths must stay short
-        self.agents = {a.id: a for a in agents}
-        self.last_heartbeat: dict[str, float] = {}
-        self.seq = 0
-        self.events: list = []
         self.metrics_text = ""  # what the `metrics` verb answers (the parent's Prometheus text)
         self.metrics_requests = 0
-        self.ctx = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.bind(f"ipc://{self.dir}/state.ipc")
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.bind(f"ipc://{self.dir}/control.ipc")
-        self.pull = None
-        if bind_events:  # left unbound, nothing reads the worker's PUSH: back-pressure
-            self.pull = self.ctx.socket(zmq.PULL)
-            self.pull.bind(f"ipc://{self.dir}/events.ipc")
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(None, agents, bind_events=bind_events)
+        self.dir = self.run_dir
 
-    def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        if self.pull is not None:
-            poller.register(self.pull, zmq.POLLIN)
-        while not self._stop.is_set():
-            for sock, _ in poller.poll(100):
-                if sock is self.pull:
-                    self.events.append(EVENT_ADAPTER.validate_json(self.pull.recv()))
-                else:
-                    ident, payload = self.router.recv_multipart()
-                    req = Request.model_validate_json(payload)
-                    with self._lock:
-                        if req.verb == "metrics":
-                            self.metrics_requests += 1
-                            result = {"text": self.metrics_text}
-                        else:
-                            result = {"seq": self.seq, "agents": [a.model_dump() for a in self.agents.values()],
-                                      "last_heartbeat": dict(self.last_heartbeat)}
-                    reply = Reply(id=req.id, ok=True, result=result)
-                    self.router.send_multipart([ident, reply.model_dump_json().encode()])
+    def answer(self, request: Request) -> BaseModel | dict:
+        if request.verb == metrics_verb.NAME:
+            self.metrics_requests += 1
+            return metrics_verb.Result(text=self.metrics_text)
+        return super().answer(request)
 
     def publish_agent(self, agent: AgentView) -> None:
-        with self._lock:
+        with self.lock:
             self.seq += 1
             self.agents[agent.id] = agent
             msg = AgentUpdate(seq=self.seq, agent=agent)
-        self.pub.send_multipart([STATE_TOPIC, msg.model_dump_json().encode()])
+        self.publish(msg)
 
     def publish_heartbeat_times(self, times: dict[str, float]) -> None:
-        with self._lock:
+        with self.lock:
             self.seq += 1
             self.last_heartbeat.update(times)
             msg = HeartbeatTimes(seq=self.seq, last_heartbeat=times)
-        self.pub.send_multipart([STATE_TOPIC, msg.model_dump_json().encode()])
-
-    def heartbeats(self) -> list:
-        return [item for ev in list(self.events) if isinstance(ev, HeartbeatBatch) for item in ev.items]
-
-    def beats(self) -> list[WorkerBeat]:
-        return [ev for ev in list(self.events) if isinstance(ev, WorkerBeat)]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.ctx.destroy(linger=0)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.publish(msg)
 
 
 class Worker:

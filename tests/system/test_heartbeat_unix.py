@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import select
 import shutil
 import signal
@@ -18,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
-from supervisor.wire.messages import EVENT_ADAPTER, STATE_TOPIC, AgentUpdate, AgentView, HeartbeatBatch, WorkerBeat
-from supervisor.wire.protocol import Reply, Request
+from supervisor.wire.messages import AgentUpdate, AgentView, HeartbeatBatch
 from tests.support.processes import kill_tree, pid_alive
+from tests.support.stand_in_parent import StandInParent
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,82 +47,6 @@ except socket.timeout:
     pass
 print(json.dumps({"pid": os.getpid(), "closed": closed}), flush=True)
 """
-
-
-class StandInParent:
-    """The parent's side of the worker link: PULL events, PUB state, ROUTER answering `snapshot`."""
-
-    def __init__(self, run_dir: Path, agents: list[AgentView]) -> None:
-        self.run_dir = run_dir
-        self.agents = list(agents)
-        self.batches: list[HeartbeatBatch] = []
-        self.beats: dict[int, WorkerBeat] = {}
-        self.snapshots = 0
-        self._outbox: queue.Queue[bytes] = queue.Queue()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(5)
-
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        pull, pub, router = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB), ctx.socket(zmq.ROUTER)
-        pull.bind(f"ipc://{self.run_dir / 'events.ipc'}")
-        pub.bind(f"ipc://{self.run_dir / 'state.ipc'}")
-        router.bind(f"ipc://{self.run_dir / 'control.ipc'}")
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(router, zmq.POLLIN)
-        self._ready.set()
-        try:
-            while not self._stop.is_set():
-                while not self._outbox.empty():
-                    pub.send_multipart([STATE_TOPIC, self._outbox.get()])
-                for sock, _ in poller.poll(20):
-                    if sock is pull:
-                        self._event(pull.recv())
-                    else:
-                        identity, payload = router.recv_multipart()
-                        req = Request.model_validate_json(payload)
-                        assert req.verb == "snapshot"
-                        with self._lock:
-                            result = {"seq": 0, "agents": [a.model_dump() for a in self.agents], "last_heartbeat": {}}
-                            self.snapshots += 1
-                        router.send_multipart([identity, Reply(id=req.id, ok=True, result=result).model_dump_json().encode()])
-        finally:
-            ctx.destroy(linger=0)
-
-    def _event(self, payload: bytes) -> None:
-        msg = EVENT_ADAPTER.validate_json(payload)
-        with self._lock:
-            if isinstance(msg, HeartbeatBatch):
-                self.batches.append(msg)
-            else:
-                self.beats[msg.pid] = msg
-
-    def publish(self, update: AgentUpdate) -> None:
-        self._outbox.put(update.model_dump_json().encode())
-
-    def heartbeats(self) -> list:
-        with self._lock:
-            return [hb for batch in self.batches for hb in batch.items]
-
-    def counters(self, worker_pid: int) -> dict[str, int]:
-        with self._lock:
-            beat = self.beats.get(worker_pid)
-            return dict(beat.counters) if beat else {}
-
-    def wait_counter(self, worker_pid: int, key: str, at_least: int, timeout: float = 30) -> dict[str, int]:
-        return wait_until(
-            lambda: (lambda c: c if c.get(key, 0) >= at_least else None)(self.counters(worker_pid)),
-            timeout=timeout, message=f"counter {key} >= {at_least}",
-        )
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 class Agent:
@@ -227,7 +149,7 @@ def test_descendant_heartbeat_reaches_parent(world):
     assert hb.timestamp == 1709294400.0
     counters = parent.wait_counter(worker.pid, "accepted", 1)
     assert counters["connections"] >= 1 and "connections_open" in counters and counters["received"] >= 1
-    assert any(b.worker == "heartbeat-unix" for b in parent.batches)
+    assert any(b.worker == "heartbeat-unix" for b in parent.of(HeartbeatBatch))
 
 
 def test_many_lines_on_one_connection_and_rejected_fields_keep_it_open(world):
