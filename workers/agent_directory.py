@@ -253,14 +253,6 @@ class AgentDirectory:
             self.on_bad_timestamp(agent.id, bad[0])
         return fields
 
-    def validate(
-        self,
-        obj: object,
-        *,
-        agent_id_required: bool,
-        token: str | None,
-        peer_pid: int | None = None,
-        received_at: float,
-    ) -> Heartbeat:
-        """`check`, returned as a validated `Heartbeat` model."""
-        return Heartbeat(**self.check(obj, agent_id_required=agent_id_required, token=token, peer_pid=peer_pid, received_at=received_at))
+    def validate(self, obj: object, **rules) -> Heartbeat:
+        """`check` (with the same keywords), returned as a validated `Heartbeat` model."""
+        return Heartbeat(**self.check(obj, **rules))
