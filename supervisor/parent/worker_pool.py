@@ -24,7 +24,7 @@ from supervisor.wire.messages import WorkerBeat
 from supervisor.common.backoff import step_delay
 from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.common.metadata_store import iso_utc
-from supervisor.parent.process_ops import SYSTEMD_ONLY_ENV
+from supervisor.parent.process_spawn import SYSTEMD_ONLY_ENV
 from supervisor.common.stall_watch import Stall, StallWatch
 
 log = logging.getLogger(__name__)
