@@ -12,6 +12,7 @@ import logging
 import signal as signal_mod
 from dataclasses import dataclass
 
+from supervisor.config.health_check import default_startup_grace
 from supervisor.parent.agent_runtime import AgentRuntime
 from supervisor.parent.launch_spec import launch_of
 from supervisor.parent.process_handle import SpawnError
@@ -79,7 +80,10 @@ class AgentTransitions(AgentRuntime):
         """`ready: notify`: no READY=1 by startup_grace (plus EXTEND_TIMEOUT_USEC) is a failed start."""
         assert self.handle is not None
         if self.ready_deadline is None:
-            self.ready_deadline = self.handle.started_mono + (self.spec.health_check.startup_grace or 30.0)
+            grace = self.spec.health_check.startup_grace
+            if grace is None:  # AgentSpec resolves it; an explicit 0 allows no time (docs/configuration.md)
+                grace = default_startup_grace(self.spec.health_check.heartbeat_timeout)
+            self.ready_deadline = self.handle.started_mono + grace
         if now < self.ready_deadline:
             return self.ready_deadline
         waited = now - self.handle.started_mono

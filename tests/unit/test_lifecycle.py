@@ -188,6 +188,24 @@ def test_spawn_error_with_policy_never_fails_at_once(ops):
     assert a.state == S.FAILED and "Permission denied" in a.reason
 
 
+def test_ready_notify_waits_startup_grace_for_ready(ops):
+    a = new_agent(ops, ready="notify", health_check={"startup_grace": 5})
+    a.start(0.0)
+    assert a.tick(1.0) == pytest.approx(5.0)  # READY=1 is due by startup_grace
+    assert a.state == S.STARTING
+    a.tick(5.0)
+    assert a.state == S.STOPPING and a.reason.startswith("not_ready: no READY=1 within 5s")
+
+
+def test_ready_notify_with_startup_grace_zero_allows_no_time(ops):
+    """Regression: `startup_grace or 30.0` made an explicit `startup_grace: 0` mean 30 s."""
+    a = new_agent(ops, ready="notify", health_check={"startup_grace": 0})
+    assert a.spec.health_check.startup_grace == 0
+    a.start(0.0)
+    a.tick(0.0)
+    assert a.state == S.STOPPING and a.reason.startswith("not_ready: no READY=1 within 0s")
+
+
 # ----------------------------------------------------------------------------- crash and backoff
 
 
