@@ -446,7 +446,7 @@ def write_docs(block: str) -> None:
     DOC.write_text(text)
 
 
-def versions() -> str:
+def versions(systems: list[str]) -> str:
     def ver(pkg: str) -> str:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -455,8 +455,11 @@ def versions() -> str:
         except PackageNotFoundError:
             raise SystemExit(f"lifecycle.py: {pkg} is not installed in {sys.prefix}: run `make bench` (the `bench` extra)") from None
 
-    agentd = subprocess.run([str(AGENTD_BIN / "agentctl"), "--version"], capture_output=True, text=True).stdout.split()[-1]
-    return f"agentd {agentd}, supervisor {ver('supervisor')}, circus {ver('circus')}"
+    found = []
+    if "agentd" in systems:
+        found.append("agentd " + subprocess.run([str(AGENTD_BIN / "agentctl"), "--version"], capture_output=True, text=True).stdout.split()[-1])
+    found += [f"{pkg} {ver(pkg)}" for name, pkg in (("supervisord", "supervisor"), ("circus", "circus")) if name in systems]
+    return ", ".join(found)
 
 
 def main() -> int:
@@ -490,13 +493,16 @@ def main() -> int:
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown or not args.systems:
         p.error(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
-    for tool in (AGENTD_BIN / "agentd", AGENTD_BIN / "agentctl", *(BIN / t for t in ("supervisord", "supervisorctl", "circusd", "circusctl"))):
+    # Only the selected systems' tools: `--systems agentd` needs no bench environment.
+    tools = {"agentd": (AGENTD_BIN / "agentd", AGENTD_BIN / "agentctl"), "supervisord": (BIN / "supervisord", BIN / "supervisorctl"),
+             "circus": (BIN / "circusd", BIN / "circusctl")}
+    for tool in (t for name in args.systems for t in tools[name]):
         if not tool.exists():
             raise SystemExit(f"lifecycle.py: {tool} is missing: run it with the bench environment (`make bench`)")
     meta = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
         "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"),
-        "kernel": platform.release(), "python": platform.python_version(), "versions": versions(),
+        "kernel": platform.release(), "python": platform.python_version(), "versions": versions(args.systems),
         "command": "python bench/lifecycle.py " + " ".join(sys.argv[1:]),
     }
 
