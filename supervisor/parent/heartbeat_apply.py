@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from supervisor.common.stall_watch import StallWatch
 from supervisor.parent.lifecycle import AgentProcess
 from supervisor.parent.registry import Registry
-from supervisor.wire.messages import HeartbeatBatch, Verdict
+from supervisor.wire.messages import HealthReport, HeartbeatBatch, Verdict
 from supervisor.wire.states import UP_STATES
 
 log = logging.getLogger("supervisor.parent.daemon")  # the parent's log lines keep their logger name
@@ -105,6 +105,13 @@ class VerdictApplier:
         result = agent.verdict(self.now(), verdict.generation, reason)
         log.log(logging.WARNING if result.ok else logging.INFO, "%s: health verdict %s -> %s", verdict.agent_id, reason, result.message)
         self.after_action()
+
+    def report(self, report: HealthReport) -> None:
+        """The health worker's latest judgement of each agent, recorded as its health (no action; verdicts act)."""
+        for agent_id, health in report.agents.items():
+            agent = self.registry.find(agent_id)
+            if agent is not None:
+                agent.set_health(health.generation, health.health, health.detail)
 
     def refusal(self, agent: AgentProcess, verdict: Verdict) -> str | None:
         """Why a verdict must not be acted on although it names the current process, or None.

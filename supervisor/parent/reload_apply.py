@@ -1,8 +1,8 @@
-"""Applying a reload: the per-agent diff (reload_plan.py computes it) acted on in the registry
-(docs/architecture.md, "The event loop").
+"""Applying a reload: the per-agent diff (reload_plan.py computes it) acted on in the registry, and
+`ConfigReload`, which owns the config in force (docs/architecture.md, "The event loop").
 
-No file or process calls of its own beyond reading the config file: the registry, the metadata
-lookup for re-added agents, the state feed and the clock are passed in.
+No file or process calls of its own beyond reading the config file: the registry, how an added agent
+is built, the state feed and the clock are passed in.
 """
 
 from __future__ import annotations
@@ -79,3 +79,39 @@ def apply_plan(plan: ReloadPlan, new: Config, registry: Registry, new_agent: Cal
         "reload: added %s, removed %s, changed %s, unchanged %d",
         plan.added or "none", plan.removed or "none", [c.id for c in plan.changed] or "none", len(plan.unchanged),
     )
+
+
+class ConfigReload:
+    """The config in force, the one agentd started with, and the sections a reload changed that wait for a restart."""
+
+    def __init__(self, config: Config, config_path: Path | None, registry: Registry, new_agent: Callable[[AgentSpec], AgentProcess],
+                 publish: Callable[[AgentProcess], None], applied: Callable[[Config], None], now: Callable[[], float]) -> None:
+        self.config = config
+        self.started = config  # restart-only sections (docs/configuration.md: heartbeat, control, ...) stay as started
+        self.restart_required: list[str] = []
+        self.config_path = config_path
+        self._registry = registry
+        self._new_agent = new_agent
+        self._publish = publish
+        self._applied = applied
+        self._now = now
+
+    def reload(self, dry_run: bool = False) -> ReloadPlan:
+        """Re-read the config file and apply the per-agent diff (or only compute it); `applied(new)` follows."""
+        new = read_new_config(self.config_path)
+        plan = plan_with_launch_changes(self._registry, self.config, new, self.started)
+        if dry_run:
+            return plan
+        apply_plan(plan, new, self._registry, self._new_agent, self._publish, self._now())
+        self.restart_required = list(plan.restart_required)
+        self.config = new
+        self._applied(new)
+        return plan
+
+    def from_signal(self) -> None:
+        """SIGHUP: reload, and log why not instead of raising (nobody waits for an answer)."""
+        log.info("SIGHUP: reloading %s", self.config_path)
+        try:
+            self.reload()
+        except ControlError as exc:
+            log.error("SIGHUP reload failed: %s", exc.message)

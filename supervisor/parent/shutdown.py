@@ -1,8 +1,9 @@
 """agentd's orderly exit: who asked, whether agents stop, and letting the Manager hear the final states
 (docs/architecture.md, "How stop works").
 
-`Shutdown` holds the decision; `stop_every_agent` and `let_manager_sync` do the waiting, with the
-registry, the waiters and the clock passed in.
+`Shutdown` holds the decision; `stop_every_agent` and `let_manager_sync` do the waiting, and
+`let_go` leaves the agents that keep running to the next agentd, with the registry, the waiters, the
+clock and the OS calls passed in.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Awaitable, Callable, Iterable
 
 from supervisor.common.metadata_store import parse_iso
 from supervisor.parent.lifecycle import AgentProcess
+from supervisor.parent.process_handle import ProcessHandle
 from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.wire.states import DOWN_STATES
 
@@ -78,3 +80,13 @@ async def let_manager_sync(workers: Callable[[], Iterable[WorkerInfo]], since: f
         if manager_heard(next((w for w in workers() if w.name == "sync"), None), since):
             return
         await asyncio.sleep(0.1)
+
+
+def let_go(agents: Iterable[AgentProcess], forget: Callable[[ProcessHandle], None], save_all: Callable[[], None]) -> None:
+    """agentd exits and its agents may outlive it: stop watching each process (its exit is the next agentd's to see)
+    and save every record, heartbeat times included, so the next agentd adopts them as they are."""
+    for agent in agents:
+        if agent.handle is not None:
+            forget(agent.handle)
+        agent.dirty = True
+    save_all()

@@ -16,7 +16,7 @@ from supervisor.parent.heartbeat_feed import HEARTBEAT_TIMES_RESEND, MAX_INTAKE_
 from supervisor.parent.lifecycle import AgentProcess
 from supervisor.parent.registry import Registry
 from supervisor.wire.verbs.workers import WorkerInfo
-from supervisor.wire.messages import Heartbeat, HeartbeatBatch, Verdict
+from supervisor.wire.messages import AgentHealth, HealthReport, Heartbeat, HeartbeatBatch, Verdict
 from supervisor.wire.states import AgentState as S
 from tests.unit.test_lifecycle import FakeOps, make_spec
 
@@ -129,6 +129,18 @@ def test_a_verdict_whose_evidence_spans_our_own_stall_is_refused(world):
     applier, actions = verdicts(world, stalls)
     assert "agentd itself was stalled" in applier.refusal(a, Verdict(worker="health", agent_id="a1", generation=a.generation, verdict="dead", detail="", time=0.0, since=world.t - 20))
     assert applier.refusal(a, Verdict(worker="health", agent_id="a1", generation=a.generation, verdict="dead", detail="", time=0.0)) is None
+
+
+def test_a_health_report_records_the_health_of_each_current_process_and_acts_on_none(world):
+    a = world.agent()
+    a.tick(world.t + 5)
+    applier, actions = verdicts(world)
+    applier.report(HealthReport(worker="health", agents={
+        "a1": AgentHealth(health="healthy", generation=a.generation, detail="ok"),
+        "gone": AgentHealth(health="dead", generation=1)}))
+    assert (a.health, a.health_detail, a.state) == ("healthy", "ok", S.RUNNING) and actions == []
+    applier.report(HealthReport(worker="health", agents={"a1": AgentHealth(health="dead", generation=a.generation - 1)}))
+    assert a.health == "healthy"  # about an older generation: not this process's health
 
 
 # ----------------------------------------------------------------------------- intake grace and the feed

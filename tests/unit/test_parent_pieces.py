@@ -24,7 +24,7 @@ from supervisor.parent.notify_apply import NotifyApplier
 from supervisor.parent.notify_socket import Sender
 from supervisor.parent.registry import Registry
 from supervisor.parent.reload_apply import apply_plan, plan_with_launch_changes
-from supervisor.parent.shutdown import Shutdown, manager_heard
+from supervisor.parent.shutdown import Shutdown, let_go, manager_heard
 from supervisor.parent.verbs.context import VerbContext
 from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.parent.worker_specs import heartbeat_env
@@ -207,6 +207,16 @@ def test_the_manager_has_heard_once_nothing_is_pending_since_the_stops():
     assert not manager_heard(sync_worker(connected="yes", pending="2", last_sync="2023-11-14T22:13:30Z"), 0.0)
     assert not manager_heard(sync_worker(connected="yes", pending="0", last_sync="2023-11-14T22:13:20Z"), 1_700_000_000.0)
     assert manager_heard(sync_worker(connected="yes", pending="0", last_sync="2023-11-14T22:13:30Z"), 1_700_000_000.0)
+
+
+def test_agents_left_running_at_exit_are_let_go_with_every_record_saved():
+    ops, forgotten, saved = FakeOps(), [], []
+    running = AgentProcess(make_spec(id="run"), ops, on_transition=lambda *a: None)
+    running.start(0.0)
+    stopped = AgentProcess(make_spec(id="idle"), ops, on_transition=lambda *a: None)
+    running.dirty = stopped.dirty = False
+    let_go([running, stopped], forgotten.append, lambda: saved.extend(a.spec.id for a in (running, stopped) if a.dirty))
+    assert forgotten == [running.handle] and saved == ["run", "idle"]
 
 
 class PingContext:
