@@ -245,6 +245,12 @@ class Tracking:
             return f"cgroup v2 under {self.base} (controllers: {ctl}): {self.reason}"
         return f"process groups: {self.reason}"
 
+    def unmet(self, configured_mode: str) -> str | None:
+        """Why `cgroups.mode: required` is not met here (start-up refuses, check-config fails), or None."""
+        if configured_mode == "required" and self.mode != "cgroup":
+            return f"cgroups.mode is required, but {self.reason}"
+        return None
+
 
 def cgroup_name(mount: Mount, path: Path) -> str:
     """The cgroup path (as in /proc/<pid>/cgroup) of a directory in the mount."""

@@ -88,8 +88,9 @@ def check_config(config_path: str, quiet: bool) -> None:
 
     # dry_run: a check creates no cgroup and moves no process.
     tracking = detect(config.cgroups.mode, config.cgroups.root, dry_run=True)
-    if config.cgroups.mode == "required" and tracking.mode != "cgroup":
-        click.echo(f"{config.source}: cgroups.mode is required, but {tracking.reason}", err=True)
+    unmet = tracking.unmet(config.cgroups.mode)
+    if unmet:
+        click.echo(f"{config.source}: {unmet}", err=True)
         sys.exit(1)
     if not quiet:
         click.echo(f"# process tracking on this machine: {tracking.describe()}")

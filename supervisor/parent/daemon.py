@@ -160,8 +160,8 @@ class Daemon:
         env = heartbeat_env(sockets.http_address, sockets.unix_path)
         env[NODE_VAR] = res.node_id  # with AGENTD_AGENT_ID: a live copy is found even without metadata
         self.tracking = detect_tracking(self.config.cgroups.mode, self.config.cgroups.root)
-        if self.config.cgroups.mode == "required" and self.tracking.mode != "cgroup":
-            raise CgroupError(f"cgroups.mode is required, but {self.tracking.reason}")
+        if unmet := self.tracking.unmet(self.config.cgroups.mode):
+            raise CgroupError(unmet)
         log.info("process tracking: %s", self.tracking.describe())
         self.notify = NotifyHub(loop, res.run_dir / "notify", lambda *datagram: self.notices.apply(*datagram))
         closers.append(self.notify.close_all)

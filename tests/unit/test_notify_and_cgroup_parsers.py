@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from supervisor.common.cgroups import Mount, cgroup2_mounts, cgroup_name, detect, flat_keyed, limit_values, unified_path
+from supervisor.common.cgroups import Mount, Tracking, cgroup2_mounts, cgroup_name, detect, flat_keyed, limit_values, unified_path
 from supervisor.parent.notify_socket import NotifyMessage, parse_notify
 from supervisor.wire.states import AgentState as S
 from tests.unit.test_lifecycle import FakeOps, new_agent
@@ -93,6 +93,9 @@ def test_tracking_decisions_without_touching_the_machine(tmp_path):
     assert undelegated.mode == "process-group" and "not delegated" in undelegated.reason and "Delegate=yes" in undelegated.reason
     not_cgroup = detect("auto", tmp_path / "svc", mountinfo=fake, self_cgroup="0::/\n")
     assert not_cgroup.mode == "process-group" and "not a cgroup directory" in not_cgroup.reason
+    # One rule for start-up and check-config: `required` is unmet by anything but a cgroup.
+    assert none.unmet("required") == f"cgroups.mode is required, but {none.reason}"
+    assert none.unmet("auto") is None and Tracking("cgroup", "delegated").unmet("required") is None
 
 
 # ----------------------------------------------------------------------------- the state machine and sd_notify
