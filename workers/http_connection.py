@@ -91,7 +91,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.holder is not None:  # its descriptor is about to be free: the client's next socket likely gets it
-            self.server._fd_hints.freed(*self.holder)
+            self.server._fd_hints.freed(*self.holder, self.peer.inode)
         if self.peer is not None:
             self.server._owners.forget(self.peer.inode)
         if self.peer_key is not None:

@@ -1,27 +1,80 @@
 """The record of seen sockets: every socket a sender proof's descriptor read saw, by process, so that the
 same process's other connections are proven by a lookup instead of another read (docs/decisions.md, "HTTP
-sender identity")."""
+sender identity"; what an outsider could try against it: docs/threat-model.md)."""
 
 from __future__ import annotations
 
 import os
+import select
 import time
 from dataclasses import dataclass
 
-from workers.proc_lineage import below, stat_of
+from workers.proc_lineage import below, parent_of, stat_of
 
 OWNERS_TTL = 5.0
 MAX_OWNED_SOCKETS = 8192
-MAX_RECORDED_PIDS = 64  # each holds its /proc/<pid>/stat open
+MAX_RECORDED_PIDS = 64  # each holds one descriptor open (a pidfd, or its /proc/<pid>/stat)
 
 
 @dataclass
 class _Record:
-    stat_fd: int  # /proc/<pid>/stat of the process that was read, kept open: it fails once that process is gone
-    start: int
+    # Bound to the process that was read, kept open: a pidfd (readable once that process has exited), or,
+    # where the kernel has no pidfd, its /proc/<pid>/stat (reading it fails once that process is gone).
+    handle: int
+    exited: select.poll | None  # polls the pidfd; None: the handle is the stat file
+    start: int  # start time, compared when the handle is the stat file
     uid: int
     at: float  # when a read last added to it
     sockets: dict[int, tuple[str, float]]  # socket inode -> (descriptor number, when it was seen there)
+
+
+def _open(pid: int) -> _Record | None:
+    """A record bound to the process that holds pid now, or None if there is none. Whether it is still that
+    process when its descriptors have been read is for the caller to check (`_alive`)."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except OSError:  # no pidfd (kernel < 5.3, or a seccomp filter): the stat file instead
+        return _open_stat(pid)
+    exited = select.poll()
+    exited.register(handle, select.POLLIN)
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        os.close(handle)
+        return None
+    return _Record(handle, exited, 0, uid, 0.0, {})
+
+
+def _open_stat(pid: int) -> _Record | None:
+    try:
+        handle = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    stat = stat_of(handle)
+    if stat is None:
+        os.close(handle)
+        return None
+    return _Record(handle, None, stat[0], os.fstat(handle).st_uid, 0.0, {})
+
+
+def _alive(record: _Record) -> bool:
+    """Whether the process the record is bound to has not exited (a zombie has: its descriptors are closed).
+    One poll of the pidfd, which cannot come to name another process when the pid is reused."""
+    if record.exited is not None:
+        return not record.exited.poll(0)
+    now = stat_of(record.handle)
+    return now is not None and now[0] == record.start
+
+
+def _parent(pid: int, record: _Record) -> int | None:
+    """The recorded process's parent pid now, or None if it has exited."""
+    if record.exited is None:
+        now = stat_of(record.handle)
+        return now[1] if now is not None and now[0] == record.start else None
+    ppid = parent_of(pid)  # by path: it was this process's only if the process is still alive afterwards
+    return ppid if ppid is not None and _alive(record) else None
 
 
 class SocketOwners:
@@ -30,9 +83,9 @@ class SocketOwners:
 
     A socket inode names one socket until 2**32 more pseudo-file inodes have been made, so a socket seen in
     a process's table was that process's socket. An entry proves a client socket only for the same process
-    (its /proc/<pid>/stat held open and the start time unchanged, so a reused pid does not inherit it), when
-    the socket's kernel owner uid is the uid that process ran as, for `ttl` seconds after it was seen, and
-    while the process is the claimed pid or below the agent at the time of the proof."""
+    (a pidfd of it held open and not exited, so a reused pid does not inherit it), when the socket's kernel
+    owner uid is the uid that process ran as, for `ttl` seconds after it was seen, and while the process is
+    the claimed pid or below the agent at the time of the proof."""
 
     def __init__(self, ttl: float = OWNERS_TTL, capacity: int = MAX_OWNED_SOCKETS,
                  max_pids: int = MAX_RECORDED_PIDS, clock=time.monotonic) -> None:
@@ -52,28 +105,20 @@ class SocketOwners:
         for pid in list(self._by_pid):
             self.drop(pid)
 
-    def read(self, pid: int, fds: list[str] | None = None) -> dict[int, str] | None:
-        """Read pid's descriptors `fds` (None: all of them) and record every socket among them; the sockets
-        seen (inode -> descriptor), or None if the process is gone."""
-        record = self._by_pid.get(pid)  # its open stat is read after the descriptors: that shows it was this process
+    def read(self, pid: int, fds: list[str] | None = None) -> tuple[dict[int, str], list[str]] | None:
+        """Read pid's descriptors `fds` (None: all of them) and record every socket among them: the sockets
+        seen (inode -> descriptor) and those of `fds` that are free, or None if the process is gone."""
+        record = self._by_pid.get(pid) or _open(pid)  # alive after the read: the descriptors were this process's
         if record is None:
-            try:
-                stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return None
-            stat = stat_of(stat_fd)
-            if stat is None:
-                os.close(stat_fd)
-                return None
-            record = _Record(stat_fd, stat[0], os.fstat(stat_fd).st_uid, 0.0, {})
-        seen = self._links(pid, fds)
-        after = stat_of(record.stat_fd)
-        if seen is None or after is None or after[0] != record.start:  # the process ended during the read
+            return None
+        found = self._links(pid, fds)
+        if found is None or not _alive(record):  # the process ended during the read
             if self._by_pid.get(pid) is record:
                 self.drop(pid)
             else:
-                os.close(record.stat_fd)
+                os.close(record.handle)
             return None
+        seen = found[0]
         now = self._clock()
         if fds is None:  # a full read is the whole truth: what it did not see is gone
             for inode in record.sockets:
@@ -87,10 +132,11 @@ class SocketOwners:
         self._by_pid.pop(pid, None)
         self._by_pid[pid] = record  # most recently read last
         self._evict(now, keep=pid)
-        return seen
+        return found
 
-    def _links(self, pid: int, fds: list[str] | None) -> dict[int, str] | None:
-        """Socket inode -> descriptor number for pid's descriptors `fds` (None: all), or None if unreadable."""
+    def _links(self, pid: int, fds: list[str] | None) -> tuple[dict[int, str], list[str]] | None:
+        """Socket inode -> descriptor number for pid's descriptors `fds` (None: all), and the free ones among
+        `fds`; None if unreadable."""
         if fds is not None and len(fds) <= 2:  # a hint or two: opening the directory would cost more than it saves
             self.links_read += len(fds)
             return sockets_among(fds, lambda name: os.readlink(f"/proc/{pid}/fd/{name}"))
@@ -123,7 +169,7 @@ class SocketOwners:
         """Forget what reads of pid saw (the process is gone, or it is evicted)."""
         record = self._by_pid.pop(pid, None)
         if record is not None:
-            os.close(record.stat_fd)
+            os.close(record.handle)
             for inode in record.sockets:
                 if self._by_inode.get(inode) == pid:
                     del self._by_inode[inode]
@@ -148,24 +194,33 @@ class SocketOwners:
             return None
         if record.uid != uid:
             return None  # not the user whose process held it: the full proof decides
-        now = stat_of(record.stat_fd)
-        if now is None or now[0] != record.start:
+        if pid in first:
+            gone = not _alive(record)
+        else:
+            ppid = _parent(pid, record)
+            gone = ppid is None
+        if gone:
             self.drop(pid)  # gone (its pid may be another process's by now)
             return None
-        if pid not in first and not below(now[1], root):
+        if pid not in first and not below(ppid, root):
             return None  # no longer in the claimed tree (its parent exited, say)
         self.hits += 1
         return pid, fd
 
 
-def sockets_among(names: list[str], readlink) -> dict[int, str]:
-    """Socket inode -> descriptor number, for those of `names` that are sockets."""
+def sockets_among(names: list[str], readlink) -> tuple[dict[int, str], list[str]]:
+    """Socket inode -> descriptor number, for those of `names` that are sockets; and the names that are free
+    (no such descriptor)."""
     seen: dict[int, str] = {}
+    free: list[str] = []
     for name in names:
         try:
             link = readlink(name)
+        except FileNotFoundError:
+            free.append(name)
+            continue
         except OSError:
             continue
         if link.startswith("socket:["):
             seen[int(link[8:-1])] = name
-    return seen
+    return seen, free

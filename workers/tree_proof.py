@@ -15,38 +15,53 @@ MAX_HINTED_PIDS = 1024
 
 
 class FdHints:
-    """Per process, the descriptor numbers to try first: where its connections were found, and those whose
-    connections closed since. The kernel gives a new socket the lowest free number, so a client that opens
-    a connection per request gets a just-freed one again, and one readlink usually finds it instead of
+    """Per process, the descriptor numbers to try first: those whose connections closed since, and those a
+    read found free. The kernel gives a new socket the lowest free number, so a client that opens a
+    connection per request gets a just-freed one again, and one readlink usually finds it instead of
     reading every descriptor the process has."""
 
     def __init__(self) -> None:
-        self._by_pid: dict[int, list[str]] = {}
+        # Per pid, least recently freed first: descriptor number -> inode of the connection that closed there.
+        self._by_pid: dict[int, dict[str, int]] = {}
+
+    def __contains__(self, pid: int) -> bool:
+        return pid in self._by_pid
 
     def get(self, pid: int) -> list[str]:
-        return self._by_pid.get(pid, [])
+        return list(self._by_pid.get(pid, ()))
 
-    def freed(self, pid: int, fd: str) -> None:
-        """A connection held under fd closed: its number is free, and likely the next socket's."""
+    def freed(self, pid: int, fd: str, inode: int = 0) -> None:
+        """The connection of client socket `inode`, held under fd, closed: the number is about to be free (once
+        the client has seen the close), and likely the next socket's."""
         hints = self._by_pid.get(pid)
         if hints is None:
             if len(self._by_pid) >= MAX_HINTED_PIDS:
                 self._by_pid.clear()
-            hints = self._by_pid[pid] = []
-        if fd in hints:
-            hints.remove(fd)
-        hints.insert(0, fd)
-        del hints[HINTS_PER_PID:]
+            hints = self._by_pid[pid] = {}
+        hints.pop(fd, None)
+        hints[fd] = inode
+        if len(hints) > HINTS_PER_PID:
+            del hints[next(iter(hints))]
 
-    def take_all(self, pid: int) -> list[str]:
+    def take_all(self, pid: int) -> dict[str, int]:
         """Every hinted number of pid, which are then no hints any more (they are being read)."""
-        return self._by_pid.pop(pid, [])
+        return self._by_pid.pop(pid, {})
+
+    def not_reused(self, pid: int, taken: dict[str, int], seen: dict[int, str], free: list[str]) -> None:
+        """After a read of the `taken` numbers: those still free, or still holding the socket whose connection
+        closed there (the client has not seen the close yet), stay hints: the client's next sockets get them.
+        Without this, a socket opened just after the read was missed by every later hinted read."""
+        for fd in free:
+            self.freed(pid, fd, taken[fd])
+        for inode, fd in seen.items():
+            if inode and taken[fd] == inode:
+                self.freed(pid, fd, inode)
 
     def taken(self, pid: int, fd: str) -> None:
         """A connection was found under fd: the number is in use until that connection closes."""
         hints = self._by_pid.get(pid)
-        if hints is not None and fd in hints:
-            hints.remove(fd)
+        if hints is not None:
+            hints.pop(fd, None)
 
 
 def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | None = None) -> str | None:
@@ -54,13 +69,16 @@ def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | N
     read is recorded: the hinted ones (all of them: they are where the process's new connections are), then,
     if those miss, all of them."""
     if owners is not None:
-        if hints is not None and hints.get(pid):
+        if hints is not None and pid in hints:
             hinted = hints.take_all(pid)
-            seen = owners.read(pid, hinted)
-            if seen is not None and inode in seen:
-                return seen[inode]
-        seen = owners.read(pid)
-        return seen.get(inode) if seen is not None else None
+            found = owners.read(pid, list(hinted))
+            if found is not None:
+                seen, free = found
+                hints.not_reused(pid, hinted, seen, free)
+                if inode in seen:
+                    return seen[inode]
+        found = owners.read(pid)
+        return found[0].get(inode) if found is not None else None
     needle = f"socket:[{inode}]"
     base = f"/proc/{pid}/fd"
     tried: list[str] = []

@@ -4,6 +4,7 @@ process's other connections."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -71,8 +72,18 @@ class Holder:
                 pass
 
 
+@pytest.fixture(params=["pidfd", "stat file"])
+def liveness(request, monkeypatch):
+    """The record tells a process that is gone by its pidfd; on a kernel without pidfd, by its open stat file."""
+    if request.param == "stat file":
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(errno.ENOSYS, "pidfd_open: not implemented")
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    return request.param
+
+
 @pytest.fixture
-def net():
+def net(liveness):
     server = socket.create_server(("127.0.0.1", 0), backlog=64)
     diag = SockDiag()
     holders: list[Holder] = []
@@ -151,6 +162,18 @@ def test_a_process_that_exited_takes_its_record_with_it(net):
     h.proc.wait(10)
     assert owners.holder(h.inodes[1], h.uid, [h.pid], h.pid) is None
     assert len(owners) == 0
+
+
+def test_a_process_that_exited_but_is_not_reaped_is_gone_too(net):
+    h = net(4)
+    owners = SocketOwners()
+    socket_in_tree(h.inodes[0], [h.pid], h.pid, owners=owners)
+    h.proc.stdin.close()  # it exits; nobody waits for it yet, so it stays a zombie with its descriptors closed
+    wait_until(lambda: open(f"/proc/{h.pid}/stat").read().rpartition(")")[2].split()[0] == "Z", timeout=10,
+               message="the holder a zombie")
+    assert owners.holder(h.inodes[1], h.uid, [h.pid], h.pid) is None
+    assert len(owners) == 0
+    assert socket_in_tree(h.inodes[1], [h.pid], h.pid, owners=owners) is None
 
 
 def _spawn_at(pid: int, deadline: float) -> subprocess.Popen | None:
