@@ -162,7 +162,8 @@ class SocketOwners:
             self.drop(pid)
         record = self._by_pid.get(keep)
         while record is not None and len(self._by_inode) > self.capacity:  # one process alone has too many
-            inode, _ = record.sockets.popitem()
+            inode = next(iter(record.sockets))  # the longest seen: a fresh one is likelier to be asked for
+            del record.sockets[inode]
             self._by_inode.pop(inode, None)
 
     def drop(self, pid: int) -> None:

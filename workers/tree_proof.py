@@ -47,15 +47,17 @@ class FdHints:
         """Every hinted number of pid, which are then no hints any more (they are being read)."""
         return self._by_pid.pop(pid, {})
 
-    def not_reused(self, pid: int, taken: dict[str, int], seen: dict[int, str], free: list[str]) -> None:
+    def not_reused(self, pid: int, taken: dict[str, int], seen: dict[int, str], free: list[str]) -> list[int]:
         """After a read of the `taken` numbers: those still free, or still holding the socket whose connection
         closed there (the client has not seen the close yet), stay hints: the client's next sockets get them.
-        Without this, a socket opened just after the read was missed by every later hinted read."""
+        Without this, a socket opened just after the read was missed by every later hinted read. Returns the
+        sockets of closed connections that the read saw: no proof will ask for them."""
         for fd in free:
             self.freed(pid, fd, taken[fd])
-        for inode, fd in seen.items():
-            if inode and taken[fd] == inode:
-                self.freed(pid, fd, inode)
+        closed = [inode for inode, fd in seen.items() if inode and taken[fd] == inode]
+        for inode in closed:
+            self.freed(pid, seen[inode], inode)
+        return closed
 
     def taken(self, pid: int, fd: str) -> None:
         """A connection was found under fd: the number is in use until that connection closes."""
@@ -74,7 +76,8 @@ def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | N
             found = owners.read(pid, list(hinted))
             if found is not None:
                 seen, free = found
-                hints.not_reused(pid, hinted, seen, free)
+                for closed in hints.not_reused(pid, hinted, seen, free):
+                    owners.forget(closed)  # else the record fills with them: full reads, which cleared it, are rare now
                 if inode in seen:
                     return seen[inode]
         found = owners.read(pid)

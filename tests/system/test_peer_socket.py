@@ -17,7 +17,7 @@ import pytest
 from tests.support.wait import wait_until
 from workers.peer_socket import SockDiag
 from workers.socket_owners import SocketOwners
-from workers.tree_proof import socket_in_tree
+from workers.tree_proof import FdHints, socket_in_tree
 
 # Opens N loopback connections (or its forked child does; the parent exits on "leave", so the child is
 # reparented), prints the pid that holds them, and waits for stdin to close (the child for SIGKILL).
@@ -235,6 +235,23 @@ def test_a_closed_connection_is_forgotten(net):
     owners.forget(h.inodes[1])
     assert owners.holder(h.inodes[1], h.uid, [h.pid], h.pid) is None
     assert owners.holder(h.inodes[2], h.uid, [h.pid], h.pid) is not None
+
+
+def test_a_hinted_read_keeps_a_closed_connections_number_as_a_hint_and_its_socket_off_the_record(net):
+    h = net(4)
+    owners, hints = SocketOwners(), FdHints()
+    fds = [socket_in_tree(inode, [h.pid], h.pid, hints=hints, owners=owners)[1] for inode in h.inodes]
+    # The server closed the connection of socket 1; the client has not closed its end yet. Socket 2 is one
+    # the record has not seen (as if the client had just opened it under a freed number).
+    hints.freed(h.pid, fds[1], h.inodes[1])
+    owners.forget(h.inodes[1])
+    hints.freed(h.pid, fds[2], 0)
+    owners.forget(h.inodes[2])
+    links = owners.links_read
+    assert socket_in_tree(h.inodes[2], [h.pid], h.pid, hints=hints, owners=owners) == (h.pid, fds[2])
+    assert owners.links_read - links == 2  # the two hinted numbers, no full read
+    assert hints.get(h.pid) == [fds[1]]  # where the client's next socket will be
+    assert owners.holder(h.inodes[1], h.uid, [h.pid], h.pid) is None  # its connection is closed: not recorded again
 
 
 # An agent that opens many connections at once and sends one heartbeat on each (Connection: close), as wrk

@@ -21,7 +21,7 @@ def test_numbers_a_read_found_free_or_still_holding_the_closed_socket_stay_hints
     for fd, inode in (("7", 1001), ("8", 1002), ("9", 1003)):
         hints.freed(10, fd, inode)
     taken = hints.take_all(10)
-    hints.not_reused(10, taken, seen={1001: "7", 5555: "8"}, free=["9"])
+    assert hints.not_reused(10, taken, seen={1001: "7", 5555: "8"}, free=["9"]) == [1001]
     assert sorted(hints.get(10)) == ["7", "9"]
     assert hints.take_all(10) == {"9": 1003, "7": 1001}
 
@@ -30,7 +30,7 @@ def test_a_number_freed_without_its_socket_is_kept_only_while_free():
     hints = FdHints()
     hints.freed(10, "7")  # inode unknown (0): no socket under it is taken for the closed one
     taken = hints.take_all(10)
-    hints.not_reused(10, taken, seen={1234: "7"}, free=[])
+    assert hints.not_reused(10, taken, seen={1234: "7"}, free=[]) == []
     assert 10 not in hints
 
 
