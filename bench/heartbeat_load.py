@@ -823,9 +823,9 @@ def render_identity(r: dict) -> list[str]:
         base = {x["closing"]: x["cpu_us"] for x in ident if not x["verify"] and x.get("cpu_us")}
         lines.append(f"The check's own steps, timed alone (min of 15 repeats; a client holding {micro['conns']} loopback connections, "
                      f"as wrk does): sock_diag lookup {micro['sock_diag_us']:.1f} µs per connection (paid with the check off too: the "
-                     f"per-peer limits use it); tree proof {micro['tree_scan_us']:.1f} µs reading every descriptor, "
-                     f"{micro['tree_hinted_us']:.1f} µs with the descriptor hint, {micro['tree_child_us']:.1f} µs through a descendant, "
-                     f"{micro.get('tree_recording_us', 0):.1f} µs reading every descriptor and recording its sockets, "
+                     f"per-peer limits use it); tree proof (every read recorded) {micro['tree_scan_us']:.1f} µs reading every "
+                     f"descriptor, {micro['tree_hinted_us']:.1f} µs with the descriptor hint, {micro['tree_child_us']:.1f} µs through a "
+                     f"descendant, {micro.get('tree_recording_us', 0):.1f} µs reading every descriptor into a new record, "
                      f"{micro.get('tree_recalled_us', 0):.1f} µs for a socket a recent read recorded; "
                      f"per request afterwards: cached proof {micro['cached_us']:.2f} µs, secret compare {micro['secret_us']:.2f} µs.")
         if micro.get("proof_cost"):
@@ -1136,9 +1136,11 @@ def identity_micro(conns: int = 64) -> dict:
     import hmac as _hmac
     import timeit
     from workers.peer_socket import SockDiag
+    from workers.socket_owners import SocketOwners
     from workers.tree_proof import FdHints, socket_in_tree
 
     srv = socket.create_server(("127.0.0.1", 0), backlog=conns + 8)
+    owners, child_owners = SocketOwners(ttl=3600), SocketOwners(ttl=3600)  # timed for the reads, not for expiry
     holder = subprocess.Popen([str(PYTHON), "-c", HOLDER, str(srv.getsockname()[1]), str(conns)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, preexec_fn=die_with_us)
     try:
@@ -1152,17 +1154,22 @@ def identity_micro(conns: int = 64) -> dict:
             return min(timeit.repeat(fn, number=number, repeat=15)) / number * 1e6
 
         hints = FdHints()
-        found = socket_in_tree(target, [holder.pid], holder.pid)
-        hints.freed(*found)  # as if its previous connection had closed there
+        found = socket_in_tree(target, [holder.pid], holder.pid, owners=owners)
+
+        def hinted() -> None:
+            hints.freed(*found)  # as if its previous connection had closed there
+            socket_in_tree(target, [holder.pid], holder.pid, hints=hints, owners=owners)
+
         other = peers[conns // 2 + 1]
         proven = {("agent", 1)}
         secret = "x" * 43
         return {
             "conns": conns,
             "sock_diag_us": best(lambda: diag.peer_of(accepted[0])),
-            "tree_scan_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid)),
-            "tree_hinted_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, hints=hints)),
-            "tree_child_us": best(lambda: socket_in_tree(target, [os.getpid()], os.getpid())),  # found under a descendant
+            "tree_scan_us": best(lambda: socket_in_tree(target, [holder.pid], holder.pid, owners=owners)),
+            "tree_hinted_us": best(hinted),
+            # found under a descendant
+            "tree_child_us": best(lambda: socket_in_tree(target, [os.getpid()], os.getpid(), owners=child_owners)),
             # A full read that records every socket it sees, and a later connection of the same process found in it.
             "tree_recording_us": best(lambda: recording_read(target, holder.pid)),
             "tree_recalled_us": recalled_us(target, other, holder.pid, best),
@@ -1170,6 +1177,8 @@ def identity_micro(conns: int = 64) -> dict:
             "secret_us": best(lambda: _hmac.compare_digest(secret.encode("utf-8", "surrogateescape"), secret.encode()), number=100_000),
         }
     finally:
+        owners.close()
+        child_owners.close()
         holder.stdin.close()
         holder.wait(10)
         srv.close()

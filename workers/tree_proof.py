@@ -5,8 +5,6 @@ per-process descriptor hints so a client that reconnects per request is usually 
 
 from __future__ import annotations
 
-import os
-
 from workers.proc_lineage import children
 from workers.socket_owners import SocketOwners
 
@@ -66,50 +64,25 @@ class FdHints:
             hints.pop(fd, None)
 
 
-def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners | None = None) -> str | None:
-    """The descriptor number under which pid holds socket `inode`, or None. With `owners`, every descriptor
-    read is recorded: the hinted ones (all of them: they are where the process's new connections are), then,
-    if those miss, all of them."""
-    if owners is not None:
-        if hints is not None and pid in hints:
-            hinted = hints.take_all(pid)
-            found = owners.read(pid, list(hinted))
-            if found is not None:
-                seen, free = found
-                for closed in hints.not_reused(pid, hinted, seen, free):
-                    owners.forget(closed)  # else the record fills with them: full reads, which cleared it, are rare now
-                if inode in seen:
-                    return seen[inode]
-        found = owners.read(pid)
-        return found[0].get(inode) if found is not None else None
-    needle = f"socket:[{inode}]"
-    base = f"/proc/{pid}/fd"
-    tried: list[str] = []
-    if hints is not None:
-        tried = list(hints.get(pid))
-        for fd in tried:
-            try:
-                if os.readlink(f"{base}/{fd}") == needle:
-                    return fd
-            except OSError:
-                continue
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return None
-    for name in names:
-        if name in tried:
-            continue
-        try:
-            if os.readlink(f"{base}/{name}") == needle:
-                return name
-        except OSError:
-            continue
-    return None
+def _holds(pid: int, inode: int, hints: FdHints | None, owners: SocketOwners) -> str | None:
+    """The descriptor number under which pid holds socket `inode`, or None. Every descriptor read is
+    recorded: the hinted ones (all of them: they are where the process's new connections are), then, if
+    those miss, all of them."""
+    if hints is not None and pid in hints:
+        hinted = hints.take_all(pid)
+        found = owners.read(pid, list(hinted))
+        if found is not None:
+            seen, free = found
+            for closed in hints.not_reused(pid, hinted, seen, free):
+                owners.forget(closed)  # else the record fills with them: full reads, which cleared it, are rare now
+            if inode in seen:
+                return seen[inode]
+    found = owners.read(pid)
+    return found[0].get(inode) if found is not None else None
 
 
-def socket_in_tree(inode: int, first: list[int], root: int, limit: int = 256,
-                   hints: FdHints | None = None, owners: SocketOwners | None = None) -> tuple[int, str] | None:
+def socket_in_tree(inode: int, first: list[int], root: int, *, owners: SocketOwners, hints: FdHints | None = None,
+                   limit: int = 256) -> tuple[int, str] | None:
     """(pid, descriptor) of the process holding socket `inode`: tried in `first` (the claimed sender, the
     agent), then in the descendants of `root`, at most `limit` processes; None if none of them holds it.
     Every descriptor read is recorded in `owners`."""
