@@ -23,7 +23,7 @@ from supervisor.config.daemon_sections import HttpIntake
 from supervisor.config.fields import split_listen
 from supervisor.common.listen_sockets import ListenError, bind_tcp
 from workers.link import WorkerLink
-from workers.runner import FD_HEADROOM, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
+from workers.runner import FD_HEADROOM, StartupError, begin_process, inherited_listener, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
 from workers.http_intake import HeartbeatHttpServer
 from workers.http_replies import MAX_CONNECTIONS
 
@@ -34,16 +34,6 @@ def format_address(sock: socket.socket) -> str:
     """The bound address as host:port, IPv6 in brackets."""
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
-
-
-def listening_socket(fd: int) -> socket.socket:
-    """The TCP socket the parent bound and passed us; the parent keeps its copy, so the backlog outlives us."""
-    sock = socket.socket(fileno=fd)
-    ok = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
-    if not ok or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        sock.detach()
-        raise SystemExit(f"--listen-fd {fd}: not a listening TCP socket")
-    return sock
 
 
 def bind_socket(listen: str) -> socket.socket:
@@ -78,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     raise_fd_limit(args.max_connections + FD_HEADROOM)
     try:
-        sock = listening_socket(args.listen_fd) if args.listen_fd is not None else bind_socket(settings.listen)
-    except ListenError as exc:
+        if args.listen_fd is not None:
+            sock = inherited_listener(args.listen_fd, (socket.AF_INET, socket.AF_INET6), "TCP")
+        else:
+            sock = bind_socket(settings.listen)
+    except (ListenError, StartupError) as exc:
         log.error("%s", exc)
         return 2
     except OSError as exc:

@@ -16,22 +16,10 @@ from pathlib import Path
 from supervisor.common.listen_sockets import ListenError, close_socket_file, unix_listener
 from supervisor.config.daemon_sections import UnixIntake
 from workers.link import WorkerLink
-from workers.runner import FD_HEADROOM, StartupError, begin_process, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
+from workers.runner import FD_HEADROOM, StartupError, begin_process, inherited_listener, load_worker_settings, raise_fd_limit, serve_intake, worker_arg_parser
 from workers.unix_intake import UnixIntakeServer
 
 log = logging.getLogger("workers.heartbeat_unix")
-
-
-def _listening_socket(fd: int) -> socket.socket:
-    """The listening socket the parent passed us; it keeps its own copy, so agents never see it missing."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        raise StartupError(f"--listen-fd {fd}: {exc.strerror or exc}") from None
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-        sock.detach()
-        raise StartupError(f"--listen-fd {fd}: not a Unix stream socket")
-    return sock
 
 
 def bind_socket(path: Path) -> socket.socket:
@@ -65,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(settings.max_connections + FD_HEADROOM)
     try:
         if args.listen_fd is not None:
-            sock = _listening_socket(args.listen_fd)
+            sock = inherited_listener(args.listen_fd, (socket.AF_UNIX,), "Unix stream")
         elif settings.path is None:
             raise StartupError("--settings: path is required with --config")
         else:

@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -48,6 +49,20 @@ def raise_fd_limit(wanted: int) -> None:
 
 class StartupError(Exception):
     """The worker cannot start; the message says why, for the log (the worker then exits 2)."""
+
+
+def inherited_listener(fd: int, families: tuple[int, ...], what: str) -> socket.socket:
+    """The listening stream socket the parent passed as --listen-fd (it keeps its own copy, so the backlog
+    outlives this worker); StartupError naming `what` for anything else, the descriptor left open."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartupError(f"--listen-fd {fd}: {exc.strerror or exc}") from None
+    ok = sock.family in families and sock.type == socket.SOCK_STREAM
+    if not ok or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise StartupError(f"--listen-fd {fd}: not a listening {what} socket")
+    return sock
 
 
 class _WorkerArgParser(argparse.ArgumentParser):

@@ -705,4 +705,4 @@ def test_refuses_a_descriptor_that_is_not_a_listening_tcp_socket():
     finally:
         a.close()
         b.close()
-    assert proc.returncode != 0 and "not a listening TCP socket" in proc.stderr
+    assert proc.returncode == 2 and "not a listening TCP socket" in proc.stderr, proc.stderr

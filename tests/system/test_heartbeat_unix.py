@@ -311,3 +311,14 @@ def test_worker_whose_parent_is_already_gone_exits(world, tmp_path):
     finally:
         if pid_alive(worker_pid):
             kill_tree(worker_pid)
+
+
+def test_refuses_a_descriptor_that_is_not_a_listening_socket(tmp_path):
+    # A connected Unix stream socket used to pass the check; every accept on it then failed.
+    a, b = socket.socketpair()
+    try:
+        proc = subprocess.run(worker_argv(tmp_path, a.fileno()), cwd=ROOT, pass_fds=[a.fileno()], capture_output=True, text=True, timeout=30)
+    finally:
+        a.close()
+        b.close()
+    assert proc.returncode == 2 and "not a listening Unix stream socket" in proc.stderr, proc.stderr
