@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Callable
 
 from supervisor.common.cgroups import MOUNTINFO, Mount, cgroup2_mounts
+from supervisor.common.proc_stat import ZOMBIE_STATES, read_stat_fields
 from supervisor.wire.messages import AgentView, Heartbeat
 from supervisor.wire.states import UP_STATES
 from workers.heartbeat_rules import HeartbeatRejected, _invalid, parse_heartbeat
@@ -20,14 +21,8 @@ MAX_TREE_DEPTH = 256  # a ppid chain longer than this is treated as "not in tree
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(ppid, pgid) of a live pid from /proc/<pid>/stat, or None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and ')'; the fields start after the last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split(b" ", 3)
-    if fields[0] in (b"Z", b"X"):
+    fields = read_stat_fields(pid)
+    if not fields or fields[0] in ZOMBIE_STATES:
         return None
     return int(fields[1]), int(fields[2])
 

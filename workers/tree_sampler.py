@@ -17,6 +17,8 @@ from pathlib import Path
 import psutil
 
 from supervisor.common.cgroups import AgentCgroup
+from supervisor.common.proc_stat import ZOMBIE_STATES, read_stat_fields
+from supervisor.common.proc_table import ProcInfo, read_stat, scan_processes
 from supervisor.wire.messages import AgentView, ResourceSample
 
 log = logging.getLogger(__name__)
@@ -39,28 +41,6 @@ class _Entry:
 
 
 @dataclass
-class _Row:
-    ppid: int
-    pgid: int
-    ticks: int
-
-
-def _read_stat(pid: int) -> tuple[str, _Row] | None:
-    """(state, row) from /proc/<pid>/stat, or None when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
-            raw = f.read()
-    except OSError:  # gone (ENOENT/ESRCH) or unreadable
-        return None
-    # The command name may hold spaces and parentheses; it ends at the last ')'.
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return fields[0].decode(), _Row(int(fields[1]), int(fields[2]), int(fields[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-@dataclass
 class _Usage:
     ticks: int
     cpu_ticks: int
@@ -71,14 +51,11 @@ class _Usage:
 
 def _read_usage(pid: int) -> _Usage | None:
     """What /proc/<pid>/stat says a live process uses; None when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
-            raw = f.read()
-    except OSError:
+    fields = read_stat_fields(pid)
+    if fields is None:
         return None
-    fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        if fields[0] in (b"Z", b"X"):
+        if fields[0] in ZOMBIE_STATES:
             return None
         return _Usage(int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[17]), int(fields[20]), int(fields[21]) * PAGE_SIZE)
     except (IndexError, ValueError):
@@ -91,7 +68,7 @@ class TreeSampler:
     def __init__(self, *, max_table_age: float = 1.0, forget_after: float = 300.0) -> None:
         self.max_table_age = max_table_age
         self.forget_after = forget_after
-        self._table: dict[int, _Row] = {}
+        self._table: dict[int, ProcInfo] = {}
         self._children: dict[int, list[int]] = {}
         self._groups: dict[int, list[int]] = {}
         self._scanned = float("-inf")
@@ -111,25 +88,13 @@ class TreeSampler:
 
     def scan(self) -> None:
         """Read every process's ppid, pgid and start time once; forget cached processes that are gone."""
-        table: dict[int, _Row] = {}
-        children: dict[int, list[int]] = {}
-        groups: dict[int, list[int]] = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            got = _read_stat(pid)
-            if got is None or got[0] in ("Z", "X"):
-                continue  # zombies count as gone: they use nothing and will never run again
-            row = got[1]
-            table[pid] = row
-            children.setdefault(row.ppid, []).append(pid)
-            groups.setdefault(row.pgid, []).append(pid)
+        # Zombies count as gone: they use nothing and will never run again.
+        table, children, groups = scan_processes(with_zombies=False)
         self._table, self._children, self._groups = table, children, groups
         self._scanned = time.monotonic()
         self.scans += 1
         stale_before = self._scanned - self.forget_after
-        for pid in [p for p, e in self._cache.items() if (r := table.get(p)) is None or r.ticks != e.ticks or e.used < stale_before]:
+        for pid in [p for p, e in self._cache.items() if (r := table.get(p)) is None or r.start_ticks != e.ticks or e.used < stale_before]:
             del self._cache[pid]
 
     def _fresh_table(self) -> None:
@@ -209,18 +174,17 @@ class TreeSampler:
     def _entry(self, pid: int) -> _Entry | None:
         row = self._table.get(pid)
         if row is None:  # not in the last scan (started since): read its identity directly
-            got = _read_stat(pid)
-            if got is None or got[0] in ("Z", "X"):
+            row = read_stat(pid)
+            if row is None or row.zombie:
                 return None
-            row = got[1]
         entry = self._cache.get(pid)
-        if entry is not None and entry.ticks == row.ticks:
+        if entry is not None and entry.ticks == row.start_ticks:
             return entry
         try:
             proc = psutil.Process(pid)
         except psutil.Error:  # NoSuchProcess, or AccessDenied on a process we cannot even open
             return None
-        entry = self._cache[pid] = _Entry(row.ticks, proc)
+        entry = self._cache[pid] = _Entry(row.start_ticks, proc)
         return entry
 
     def _measure(self, name: str, pids: list[int], now_wall: float, generation: int | None) -> ResourceSample:

@@ -11,6 +11,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from supervisor.common.proc_stat import ZOMBIE_STATES, read_stat_fields
+
 # A snapshot older than this is re-read even without an event: descendants exit and fork unseen.
 # It counts from the end of the scan, which alone can take longer than this on a loaded box.
 _CACHE_SECONDS = 0.1
@@ -29,17 +31,28 @@ class ProcInfo:
 
 def read_stat(pid: int) -> ProcInfo | None:
     """One process's stat line, or None when it is gone (or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    rest = read_stat_fields(pid)
+    if rest is None:
         return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2 :].split()
     try:
-        return ProcInfo(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), start_ticks=int(rest[19]), zombie=rest[0] in (b"Z", b"X"))
+        return ProcInfo(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), start_ticks=int(rest[19]), zombie=rest[0] in ZOMBIE_STATES)
     except (IndexError, ValueError):
         return None
+
+
+def scan_processes(*, with_zombies: bool) -> tuple[dict[int, ProcInfo], dict[int, list[int]], dict[int, list[int]]]:
+    """Every process in one pass over /proc: by pid, the children of each parent pid, the members of each group."""
+    procs: dict[int, ProcInfo] = {}
+    children: dict[int, list[int]] = {}
+    groups: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_stat(int(name))
+            if info is not None and (with_zombies or not info.zombie):
+                procs[info.pid] = info
+                children.setdefault(info.ppid, []).append(info.pid)
+                groups.setdefault(info.pgid, []).append(info.pid)
+    return procs, children, groups
 
 
 def start_ticks(pid: int) -> int | None:
@@ -98,17 +111,7 @@ class ProcessTable:
         now = time.monotonic()
         if now - self._taken < _CACHE_SECONDS:
             return
-        procs: dict[int, ProcInfo] = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                info = read_stat(int(name))
-                if info is not None:
-                    procs[info.pid] = info
-        children: dict[int, list[int]] = {}
-        groups: dict[int, list[int]] = {}
-        for info in procs.values():
-            children.setdefault(info.ppid, []).append(info.pid)
-            groups.setdefault(info.pgid, []).append(info.pid)
+        procs, children, groups = scan_processes(with_zombies=True)
         self._procs, self._children, self._groups, self._taken = procs, children, groups, time.monotonic()
         self._taken_seq = self.seq
 

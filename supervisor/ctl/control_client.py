@@ -19,6 +19,7 @@ import zmq
 
 from supervisor.wire.version import PROTOCOL_VERSION
 from supervisor.common.pidfile import PidFile
+from supervisor.common.proc_stat import ZOMBIE_STATES, read_stat_fields
 
 
 class ClientError(Exception):
@@ -56,11 +57,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True  # no /proc to ask: trust the signal check
+    fields = read_stat_fields(pid)
+    return not fields or fields[0] not in ZOMBIE_STATES  # no /proc to ask: trust the signal check
 
 
 def _listening(path: Path) -> bool | None:
