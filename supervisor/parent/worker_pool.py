@@ -212,13 +212,19 @@ class WorkerPool:
             worker.stalled_since, worker.received_at_stall = now, worker.heartbeats_received
             return
         if now - worker.stalled_since > FORWARD_STALL and worker.killing_cause is None and worker.popen is not None:
-            worker.killing_cause = (f"forwarding stalled: {beat.counters.get('accepted', 0) - worker.heartbeats_received} accepted "
-                                    f"heartbeats not received for {now - worker.stalled_since:.0f}s")
-            log.error("worker %s (pid %d): %s; killing it", worker.spec.name, worker.popen.pid, worker.killing_cause)
-            try:
-                worker.popen.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._kill(worker, f"forwarding stalled: {beat.counters.get('accepted', 0) - worker.heartbeats_received} accepted "
+                               f"heartbeats not received for {now - worker.stalled_since:.0f}s")
+
+    @staticmethod
+    def _kill(worker: _Worker, cause: str) -> None:
+        """SIGKILL a live worker that stopped doing its job; its exit reports `cause` and respawns it."""
+        assert worker.popen is not None
+        worker.killing_cause = cause
+        log.error("worker %s (pid %d): %s; killing it", worker.spec.name, worker.popen.pid, cause)
+        try:
+            worker.popen.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def forwarding_stalled(self, name: str) -> bool:
         """The worker owes us heartbeats and has sent none for a while (it counts as an intake outage)."""
@@ -237,12 +243,7 @@ class WorkerPool:
             silent_for = now - worker.silent_since
             limit = SILENCE_TIMEOUT if worker.last_beat_mono is not None else START_GRACE
             if silent_for > limit and worker.killing_cause is None:
-                worker.killing_cause = f"silent for {silent_for:.0f}s (no liveness beat)"
-                log.error("worker %s (pid %d) is %s; killing it", worker.spec.name, worker.popen.pid, worker.killing_cause)
-                try:
-                    worker.popen.send_signal(signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self._kill(worker, f"silent for {silent_for:.0f}s (no liveness beat)")
 
     def _credit_stall(self, stall: Stall) -> None:
         """Worker silence is judged net of our own stall: we could not read their beats meanwhile."""
