@@ -242,17 +242,22 @@ def mode_fork_children(h: Helper) -> None:
     mode_well_behaved(h)
 
 
-def mode_setsid_grandchild(h: Helper) -> None:
+def _session_leader(h: Helper, message: str):
+    """A grandchild that escapes into its own session, marks itself and runs until stopped."""
     def grandchild() -> None:
         os.setsid()
         h.mark("GRANDCHILD", *ids())
-        h.say("grandchild escaped into its own session")
+        h.say(message)
         h.run_until_stop()
         h.exit(0)
 
+    return grandchild
+
+
+def mode_setsid_grandchild(h: Helper) -> None:
     def middle() -> None:
         h.mark("CHILD", *ids())
-        h.fork(grandchild)
+        h.fork(_session_leader(h, "grandchild escaped into its own session"))
         h.run_until_stop()
         h.exit(0)
 
@@ -263,16 +268,9 @@ def mode_setsid_grandchild(h: Helper) -> None:
 def mode_daemonize_escape(h: Helper) -> None:
     """Double fork + setsid with the middle process gone: the grandchild is in neither the agent's
     process group nor its ancestry (it is reparented to init)."""
-    def grandchild() -> None:
-        os.setsid()
-        h.mark("GRANDCHILD", *ids())
-        h.say("grandchild escaped: own session, parent gone")
-        h.run_until_stop()
-        h.exit(0)
-
     def middle() -> None:
         h.mark("CHILD", *ids())
-        h.fork(grandchild)
+        h.fork(_session_leader(h, "grandchild escaped: own session, parent gone"))
         os._exit(0)
 
     h.fork(middle)

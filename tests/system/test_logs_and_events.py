@@ -8,9 +8,26 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import IO, Iterator
 
 from tests.support.daemon import ROOT
 from tests.support.wait import wait_until
+
+
+@contextmanager
+def following(agentd, *args: str) -> Iterator[IO[str]]:
+    """A following `agentctl ARGS` (logs -f, events -f) in its own session: its output, killed on the way out."""
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(agentd.run_dir), *args],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        yield follow.stdout
+    finally:
+        os.killpg(follow.pid, signal.SIGKILL)
+        follow.wait()
+        follow.stdout.close()
 
 
 def test_logs_tail_follow_and_rotation(agentd):
@@ -31,37 +48,23 @@ def test_logs_tail_follow_and_rotation(agentd):
     wait_until(lambda: (log_dir / "agent.log.2.gz").exists(), timeout=30)
     assert not (log_dir / "agent.log.3.gz").exists()
 
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(agentd.run_dir), "logs", "spew", "-n", "0", "-f"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        lines = [follow.stdout.readline() for _ in range(20)]
+    with following(agentd, "logs", "spew", "-n", "0", "-f") as out:
+        lines = [out.readline() for _ in range(20)]
         assert all(lines) and any("line" in line or "spew" in line or "helper_agent" in line for line in lines)
-    finally:
-        os.killpg(follow.pid, signal.SIGKILL)
-        follow.wait()
 
 
 def test_events_follow_shows_transitions_as_they_happen(agentd):
     agentd.write_config([agentd.helper_agent("a", "well-behaved")])
     agentd.start()
     agentd.wait_state("a", "running")
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.ctl.agentctl", "--run-dir", str(agentd.run_dir), "events", "-n", "1", "-f"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        first = follow.stdout.readline()
+    with following(agentd, "events", "-n", "1", "-f") as out:
+        first = out.readline()
         assert "a" in first and "running" in first
         assert agentd.agentctl("restart", "a").returncode == 0
-        seen = [follow.stdout.readline() for _ in range(3)]
+        seen = [out.readline() for _ in range(3)]
         assert "running -> stopping" in seen[0] and "operator restart" in seen[0]
         assert "stopping -> starting" in seen[1]
         assert "starting -> running" in seen[2]
-    finally:
-        os.killpg(follow.pid, signal.SIGKILL)
-        follow.wait()
 
 
 def test_json_output_is_stable_snake_case(agentd):
