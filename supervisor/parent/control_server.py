@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from supervisor.wire.ipc import bind_private
+from supervisor.wire.ipc import bind_private, close_private
 from supervisor.common.json_limits import JsonTooDeep, check_depth
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.protocol import MAX_MESSAGE_BYTES, ErrorCode, Reply, Request, error_reply
@@ -178,8 +178,4 @@ class ControlServer:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        self.sock.close(linger=0)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        close_private(self.sock, self.path)

@@ -15,7 +15,7 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from supervisor.wire.ipc import bind_private
+from supervisor.wire.ipc import bind_private, close_private
 from supervisor.wire.messages import EVENT_ADAPTER
 from supervisor.common.rate_limited_log import RateLimitedLog
 
@@ -56,8 +56,4 @@ class EventIntake:
                 log.exception("events: handling a %s message failed", msg.kind)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        close_private(self.sock, self.path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zmq
 
-from supervisor.wire.ipc import bind_private
+from supervisor.wire.ipc import bind_private, close_private
 from supervisor.parent.lifecycle import AgentProcess
 from supervisor.wire.messages import STATE_TOPIC, AgentRemoved, AgentUpdate, AgentView, HeartbeatTimes
 from supervisor.wire.states import PROCESS_STATES
@@ -102,8 +102,4 @@ class StateFeed:
 
     def close(self) -> None:
         self.flush()
-        self.sock.close(linger=0)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        close_private(self.sock, self.path)

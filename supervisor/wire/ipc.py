@@ -35,3 +35,12 @@ def bind_private(sock: zmq.Socket, path: Path, group: str | None = None) -> None
         os.umask(old)
     if gid is not None:
         os.chown(path, -1, gid)
+
+
+def close_private(sock: zmq.Socket, path: Path) -> None:
+    """Undo `bind_private`: close at once (whatever is still queued is dropped) and remove the file."""
+    sock.close(linger=0)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
