@@ -135,6 +135,17 @@ class TestDaemon:
     def call(self, verb: str, args: dict[str, Any] | None = None, timeout: float = 20.0) -> dict[str, Any]:
         return self.client(timeout).call(verb, args or {}, timeout=timeout)
 
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """The `workers` verb's answer, each worker by name."""
+        return {w["name"]: w for w in self.call("workers")["workers"]}
+
+    def wait_workers_running(self, *names: str, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Wait until each named worker runs and has sent a liveness beat; the workers then."""
+        def ready() -> dict[str, dict[str, Any]] | None:
+            ws = self.workers()
+            return ws if all(ws[n]["state"] == "running" and ws[n]["last_beat_age_s"] is not None for n in names) else None
+        return wait_until(ready, timeout=timeout, message=f"workers {names} running and beating")
+
     def agentctl(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run the real agentctl CLI against this daemon."""
         return subprocess.run(

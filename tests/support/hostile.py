@@ -56,7 +56,7 @@ def run_as(user, argv: list[str], agentd, **kwargs) -> subprocess.Popen:
 
 
 def workers(agentd) -> dict[str, dict[str, Any]]:
-    return {w["name"]: w for w in agentd.call("workers")["workers"]}
+    return agentd.workers()
 
 
 def http_address(agentd) -> tuple[str, int]:

@@ -27,12 +27,8 @@ FAST = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
 WALLCLOCK_SHIM = Path(__file__).resolve().parents[1] / "support" / "wallclock"
 
 
-def _workers(agentd):
-    return {w["name"]: w for w in agentd.call("workers")["workers"]}
-
-
 def _judged(agentd):
-    return _workers(agentd)["health"]["counters"].get("judged", 0)
+    return agentd.workers()["health"]["counters"].get("judged", 0)
 
 
 def _heartbeating_agents(agentd):
@@ -47,9 +43,9 @@ def _settle(agentd, ids):
     for agent_id in ids:
         agentd.wait_state(agent_id, "running")
     wait_until(lambda: all(agentd.status(a)["health"] == "healthy" for a in ids), timeout=40, message="all healthy")
-    wait_until(lambda: all(w["state"] == "running" and w["last_beat_age_s"] is not None for w in _workers(agentd).values()),
+    wait_until(lambda: all(w["state"] == "running" and w["last_beat_age_s"] is not None for w in agentd.workers().values()),
                timeout=30, message="every worker beating")
-    return {a: agentd.status(a)["pid"] for a in ids}, {n: w["pid"] for n, w in _workers(agentd).items()}
+    return {a: agentd.status(a)["pid"] for a in ids}, {n: w["pid"] for n, w in agentd.workers().items()}
 
 
 def _only_agents(agentd, pids):
@@ -66,7 +62,7 @@ def _assert_nothing_lost(agentd, pids, worker_pids, judged_rounds=15):
     for agent_id, pid in pids.items():
         st = agentd.status(agent_id)
         assert (st["state"], st["pid"], st["restarts"]) == ("running", pid, 0), (st, agentd.log_text()[-4000:])
-    workers = _workers(agentd)
+    workers = agentd.workers()
     for name, pid in worker_pids.items():
         assert (workers[name]["pid"], workers[name]["restarts"]) == (pid, 0), (name, workers[name], agentd.log_text()[-4000:])
     # No duplicates: exactly one process per agent (these agents have no children).
@@ -260,7 +256,7 @@ def test_break8_no_secret_on_any_command_line(agentd):
     agentd.write_config([agentd.helper_agent("a", "well-behaved")], manager_api={"listen": "127.0.0.1:0", "token": token})
     agentd.start()
     agentd.wait_state("a", "running")
-    wait_until(lambda: (w := _workers(agentd)["manager-api"])["state"] == "running" and w["last_beat_age_s"] is not None,
+    wait_until(lambda: (w := agentd.workers()["manager-api"])["state"] == "running" and w["last_beat_age_s"] is not None,
                timeout=30, message="manager-api worker up (it read its settings)")
     for pid in processes_tagged(agentd.tag):
         try:

@@ -19,19 +19,8 @@ from tests.support.wait import wait_until
 FAST = {"interval": 0.3, "heartbeat_timeout": "3s", "startup_grace": "5s"}
 
 
-def _workers(agentd):
-    return {w["name"]: w for w in agentd.call("workers")["workers"]}
-
-
-def _ready(agentd, *names):
-    def ok():
-        ws = _workers(agentd)
-        return ws if all(ws[n]["state"] == "running" and ws[n]["last_beat_age_s"] is not None for n in names) else None
-    return wait_until(ok, timeout=30, message=f"{names} running")
-
-
 def _judged(agentd):
-    return _workers(agentd)["health"]["counters"].get("judged", 0)
+    return agentd.workers()["health"]["counters"].get("judged", 0)
 
 
 def test_intake_workers_killed_under_heartbeats_restart_no_agent(agentd):
@@ -41,14 +30,14 @@ def test_intake_workers_killed_under_heartbeats_restart_no_agent(agentd):
         agentd.helper_agent("s", "heartbeat-socket", "--interval", "0.2", health_check=FAST),
     ])
     agentd.start()
-    before = _ready(agentd, "heartbeat-http-0", "heartbeat-unix", "health")
+    before = agentd.wait_workers_running("heartbeat-http-0", "heartbeat-unix", "health")
     for agent_id in ("h", "s"):
         agentd.wait_state(agent_id, "running")
     wait_until(lambda: agentd.status("h")["health"] == "healthy" and agentd.status("s")["health"] == "healthy", timeout=30)
     for name in ("heartbeat-http-0", "heartbeat-unix"):
         killed_at = time.monotonic()
         os.kill(before[name]["pid"], signal.SIGKILL)
-        back = wait_until(lambda n=name: (w := _workers(agentd)[n])["pid"] not in (None, before[n]["pid"]) and w["state"] == "running" and w,
+        back = wait_until(lambda n=name: (w := agentd.workers()[n])["pid"] not in (None, before[n]["pid"]) and w["state"] == "running" and w,
                           timeout=10, message=f"{name} respawned")
         print(f"{name} back after {time.monotonic() - killed_at:.2f}s")  # target: within 2 s (docs/performance.md)
         assert "killed by SIGKILL" in back["last_exit"]
@@ -67,13 +56,13 @@ def test_hung_intake_worker_is_replaced_and_its_agents_are_not_blamed(agentd):
     # true of any real setting (default 90 s); the hang itself lasts ~10 s, twice the timeout.
     agentd.write_config([agentd.helper_agent("s", "heartbeat-socket", "--interval", "0.2", health_check={**FAST, "heartbeat_timeout": "5s"})])
     agentd.start()
-    before = _ready(agentd, "heartbeat-unix", "health")
+    before = agentd.wait_workers_running("heartbeat-unix", "health")
     agentd.wait_state("s", "running")
     wait_until(lambda: agentd.status("s")["health"] == "healthy", timeout=30)
     pid = before["heartbeat-unix"]["pid"]
     os.kill(pid, signal.SIGSTOP)  # hung: no heartbeats get through for ~10 s, far past heartbeat_timeout
     try:
-        wait_until(lambda: _workers(agentd)["heartbeat-unix"]["pid"] not in (None, pid), timeout=40, message="hung worker replaced")
+        wait_until(lambda: agentd.workers()["heartbeat-unix"]["pid"] not in (None, pid), timeout=40, message="hung worker replaced")
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -96,7 +85,7 @@ def _post(url, body, timeout=10, token=None):
 def test_frozen_parent_gives_503_not_memory_growth_and_loses_nothing_answered_200(agentd):
     agentd.write_config([agentd.helper_agent("a", "well-behaved")])
     agentd.start()
-    ws = _ready(agentd, "heartbeat-http-0")
+    ws = agentd.wait_workers_running("heartbeat-http-0")
     st = agentd.wait_state("a", "running")
     url = f"http://{ws['heartbeat-http-0']['info']['listen']}/heartbeats"
     applied_before = agentd.call("workers")["parent"].get("applied", 0)

@@ -10,17 +10,6 @@ from tests.support.processes import pid_alive
 from tests.support.wait import read_markers, wait_until
 
 
-def _workers(agentd):
-    return {w["name"]: w for w in agentd.call("workers")["workers"]}
-
-
-def _running_workers(agentd, *names):
-    def ready():
-        ws = _workers(agentd)
-        return ws if all(ws[n]["state"] == "running" and ws[n]["last_beat_age_s"] is not None for n in names) else None
-    return wait_until(ready, timeout=30, message=f"workers {names} running and beating")
-
-
 def hb_agent(agentd, agent_id, mode, **spec):
     return agentd.helper_agent(agent_id, mode, "--interval", "0.2", health_check={"heartbeat_timeout": "30s"}, **spec)
 
@@ -28,7 +17,7 @@ def hb_agent(agentd, agent_id, mode, **spec):
 def test_heartbeats_over_http_and_socket_make_agents_running(agentd):
     agentd.write_config([hb_agent(agentd, "via-http", "heartbeat-http"), hb_agent(agentd, "via-sock", "heartbeat-socket")])
     agentd.start()
-    _running_workers(agentd, "heartbeat-http-0", "heartbeat-unix")
+    agentd.wait_workers_running("heartbeat-http-0", "heartbeat-unix")
     for agent_id in ("via-http", "via-sock"):
         st = agentd.wait_state(agent_id, "running", timeout=30)
         assert st["last_heartbeat"] is not None
@@ -40,7 +29,7 @@ def test_heartbeats_over_http_and_socket_make_agents_running(agentd):
     result = agentd.agentctl("status")
     assert result.returncode == 0 and "via-http" in result.stdout and "ago" in result.stdout
     # Counters arrive with the workers' 1 s liveness beat.
-    wait_until(lambda: all(_workers(agentd)[n]["counters"].get("accepted", 0) > 0 for n in ("heartbeat-http-0", "heartbeat-unix")),
+    wait_until(lambda: all(agentd.workers()[n]["counters"].get("accepted", 0) > 0 for n in ("heartbeat-http-0", "heartbeat-unix")),
                timeout=20, message="both intake workers count accepted heartbeats")
     assert agentd.call("workers")["parent"]["applied"] > 0
 
@@ -65,12 +54,12 @@ def test_heartbeat_from_a_script_with_agentctl_heartbeat(agentd):
 def test_killed_worker_is_back_within_seconds_and_workers_shows_why(agentd):
     agentd.write_config([hb_agent(agentd, "a", "heartbeat-http")])
     agentd.start()
-    before = _running_workers(agentd, "heartbeat-http-0", "heartbeat-unix")
+    before = agentd.wait_workers_running("heartbeat-http-0", "heartbeat-unix")
     agentd.wait_state("a", "running", timeout=30)
     old_pid = before["heartbeat-http-0"]["pid"]
     os.kill(old_pid, signal.SIGKILL)
     back = wait_until(
-        lambda: (w := _workers(agentd)["heartbeat-http-0"])["state"] == "running" and w["pid"] != old_pid and w,
+        lambda: (w := agentd.workers()["heartbeat-http-0"])["state"] == "running" and w["pid"] != old_pid and w,
         timeout=10, message="http worker respawned",
     )
     assert back["restarts"] == 1 and "killed by SIGKILL" in back["last_exit"]
@@ -80,18 +69,18 @@ def test_killed_worker_is_back_within_seconds_and_workers_shows_why(agentd):
     wait_until(lambda: len([m for m in read_markers(agentd.marker("a")) if m[0] == "HEARTBEAT" and m[2] == "200"]) > count + 3, timeout=20)
     out = agentd.agentctl("workers")
     assert out.returncode == 0 and "killed by SIGKILL" in out.stdout
-    assert _workers(agentd)["heartbeat-unix"]["restarts"] == 0
+    assert agentd.workers()["heartbeat-unix"]["restarts"] == 0
 
 
 def test_silent_worker_is_killed_and_respawned(agentd):
     agentd.write_config([])
     agentd.start()
-    before = _running_workers(agentd, "heartbeat-unix")
+    before = agentd.wait_workers_running("heartbeat-unix")
     pid = before["heartbeat-unix"]["pid"]
     os.kill(pid, signal.SIGSTOP)  # alive but mute: only the missing liveness beat shows it
     try:
         back = wait_until(
-            lambda: (w := _workers(agentd)["heartbeat-unix"])["pid"] not in (None, pid) and w,
+            lambda: (w := agentd.workers()["heartbeat-unix"])["pid"] not in (None, pid) and w,
             timeout=40, message="stopped worker replaced",
         )
     finally:
@@ -103,7 +92,7 @@ def test_silent_worker_is_killed_and_respawned(agentd):
 def test_workers_die_with_the_parent(agentd):
     agentd.write_config([hb_agent(agentd, "a", "heartbeat-socket")])
     agentd.start()
-    ws = _running_workers(agentd, "heartbeat-http-0", "heartbeat-unix")
+    ws = agentd.wait_workers_running("heartbeat-http-0", "heartbeat-unix")
     agent_pid = agentd.wait_state("a", "running", timeout=30)["pid"]
     agentd.kill9()
     for w in ws.values():
@@ -120,7 +109,7 @@ def test_metrics_endpoint_serves_intake_and_parent_metrics(agentd):
 
     agentd.write_config([hb_agent(agentd, "a", "heartbeat-http")])
     agentd.start()
-    ws = _running_workers(agentd, "heartbeat-http-0")
+    ws = agentd.wait_workers_running("heartbeat-http-0")
     agentd.wait_state("a", "running", timeout=30)
     listen = ws["heartbeat-http-0"]["info"]["listen"]
 
