@@ -16,6 +16,8 @@ import socket
 import struct
 from pathlib import Path
 
+from supervisor.common.proc_stat import pid_alive
+
 log = logging.getLogger("supervisor.parent.listeners")  # only the parent remembers a port: its warning keeps its logger
 
 BACKLOG = 4096
@@ -80,20 +82,11 @@ def _clear_stale_socket(path: Path) -> None:
         listener = -1  # a full backlog or a timeout: somebody is listening
     finally:
         probe.close()
-    if listener is not None and (listener <= 0 or _alive(listener)):
+    if listener is not None and (listener <= 0 or pid_alive(listener)):
         who = f" (pid {listener})" if listener > 0 else ""
         raise ListenError(f"heartbeat.unix.path {path}: another process{who} is listening on it (another agentd?); not removing it")
     path.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def unix_listener(path: Path) -> socket.socket:

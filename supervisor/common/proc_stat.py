@@ -3,6 +3,8 @@ it too (docs/architecture.md, "Module map")."""
 
 from __future__ import annotations
 
+import os
+
 ZOMBIE_STATES = (b"Z", b"X")  # a zombie or a dead process: exited, only not reaped yet
 
 
@@ -20,3 +22,15 @@ def read_stat_fields(pid: int) -> list[bytes] | None:
     except OSError:
         return None
     return stat_fields(raw)
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped) is not alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's: it exists
+    fields = read_stat_fields(pid)
+    return not fields or fields[0] not in ZOMBIE_STATES  # no /proc to ask: trust the signal check

@@ -19,7 +19,7 @@ import zmq
 
 from supervisor.wire.version import PROTOCOL_VERSION
 from supervisor.common.pidfile import PidFile
-from supervisor.common.proc_stat import ZOMBIE_STATES, read_stat_fields
+from supervisor.common.proc_stat import pid_alive
 
 
 class ClientError(Exception):
@@ -47,18 +47,6 @@ class RemoteError(ClientError):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def _pid_alive(pid: int) -> bool:
-    """True for a live process; a zombie (killed, not yet reaped) is not alive."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = read_stat_fields(pid)
-    return not fields or fields[0] not in ZOMBIE_STATES  # no /proc to ask: trust the signal check
 
 
 def _listening(path: Path) -> bool | None:
@@ -90,7 +78,7 @@ class ControlClient:
         if not path.exists():
             raise DaemonUnavailable(f"agentd is not running: no socket at {path}")
         pid = PidFile.read_pid(self.run_dir / "agentd.pid")
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             what = f"pid {pid} from agentd.pid is gone" if pid else "no pid file"
             raise DaemonUnavailable(f"agentd is not running: stale socket at {path} ({what})")
         if not os.access(path, os.W_OK):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from supervisor.common.proc_stat import read_stat_fields, stat_fields
+from supervisor.common.proc_stat import pid_alive, read_stat_fields, stat_fields
 from supervisor.common.proc_table import read_stat
 
 
@@ -20,3 +20,8 @@ def test_this_process_and_a_gone_one():
     info = read_stat(os.getpid())
     assert info is not None and info.ppid == os.getppid() and not info.zombie and info.start_ticks == int(fields[19])
     assert read_stat_fields(2**22 + 1) is None  # above pid_max's ceiling: never a process
+
+
+def test_pid_alive():
+    assert pid_alive(os.getpid())
+    assert not pid_alive(2**22 + 1)
