@@ -35,6 +35,14 @@ class AdoptionOps(Protocol):
 
     def runs_configured_command(self, pid: int, spec: AgentSpec) -> bool: ...
 
+    def prelaunch(self, specs: list[AgentSpec]) -> None:
+        """Start these agents' processes at once; each one's `spawn` then takes its process."""
+        ...
+
+    def drop_prelaunched(self) -> None:
+        """Kill any prelaunched process that no `spawn` took."""
+        ...
+
 
 def apply_launch_change(agent: AgentProcess, now: float) -> None:
     """A re-adopted process started with another command, env or user than configured (a reload whose
@@ -64,6 +72,7 @@ class Adoption:
 
     def load(self, specs: list[AgentSpec], records: dict[str, AgentRecord], now: float) -> None:
         """Re-adopt what the previous agentd left running; start the rest unless told not to."""
+        rest = []
         for spec in specs:
             record = records.pop(spec.id, None)
             agent = self.new_agent(spec, record)
@@ -75,7 +84,14 @@ class Adoption:
                 continue
             if agent.operator_stopped and agent.state == AgentState.STOPPED:
                 agent.reason = "stopped by operator (before agentd restarted)"
+            rest.append(agent)
+            if agent.wants_start():
+                # Launched in a thread while the next agents are checked; started in config order below
+                # (docs/performance.md, "Lifecycle"). The identity scan has run: it precedes any start.
+                self.ops.prelaunch([spec])
+        for agent in rest:
             agent.start_if_wanted(now, "agentd start")
+        self.ops.drop_prelaunched()
         for agent_id, record in records.items():
             if record.pid and record.status == AgentState.STOPPING:
                 self._finish_orphan(agent_id, record, now)

@@ -153,9 +153,13 @@ class AgentProcess(AgentTransitions):
 
     def start_if_wanted(self, now: float, reason: str) -> ActionResult | None:
         """Start at daemon start-up or after reload unless disabled, failed or operator-stopped."""
-        if not self.spec.enabled or self.operator_stopped or self.state != AgentState.STOPPED:
+        if not self.wants_start():
             return None
         return self._spawn(now, reason)
+
+    def wants_start(self) -> bool:
+        """Whether `start_if_wanted` would start a process now."""
+        return self.spec.enabled and not self.operator_stopped and self.state == AgentState.STOPPED
 
     # ----------------------------------------------------------------- events from the world
 

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,9 @@ __all__ = ["RealProcessOps", "SYSTEMD_ONLY_ENV", "process_matches", "validate_co
 log = logging.getLogger(__name__)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Threads that start agents at once at daemon start-up: fork+exec of one agent leaves the GIL to the
+# others; 200 spawns went from 1.3-3.1 to 0.7-0.8 ms each with 8 on 2 cores (docs/performance.md).
+SPAWN_THREADS = 8
 AgentExitCallback = Callable[[str, int, "int | None", "int | None"], None]
 
 
@@ -46,6 +50,8 @@ class RealProcessOps:
         self.trees = ProcessTrees(cgroup2_mounts(Path(MOUNTINFO).read_text()) if Path(MOUNTINFO).exists() else [])
         self.table = self.trees.table  # one /proc scan serves every agent stopping in the same tick
         self._retired: dict[int, ExitWatch] = {}  # watches of former main processes (MAINPID=), kept to reap them
+        self._prelaunched: dict[str, tuple[AgentSpec, Future]] = {}  # agent id -> a launch started by prelaunch()
+        self._spawn_pool: ThreadPoolExecutor | None = None
         self.on_exit = on_exit
         self.boot_id = boot_id()
         self.boot_time = boot_time()
@@ -61,9 +67,49 @@ class RealProcessOps:
 
     # ----------------------------------------------------------------- spawn / adopt
 
+    def prelaunch(self, specs: list[AgentSpec]) -> None:
+        """Start these agents' processes from threads, at once; the `spawn` of each then takes its process
+        instead of starting one. Launches that need preexec_fn are left to `spawn`, on the loop's thread."""
+        for spec in specs:
+            if spec.id in self._prelaunched or not self.spawner.can_launch_in_thread(spec):
+                continue
+            if self._spawn_pool is None:
+                self._spawn_pool = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="agentd-spawn")
+            self._prelaunched[spec.id] = (spec, self._spawn_pool.submit(self.spawner.launch, spec))
+
+    def drop_prelaunched(self) -> None:
+        """Kill and reap any prelaunched process no `spawn` took (an agent that did not start after all);
+        the threads end."""
+        for spec, future in self._prelaunched.values():
+            self._kill_unwanted(spec, future)
+        self._prelaunched.clear()
+        if self._spawn_pool is not None:
+            self._spawn_pool.shutdown(wait=False)
+            self._spawn_pool = None
+
+    def _kill_unwanted(self, spec: AgentSpec, future: Future) -> None:
+        try:
+            popen = future.result().popen
+        except Exception:  # noqa: BLE001 - a launch that failed left no process
+            return
+        log.warning("%s: started ahead but not wanted any more; killed pid %d", spec.id, popen.pid)
+        popen.kill()
+        popen.wait()
+
+    def _launch(self, spec: AgentSpec) -> Launched:
+        entry = self._prelaunched.pop(spec.id, None)
+        if entry is not None and entry[0] is spec:
+            return entry[1].result()  # its SpawnError, if it failed
+        if entry is not None:
+            self._kill_unwanted(*entry)  # started for a spec since replaced: never two copies of an agent
+        if self._prelaunched and not self.spawner.can_launch_in_thread(spec):
+            wait([future for _, future in self._prelaunched.values()])  # no fork with preexec_fn while threads fork
+        return self.spawner.launch(spec)
+
     def spawn(self, spec: AgentSpec, generation: int, now: float) -> ProcessHandle:
-        """Start the agent's process and watch it; SpawnError when it cannot be started or watched."""
-        launched = self.spawner.launch(spec)
+        """Start the agent's process (or take the one `prelaunch` started) and watch it; SpawnError when it
+        cannot be started or watched."""
+        launched = self._launch(spec)
         popen = launched.popen
         handle = self._spawned_handle(launched, generation, now)
         if not self._watch(spec.id, handle, popen):
@@ -86,8 +132,8 @@ class RealProcessOps:
             create_time=create_time,
             start_ticks=ticks,
             generation=generation,
-            started_mono=max(now, time.monotonic()),  # fork+exec can take a while on a loaded box
-            started_wall=time.time(),
+            started_mono=max(now, launched.mono),  # fork+exec can take a while on a loaded box
+            started_wall=launched.wall,
             tree={pid: ticks},
             boot_id=self.boot_id,
             cgroup=str(launched.cgroup.path) if launched.cgroup else None,

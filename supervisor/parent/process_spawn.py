@@ -13,6 +13,8 @@ import os
 import pwd
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,6 +59,8 @@ class Launched:
     popen: subprocess.Popen
     argv: list[str]
     cgroup: AgentCgroup | None
+    mono: float  # when Popen returned: the process has exec'd (or failed to)
+    wall: float
 
 
 class AgentSpawner:
@@ -70,6 +74,7 @@ class AgentSpawner:
         self.notify_path = notify_path
         self._warned_not_root: set[str] = set()
         self._log_writers: list[subprocess.Popen] = []  # log.format: stamped; polled to reap the ones that ended
+        self._log_writers_lock = threading.Lock()  # launches may run in threads (RealProcessOps.prelaunch)
         # agent id -> its heartbeat secret (supervisor/parent/heartbeat_secrets.py); set by the daemon.
         self.heartbeat_secret: Callable[[str], str] | None = None
 
@@ -92,7 +97,15 @@ class AgentSpawner:
                 os.close(fd)  # the log writer sees end of file and exits
             raise
         popen = self._popen(spec, argv, env, (log_fd, out_fd, err_fd), kwargs, cgroup, procs_fd)
-        return Launched(popen, argv, cgroup)
+        return Launched(popen, argv, cgroup, time.monotonic(), time.time())
+
+    def can_launch_in_thread(self, spec: AgentSpec) -> bool:
+        """False when the launch needs preexec_fn (another user, in cgroup mode): that runs Python in a fork
+        of a parent whose other threads may hold locks (the subprocess docs), so it stays on the loop's thread."""
+        try:
+            return not (self.credentials(spec) and self.tracking.agent(spec.id) is not None)
+        except SpawnError:
+            return False  # launched where it is refused, with its error, as before
 
     def _prepare_work_dir_and_log(self, spec: AgentSpec, kwargs: dict) -> int:
         try:
@@ -192,7 +205,8 @@ class AgentSpawner:
         err_r, err_w = os.pipe()
         # The agent's environment without agentd's own variables (identity, heartbeat, notify socket).
         env = {k: v for k, v in agent_env.items() if not k.startswith("AGENTD_") and k != "NOTIFY_SOCKET" and k != "WATCHDOG_USEC"}
-        self._log_writers = [w for w in self._log_writers if w.poll() is None]  # reap the ones that ended
+        with self._log_writers_lock:
+            self._log_writers = [w for w in self._log_writers if w.poll() is None]  # reap the ones that ended
         try:
             writer = subprocess.Popen(
                 [sys.executable, "-I", str(LOG_WRITER), str(agent_log_path(self.log_dir, spec.id)), str(out_r), str(err_r)],
@@ -206,7 +220,8 @@ class AgentSpawner:
         finally:
             os.close(out_r)
             os.close(err_r)
-        self._log_writers.append(writer)
+        with self._log_writers_lock:
+            self._log_writers.append(writer)
         return out_w, err_w
 
     def credentials(self, spec: AgentSpec) -> dict:

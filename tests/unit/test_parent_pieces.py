@@ -65,6 +65,12 @@ class AdoptionOps(FakeOps):
     def runs_configured_command(self, pid, spec):
         return True
 
+    def prelaunch(self, specs):
+        self.prelaunched = getattr(self, "prelaunched", []) + [spec.id for spec in specs]
+
+    def drop_prelaunched(self):
+        pass
+
 
 def adoption(live: set[int], marked: dict | None = None):
     ops, registry, deleted = AdoptionOps(live), Registry(), []
@@ -81,6 +87,7 @@ def test_start_up_adopts_a_recorded_live_process_and_starts_the_others():
     assert registry.get("gone").state == S.STARTING and registry.get("gone").last_exit.reason == "process vanished while agentd was down"
     assert registry.get("new").state == S.STARTING
     assert [h.generation for h in ops.spawned] == [1, 1]  # one new process each for gone and new, none for kept
+    assert ops.prelaunched == ["gone", "new"]  # launched at once, after every adoption check
 
 
 def test_start_up_adopts_a_marked_process_when_metadata_is_lost():
