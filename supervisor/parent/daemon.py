@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from supervisor.common.agent_files import agent_log_path
 from supervisor.common.cgroups import CgroupError, Tracking, detect as detect_tracking
@@ -33,7 +33,6 @@ from supervisor.parent.agent_sweep import AgentSweep
 from supervisor.parent.background import keep_running
 from supervisor.parent.agent_identity import NODE_VAR, find_marked
 from supervisor.parent.config_watch import ConfigWatch
-from supervisor.parent.control_dispatch import dispatch
 from supervisor.parent.control_server import ControlServer
 from supervisor.parent.daemon_resources import DaemonResources
 from supervisor.parent.event_intake import EventIntake
@@ -52,7 +51,6 @@ from supervisor.parent.reload_apply import ConfigReload
 from supervisor.parent.sd_notify import Watchdog, sd_notify
 from supervisor.parent.shutdown import Shutdown, let_go, let_manager_sync, stop_every_agent
 from supervisor.parent.state_feed import StateFeed
-from supervisor.parent.verbs.context import VerbContext
 from supervisor.parent.worker_pool import WorkerPool
 from supervisor.parent.worker_specs import heartbeat_env, open_intake_sockets, worker_specs
 from supervisor.wire import ipc
@@ -60,6 +58,9 @@ from supervisor.wire.messages import HealthReport, HeartbeatBatch, ResourceSampl
 from supervisor.wire.protocol import Reply, Request
 from supervisor.wire.verbs.status import DaemonStatus
 from supervisor.wire.version import __version__
+
+if TYPE_CHECKING:
+    from supervisor.parent.verbs.context import VerbContext
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +275,13 @@ class Daemon:
     # ----------------------------------------------------------------- control, reload, shutdown
 
     async def _dispatch(self, request: Request) -> Reply:
+        from supervisor.parent.control_dispatch import dispatch  # loaded by _verb_context, before any request
         return await dispatch(request, self.verb_context, self.shutdown)
 
     def _verb_context(self) -> VerbContext:
+        # The verbs load here, after the start-up spawns, and not on the first request (docs/performance.md).
+        from supervisor.parent import control_dispatch  # noqa: F401
+        from supervisor.parent.verbs.context import VerbContext
         return VerbContext(
             pid=self.pid, config_path=self.config_path, registry=self.registry, events=self.events, history=self.history, signals=self.ops,
             pool=self.pool, heartbeats=self.heartbeats, grace=self.grace, stalls=self.stalls, now=self.now, uptime=self.uptime,
