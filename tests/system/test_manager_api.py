@@ -163,36 +163,16 @@ def test_refuses_to_start_when_exposed_or_when_tls_files_are_missing(tmp_path):
     check_exposure(ManagerAPISettings.model_construct(listen="0.0.0.0:1", token="x", tls=TLSSettings()))
 
 
-def test_serves_tls_when_configured(tmp_path):
+def test_serves_tls_when_configured(tmp_path, standalone):
     cert, key = make_cert(tmp_path, "api", "IP:127.0.0.1")
-    with socket.socket() as probe:  # the worker reports a port-0 choice only to its parent: pick one here
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = {"manager_api": {"listen": f"127.0.0.1:{port}", "token": TOKEN,
-                                "tls": {"enabled": True, "cert_file": str(cert), "key_file": str(key)}}}
-    # Standalone, without a parent: enough for a call that needs no control verb.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.manager_api", "--run-dir", str(tmp_path), "--settings", json.dumps(settings)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
-        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-            stub = daemon_pb2_grpc.DaemonServiceStub(channel)
-
-            def answered():
-                try:
-                    stub.GetConfig(daemon_pb2.ConfigRequest(), metadata=AUTH, timeout=1)
-                except grpc.RpcError as exc:
-                    return exc.code() if exc.code() != grpc.StatusCode.UNAVAILABLE else None
-
-            assert wait_until(answered, timeout=30, message="a TLS answer") == grpc.StatusCode.UNIMPLEMENTED
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            plain = daemon_pb2_grpc.DaemonServiceStub(channel)
-            assert code_of(plain.GetConfig, daemon_pb2.ConfigRequest()) == grpc.StatusCode.UNAVAILABLE
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    api = standalone(token=TOKEN, tls={"enabled": True, "cert_file": str(cert), "key_file": str(key)})
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{api.port}", credentials) as channel:
+        assert api.answer(channel, AUTH) == grpc.StatusCode.UNIMPLEMENTED
+    with grpc.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        plain = daemon_pb2_grpc.DaemonServiceStub(channel)
+        assert code_of(plain.GetConfig, daemon_pb2.ConfigRequest()) == grpc.StatusCode.UNAVAILABLE
+    api.stop()
 
 
 # ------------------------------------------------------------------------------------------- the original Manager's way in
