@@ -15,7 +15,8 @@ import psutil
 from supervisor.config.daemon_sections import HttpIntake
 from supervisor.common.rate_limited_log import RateLimitedLog
 from supervisor.wire.verbs import metrics as metrics_verb
-from workers.peer_socket import PeerSocket, SockDiag, is_loopback
+from supervisor.config.fields import is_loopback
+from workers.peer_socket import PeerSocket, SockDiag
 from workers.socket_owners import SocketOwners
 from workers.tree_proof import FdHints, socket_in_tree
 from workers.accept_loop import AcceptLoop, PeerLimits

@@ -9,7 +9,6 @@ open files of the process tree a heartbeat claims (workers/tree_proof.py). See d
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
@@ -37,17 +36,6 @@ class PeerSocket:
 
     uid: int
     inode: int
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1, or ::ffff:127.x: an address whose client end is a socket of this machine."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
 
 
 def _packed(family: int, host: str) -> bytes:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from supervisor.common.proc_stat import ZOMBIE_STATES, stat_fields
+
 MAX_TREE_DEPTH = 64
 
 
@@ -17,9 +19,9 @@ def stat_of(fd: int) -> tuple[int, int] | None:
         data = os.pread(fd, 4096, 0)
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
+    fields = stat_fields(data)
     try:
-        if fields[0] in (b"Z", b"X"):
+        if fields[0] in ZOMBIE_STATES:
             return None
         return int(fields[19]), int(fields[1])
     except (IndexError, ValueError):

@@ -90,13 +90,17 @@ def _check_listen(value: Any) -> Any:
 
 
 def is_loopback(host: str) -> bool:
-    """True for "localhost" and any loopback address (127.0.0.0/8, ::1); False for names and other addresses."""
+    """True for "localhost" and any loopback address (127.0.0.0/8, ::1, ::ffff:127.x, a zone id ignored): a config
+    listen address that only this machine reaches, or a peer address whose client end is a socket of this machine."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
 
 
 def _check_cidr(value: Any) -> Any:

@@ -67,3 +67,9 @@ def test_lower_takes_any_case_and_spacing_before_the_choice():
 def test_loopback_is_localhost_and_loopback_addresses_only():
     assert all(is_loopback(h) for h in ("localhost", "127.0.0.1", "127.9.9.9", "::1"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "example.com", "::"))
+
+
+def test_loopback_covers_peer_addresses_too():
+    # What getpeername gives on a dual-stack socket, and a scoped IPv6 address: one rule for config and peers.
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("::1%lo")
+    assert not is_loopback("::ffff:10.0.0.1") and not is_loopback("fe80::1%eth0")
