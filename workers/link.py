@@ -54,7 +54,14 @@ class ControlFailure(Exception):
         self.message = message
 
 PR_SET_PDEATHSIG = 1
+# Liveness beats (docs/architecture.md, "Workers"). Each one wakes this process, the parent and both ZeroMQ
+# I/O threads, the largest idle cost agentd had (issue 11), so a worker beats every second only while its
+# silence matters sooner than the pool's 10 s kill: an intake's whenever some agent's heartbeat deadline
+# depends on it (the parent counts it as an outage after INTAKE_SILENCE) or it took heartbeats in lately
+# (the forwarding watch). Otherwise every IDLE_BEAT_INTERVAL, which still leaves three beats before the kill.
+# Each beat says when the next one is due, so the parent judges silence against that.
 BEAT_INTERVAL = 1.0
+IDLE_BEAT_INTERVAL = 3.0
 
 
 def die_with_parent(expected_parent: int | None = None) -> None:
@@ -116,6 +123,8 @@ class WorkerLink:
         self.counters: Counter[str] = Counter()
         self.info: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
+        # Set by a worker whose silence matters within seconds while it returns True (runner.serve_intake).
+        self.beat_fast: Callable[[], bool] | None = None
         self._pending: list[bytes] = []  # each heartbeat already encoded: what was answered 200 can always be sent
         self.broken = asyncio.Event()  # forwarding to the parent failed: the worker must exit (see serve_intake)
         self.broken_reason: str | None = None
@@ -345,12 +354,17 @@ class WorkerLink:
             log.warning("%s: parent %d is gone; exiting", self.name, self._parent)
             os._exit(0)
 
+    def beat_every(self) -> float:
+        """Seconds until the next liveness beat: BEAT_INTERVAL while `beat_fast` says so, else IDLE_BEAT_INTERVAL."""
+        return BEAT_INTERVAL if self.beat_fast is not None and self.beat_fast() else IDLE_BEAT_INTERVAL
+
     async def _beat_loop(self) -> None:
         while True:
             self._exit_if_orphaned()
-            beat = WorkerBeat(worker=self.name, pid=os.getpid(), counters=dict(self.counters), queue_depth=self.queue_depth, info=self.info)
+            every = self.beat_every()
+            beat = WorkerBeat(worker=self.name, pid=os.getpid(), counters=dict(self.counters), queue_depth=self.queue_depth, info=self.info, every=every)
             try:
                 await self.push.send(beat.model_dump_json().encode(), flags=zmq.NOBLOCK)
             except zmq.Again:
                 self.counters["beats_dropped"] += 1
-            await asyncio.sleep(BEAT_INTERVAL)
+            await asyncio.sleep(every)

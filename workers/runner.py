@@ -11,7 +11,9 @@ import os
 import resource
 import signal
 import socket
+import time
 from pathlib import Path
+from typing import Callable
 
 from pydantic import ValidationError
 
@@ -19,6 +21,7 @@ from supervisor.config.errors import ConfigError
 from supervisor.config.loading import load_config
 from supervisor.common.logging_setup import setup_logging
 from supervisor.common.rate_limited_log import RateLimitedLog
+from supervisor.wire.states import UP_STATES
 
 from workers.link import WorkerLink, die_with_parent
 
@@ -26,6 +29,9 @@ log = logging.getLogger("workers")
 
 
 FD_HEADROOM = 256  # descriptors beyond the connection limit: ZeroMQ, logs, /proc reads, accepts being refused
+# An intake beats every second for this long after it last accepted a heartbeat: the parent's forwarding
+# watch (worker_pool.FORWARD_STALL, 5 s) judges a wedged intake from its beats.
+FAST_BEATS_AFTER_HEARTBEATS = 10.0
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -189,6 +195,21 @@ def load_worker_settings(args: argparse.Namespace, model, from_config, *, sectio
     return read_worker_settings(args, model(), from_config, from_json)
 
 
+def intake_beat_fast(link: WorkerLink, clock: Callable[[], float] = time.monotonic) -> Callable[[], bool]:
+    """`WorkerLink.beat_fast` for an intake: its silence matters within seconds while some agent expects
+    heartbeats (the parent counts a silent intake as an outage, heartbeat_feed.INTAKE_SILENCE) or while it
+    takes heartbeats in (the forwarding watch)."""
+    last = {"accepted": link.counters.get("accepted", 0), "at": float("-inf")}
+
+    def fast() -> bool:
+        now, accepted = clock(), link.counters.get("accepted", 0)
+        if accepted != last["accepted"]:
+            last["accepted"], last["at"] = accepted, now
+        return now - last["at"] < FAST_BEATS_AFTER_HEARTBEATS or any(a.expects_heartbeat and a.state in UP_STATES for a in link.agents.values())
+
+    return fast
+
+
 async def serve_intake(link: WorkerLink, server, sock, where: str) -> int:
     """Serve an intake on `sock` once the first snapshot is in (else every heartbeat would be refused;
     the parent's backlog holds connections meanwhile), until SIGTERM or SIGINT: exit code 0.
@@ -202,6 +223,7 @@ async def serve_intake(link: WorkerLink, server, sock, where: str) -> int:
     asyncio.get_running_loop().set_exception_handler(
         lambda loop, context: limited.emit("loop:" + str(context.get("message"))[:80], logging.ERROR, "%s",
                                            context.get("message"), exc_info=context.get("exception") or False))
+    link.beat_fast = intake_beat_fast(link)
     if not await start_link(link, stop):
         return 0
     await server.start(sock)

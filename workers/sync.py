@@ -31,6 +31,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def _run(run_dir: Path, name: str, settings: ManagerSettings, node_id: str, creds, collectors: CollectorsSettings, api_listen: str | None) -> None:
     stop = stop_event()
     link = WorkerLink(run_dir, name, want_state=True)
+    # Every second, as before issue 11: its info (connected, pending, last_sync) is the Manager line of
+    # `agentctl status`, and shutdown waits on it to see the final states reported (shutdown.let_manager_sync).
+    link.beat_fast = lambda: True
     channel = open_channel(settings, creds)
     sync = ManagerSync(link, settings, node_id, channel, tls=tls_mode(settings.tls),
                        collectors=collectors, api_listen=api_listen)

@@ -16,7 +16,10 @@ from supervisor.wire.verbs.workers import WorkerInfo
 log = logging.getLogger("supervisor.parent.daemon")  # the parent's log lines keep their logger name
 
 HEARTBEAT_TIMES_RESEND = 30.0  # unchanged heartbeat times go out again this often
-INTAKE_SILENCE = 3.0  # an intake worker silent this long counts as an outage for heartbeat deadlines
+# An intake worker silent this long counts as an outage for heartbeat deadlines. That is for one beating every
+# second, as intakes do while some agent expects heartbeats; one that announced a longer pause between beats
+# (nobody's deadline depends on it then, workers/link.py) gets that much longer.
+INTAKE_SILENCE = 3.0
 MAX_INTAKE_GRACE = 300.0  # an intake outage longer than this no longer shields agents
 
 
@@ -26,7 +29,7 @@ def intake_outage(workers: Iterable[WorkerInfo], forwarding_stalled: Callable[[s
         if not w.name.startswith("heartbeat-"):
             continue
         # A respawned worker is not serving until its first beat (it beats once it has its snapshot).
-        if w.state != "running" or w.last_beat_age_s is None or w.last_beat_age_s > INTAKE_SILENCE:
+        if w.state != "running" or w.last_beat_age_s is None or w.last_beat_age_s > INTAKE_SILENCE + max(0.0, (w.beat_every_s or 1.0) - 1.0):
             return True
         if forwarding_stalled(w.name):  # beating, but its heartbeats are not reaching us
             return True

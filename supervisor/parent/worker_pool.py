@@ -59,6 +59,7 @@ class _Worker:
     watch: ExitWatch | None = None
     started_mono: float = 0.0
     last_beat_mono: float | None = None
+    beat_every: float | None = None  # the latest beat's promise: the next one within this many seconds
     silent_since: float = 0.0  # silence is counted from here: the last beat, moved on by our own stalls
     restarts: int = 0
     consecutive: int = 0
@@ -140,7 +141,7 @@ class WorkerPool:
                 os.close(settings_fd)
         worker.popen = popen
         worker.started_mono = worker.silent_since = time.monotonic()
-        worker.last_beat_mono = None
+        worker.last_beat_mono = worker.beat_every = None
         worker.heartbeats_received = 0
         worker.stalled_since = None
         worker.respawn_at = None
@@ -190,6 +191,7 @@ class WorkerPool:
         if self.stalls is not None:
             self.stalls.observe(now)  # beats queued across our stall are handled before the stall ticker runs
         worker.last_beat_mono = worker.silent_since = now
+        worker.beat_every = beat.every
         worker.counters = beat.counters
         worker.queue_depth = beat.queue_depth
         worker.info = beat.info
@@ -315,6 +317,7 @@ class WorkerPool:
                 last_exit=w.last_exit,
                 last_exit_time=iso_utc(w.last_exit_time) if w.last_exit_time else None,
                 last_beat_age_s=round(now - w.last_beat_mono, 3) if running and w.last_beat_mono is not None else None,
+                beat_every_s=w.beat_every if running else None,
                 counters=w.counters,
                 queue_depth=w.queue_depth,
                 info=w.info,

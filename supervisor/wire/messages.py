@@ -48,6 +48,7 @@ class WorkerBeat(BaseModel):
     counters: dict[str, int] = Field(default_factory=dict)  # received, accepted, rejected_<reason>, dropped, ...
     queue_depth: int = 0
     info: dict[str, str] = Field(default_factory=dict)  # e.g. {"listen": "127.0.0.1:8084"}
+    every: float = Field(default=1.0, gt=0, le=60)  # seconds until the worker's next beat (workers/link.py)
 
 
 VerdictKind = Literal["dead", "no_heartbeat", "over_threshold", "endpoint_failed"]

@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.common.stall_watch import StallWatch
 from supervisor.parent.heartbeat_apply import HeartbeatApplier, VerdictApplier
-from supervisor.parent.heartbeat_feed import HEARTBEAT_TIMES_RESEND, MAX_INTAKE_GRACE, HeartbeatFeed, IntakeGrace, intake_outage
+from supervisor.parent.heartbeat_feed import HEARTBEAT_TIMES_RESEND, INTAKE_SILENCE, MAX_INTAKE_GRACE, HeartbeatFeed, IntakeGrace, intake_outage
 from supervisor.parent.lifecycle import AgentProcess
 from supervisor.parent.registry import Registry
 from supervisor.wire.verbs.workers import WorkerInfo
@@ -146,9 +146,9 @@ def test_a_health_report_records_the_health_of_each_current_process_and_acts_on_
 # ----------------------------------------------------------------------------- intake grace and the feed
 
 
-def worker(name: str, state: str = "running", beat_age: float | None = 0.5) -> WorkerInfo:
+def worker(name: str, state: str = "running", beat_age: float | None = 0.5, beat_every: float | None = 1.0) -> WorkerInfo:
     return WorkerInfo(name=name, kind=name.split("-")[0], state=state, pid=1, uptime_s=1.0, restarts=0, restart_causes={},
-                      last_exit=None, last_exit_time=None, last_beat_age_s=beat_age, counters={}, queue_depth=0, info={})
+                      last_exit=None, last_exit_time=None, last_beat_age_s=beat_age, beat_every_s=beat_every, counters={}, queue_depth=0, info={})
 
 
 def test_an_intake_outage_is_a_heartbeat_worker_down_silent_or_not_forwarding():
@@ -157,6 +157,14 @@ def test_an_intake_outage_is_a_heartbeat_worker_down_silent_or_not_forwarding():
     assert intake_outage([worker("heartbeat-http-0", beat_age=None)], lambda name: False)
     assert intake_outage([worker("heartbeat-http-0", beat_age=4.0)], lambda name: False)
     assert intake_outage([worker("heartbeat-unix")], lambda name: name == "heartbeat-unix")
+
+
+def test_an_intake_that_announced_a_longer_pause_is_out_only_that_much_later():
+    # Beating every second (some agent expects heartbeats): out after INTAKE_SILENCE, as always.
+    assert intake_outage([worker("heartbeat-unix", beat_age=INTAKE_SILENCE + 0.1)], lambda name: False)
+    # Beating every 3 s (nobody's deadline depends on it): a beat 3.5 s ago is on time, 5.5 s ago is not.
+    assert not intake_outage([worker("heartbeat-unix", beat_age=3.5, beat_every=3.0)], lambda name: False)
+    assert intake_outage([worker("heartbeat-unix", beat_age=INTAKE_SILENCE + 2.1, beat_every=3.0)], lambda name: False)
 
 
 def test_the_grace_rolls_during_an_outage_until_it_is_too_long():

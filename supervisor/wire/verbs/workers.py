@@ -18,6 +18,7 @@ class WorkerInfo(BaseModel):
     last_exit: str | None
     last_exit_time: str | None  # ISO 8601
     last_beat_age_s: float | None
+    beat_every_s: float | None = None  # when its latest beat said the next one is due (workers/link.py)
     counters: dict[str, int]
     queue_depth: int
     info: dict[str, str]
