@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from supervisor.config.daemon_sections import ResourcesSettings
 from supervisor.wire.messages import AgentHealth, AgentView, HealthReport, ResourceSample, ResourceSamples, Verdict
+from supervisor.common.shared_ticks import sleep_to_tick
 from supervisor.common.stall_watch import StallWatch
 from supervisor.wire.states import UP_STATES
 from supervisor.wire.verbs import workers as workers_verb
@@ -249,15 +250,12 @@ class HealthWorker:
     # ----------------------------------------------------------------- sampling
 
     async def _sample_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
         while True:
             try:
                 await self.sample_round()
             except Exception:  # one bad round must not end sampling for good
                 log.exception("sampling round failed")
-            next_at = max(next_at + self.resources.interval, loop.time() + MIN_TICK)
-            await asyncio.sleep(next_at - loop.time())
+            await sleep_to_tick(self.resources.interval)  # with the stall watch: no wake-up of its own
 
     async def sample_round(self) -> None:
         """Sample every agent tree and agentd's own processes; send them as one ResourceSamples message."""

@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 from pydantic import BaseModel, ValidationError
 
+from supervisor.common.shared_ticks import sleep_to_tick
 from supervisor.wire.messages import (
     STATE_ADAPTER,
     STATE_TOPIC,
@@ -367,4 +368,4 @@ class WorkerLink:
                 await self.push.send(beat.model_dump_json().encode(), flags=zmq.NOBLOCK)
             except zmq.Again:
                 self.counters["beats_dropped"] += 1
-            await asyncio.sleep(every)
+            await sleep_to_tick(every)  # with the stall watch here, and with the other workers' beats at the parent

@@ -15,12 +15,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from supervisor.common.shared_ticks import sleep_to_tick
+
 log = logging.getLogger(__name__)
 
-# Well under the threshold, so a loop that runs is never taken for stalled; not much more often, because
-# this is the one timer an idle agentd (and its health worker) still runs (issue 11: idle cost). A stall
-# is measured from the last tick before it, so it may read up to one TICK long, never short.
-TICK = 0.5
+# Under the threshold by a second, ten times the lateness a busy 2-core box gives a timer, so a loop that
+# runs is never taken for stalled; not more often, because this is the one timer an idle agentd (and its
+# health worker) runs every second, and it ticks on the shared grid (shared_ticks.py) with the other
+# periodic tasks, so it costs no wake-up of its own (issue 11: idle cost). A stall is measured from the
+# last tick before it, so it may read up to one TICK long, never short.
+TICK = 1.0
 # A loop late by more than this did not run: a busy 2-core box delays ticks by tenths of a second,
 # never by seconds. Lower would defer verdicts on mere load; higher would miss stalls that matter.
 STALL_THRESHOLD = 2.0
@@ -82,4 +86,4 @@ class StallWatch:
         """Tick forever; the ticks are what make a frozen loop visible."""
         while True:
             self.observe()
-            await asyncio.sleep(TICK)
+            await sleep_to_tick(TICK)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Callable, Iterable
 
+from supervisor.common.shared_ticks import sleep_to_tick
 from supervisor.wire.verbs.workers import WorkerInfo
 
 log = logging.getLogger("supervisor.parent.daemon")  # the parent's log lines keep their logger name
@@ -114,5 +115,5 @@ class HeartbeatFeed:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.flush_every))
+            await sleep_to_tick(min(1.0, self.flush_every))  # with the stall watch and log rotation
             self.step()

@@ -15,6 +15,7 @@ from typing import Callable
 
 from supervisor.common.agent_files import agent_log_path
 from supervisor.common.metadata_store import iso_utc
+from supervisor.common.shared_ticks import sleep_to_tick
 from supervisor.parent.event_log import EventLog
 from supervisor.parent.log_files import TRUNCATED_FOR_SPACE, prune_old_logs, rotate_by_settings
 from supervisor.parent.log_writes import LogWrites
@@ -89,7 +90,7 @@ class LogUpkeep:
         writes = LogWrites()
         try:
             while True:
-                await asyncio.sleep(LOG_SIZE_CHECK_INTERVAL)
+                await sleep_to_tick(LOG_SIZE_CHECK_INTERVAL)  # with the stall watch and heartbeat housekeeping
                 rounds += 1
                 full = rounds % age_every == 0
                 # Between full rounds, only the logs that got output (inotify) and those not watched yet

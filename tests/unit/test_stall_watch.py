@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.common.stall_watch import STALL_THRESHOLD, StallWatch
+from supervisor.common.shared_ticks import EARLY, until_tick
+from supervisor.common.stall_watch import STALL_THRESHOLD, TICK, StallWatch
 
 
 class Clock:
@@ -48,3 +49,19 @@ def test_observe_with_an_older_time_does_not_move_back():
     watch = StallWatch(clock=clock)
     watch.observe(1001.0)
     assert watch.observe(1000.5) is None and watch.last_seen == 1001.0
+
+
+def test_periodic_tasks_wake_on_one_grid_and_never_twice_for_one_instant():
+    # Tasks of periods 1 and 3 started at unrelated times meet on the same instants.
+    assert until_tick(1000.25, 1.0) == 0.75 and until_tick(1000.25, 3.0) == 1.75  # both at 1002
+    # A timer that fired a hair early waits a whole period more, not a sliver.
+    assert abs(until_tick(1001.0 - 1e-7, 1.0) - 1.0) < 1e-6
+    # Never longer than the period by more than EARLY of it (a beat's `every` is kept), never zero.
+    for now in (0.0, 0.4999, 2.9999, 3.0, 7.123456):
+        wait = until_tick(now, 3.0)
+        assert 0 < wait <= 3.0 * (1 + EARLY)
+
+
+def test_the_tick_leaves_a_second_of_lateness_under_the_stall_threshold():
+    # The tick leaves a second of lateness before a running loop could look stalled.
+    assert STALL_THRESHOLD - TICK >= 1.0
