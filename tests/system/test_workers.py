@@ -74,21 +74,21 @@ def test_killed_worker_is_back_within_seconds_and_workers_shows_why(agentd):
 
 def test_workers_beat_every_second_only_while_their_silence_matters(agentd):
     # No agent expects heartbeats: nobody's deadline depends on the intakes, so every worker beats every 3 s
-    # (IDLE_BEAT_INTERVAL, well inside the pool's 10 s) and says so; the intakes are not counted as out.
+    # (IDLE_BEAT_INTERVAL, well inside the pool's 10 s) and says so.
     quiet = {"id": "quiet", "binary_path": "/bin/sleep", "args": ["1000"], "health_check": {"heartbeat_timeout": None}}
     agentd.write_config([quiet])
     agentd.start()
     names = ("heartbeat-http-0", "heartbeat-unix", "health")
-    _running_workers(agentd, *names)
-    wait_until(lambda: all(_workers(agentd)[n]["beat_every_s"] == 3.0 for n in names), timeout=20, message="idle beats")
+    agentd.wait_workers_running(*names)
+    wait_until(lambda: all(agentd.workers()[n]["beat_every_s"] == 3.0 for n in names), timeout=20, message="idle beats")
     assert agentd.call("workers")["parent"].get("stalls", 0) == 0
     # An agent that expects heartbeats makes the intakes beat every second (INTAKE_SILENCE counts from it).
     agentd.write_config([quiet, {"id": "hb", "binary_path": "/bin/sleep", "args": ["1000"]}])  # heartbeat_timeout 90 s by default
     agentd.call("reload")
-    wait_until(lambda: all(_workers(agentd)[n]["beat_every_s"] == 1.0 for n in names[:2]), timeout=20, message="intakes beat every second")
-    assert _workers(agentd)["health"]["beat_every_s"] == 3.0
+    wait_until(lambda: all(agentd.workers()[n]["beat_every_s"] == 1.0 for n in names[:2]), timeout=20, message="intakes beat every second")
+    assert agentd.workers()["health"]["beat_every_s"] == 3.0
     for name in names:
-        assert _workers(agentd)[name]["restarts"] == 0
+        assert agentd.workers()[name]["restarts"] == 0
 
 
 def test_silent_worker_is_killed_and_respawned(agentd):
