@@ -50,9 +50,13 @@ def run(config_path: str, log_level: str | None) -> None:
     from supervisor.common.cgroups import CgroupError
     from supervisor.parent.instance_lock import InstanceLocked
     from supervisor.parent.listeners import ListenError
+    from supervisor.parent.worker_specs import forked_kinds
+    from supervisor.parent.zygote import fork_zygote
 
+    # Now, while this process has no ZeroMQ context and no thread, and has imported what workers share.
+    zygote = fork_zygote([f"workers.{kind}" for kind in forked_kinds(config)], config.daemon.log_level, config.daemon.log_format)
     try:
-        code = asyncio.run(Daemon(config, config.source).run())
+        code = asyncio.run(Daemon(config, config.source, zygote).run())
     except (AlreadyRunning, InstanceLocked, ListenError, CgroupError, ValueError) as exc:
         click.echo(f"agentd: {exc}", err=True)
         sys.exit(1)
@@ -63,6 +67,9 @@ def run(config_path: str, log_level: str | None) -> None:
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"agentd: cannot start: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
+    finally:
+        if zygote is not None:
+            zygote.close()  # after a failed start-up too (the daemon closes it on a normal exit)
     sys.exit(code)
 
 

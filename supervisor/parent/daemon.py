@@ -53,6 +53,7 @@ from supervisor.parent.shutdown import Shutdown, let_go, let_manager_sync, stop_
 from supervisor.parent.state_feed import StateFeed
 from supervisor.parent.worker_pool import WorkerPool
 from supervisor.parent.worker_specs import heartbeat_env, open_intake_sockets, worker_specs
+from supervisor.parent.zygote import Zygote
 from supervisor.wire import ipc
 from supervisor.wire.messages import HealthReport, HeartbeatBatch, ResourceSamples, Verdict, WorkerBeat
 from supervisor.wire.protocol import Reply, Request
@@ -73,7 +74,8 @@ SUPERVISE_SAFETY_NET = 10.0
 class Daemon:
     """The parent process: registry, lifecycle driver, metadata owner, control server."""
 
-    def __init__(self, config: Config, config_path: Path | None) -> None:
+    def __init__(self, config: Config, config_path: Path | None, zygote: Zygote | None = None) -> None:
+        self.zygote = zygote  # forked before this process had a ZeroMQ context or a thread (agentd_cli.py)
         self.config_path = config_path
         self.res = DaemonResources(config.daemon)  # locks, directories, metadata, ZeroMQ contexts, closers
         self.pid = os.getpid()
@@ -204,7 +206,8 @@ class Daemon:
         # Workers start once the endpoints they connect to are up. Heartbeats sent while one was down
         # were lost through no fault of the agents: a respawn extends their grace.
         self.pool = WorkerPool(loop, res.run_dir, worker_specs(self.config, sockets, res.node_id, res.data_dir), self.config.daemon.log_level,
-                               self.config.daemon.log_format, lambda name, cause: self.grace.on_worker_respawn(name, self.now(), self.wall()), stalls=self.stalls)
+                               self.config.daemon.log_format, lambda name, cause: self.grace.on_worker_respawn(name, self.now(), self.wall()), stalls=self.stalls,
+                               zygote=self.zygote)
         self.pool.start_all()
         self._tasks.append(keep_running(self.pool.run_checks, "worker-checks"))
         self.verb_context = self._verb_context()  # before the loop runs the control task: requests need it
@@ -216,6 +219,8 @@ class Daemon:
             task.cancel()
         if self.pool is not None and not self.pool.stopping:
             await self.pool.stop_all()
+        if self.zygote is not None:
+            self.zygote.close()
         self.res.release(loop)
 
     def _new_agent(self, spec: AgentSpec, record=None) -> AgentProcess:

@@ -1,8 +1,10 @@
 """The parent's worker processes: spawn, watch (pidfd + liveness beats), respawn with backoff, report.
 
-Workers are plain subprocesses running `python -m workers.<kind>`; see docs/decisions.md for why not
-multiprocessing. Listening sockets (HTTP port, heartbeat.sock) are created by the parent and passed
-down, so a respawned worker inherits the backlog and clients never see a refused connection.
+The default workers are forked by the zygote (supervisor/parent/zygote.py), and are our children all
+the same; the others, and all of them once the zygote is gone, are plain subprocesses running
+`python -m workers.<kind>` (docs/decisions.md, "Worker memory: a zygote"). Listening sockets (HTTP port,
+heartbeat.sock) are created by the parent and passed down at the same descriptor numbers either way, so a
+respawned worker inherits the backlog and clients never see a refused connection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from supervisor.wire.verbs.workers import WorkerInfo
 from supervisor.common.metadata_store import iso_utc
 from supervisor.parent.process_spawn import SYSTEMD_ONLY_ENV
 from supervisor.common.stall_watch import Stall, StallWatch
+from supervisor.parent.zygote import ZYGOTE_KINDS, ChildProcess, Zygote, ZygoteError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class WorkerSpec:
 @dataclass
 class _Worker:
     spec: WorkerSpec
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen | ChildProcess | None = None
     watch: ExitWatch | None = None
     started_mono: float = 0.0
     last_beat_mono: float | None = None
@@ -97,8 +100,11 @@ class WorkerPool:
     """Keeps every configured worker running; the parent's event loop drives it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, run_dir: Path, specs: list[WorkerSpec], log_level: str, log_format: str, on_respawn=None,
-                 stalls: StallWatch | None = None) -> None:
+                 stalls: StallWatch | None = None, zygote: Zygote | None = None) -> None:
         self.loop = loop
+        self.zygote = zygote
+        if zygote is not None:
+            zygote.attach(loop)
         self.run_dir = run_dir
         self.log_level = log_level
         self.log_format = log_format
@@ -131,7 +137,9 @@ class WorkerPool:
             argv, settings_fd = _settings_off_argv(argv, spec.name)
             if settings_fd is not None:
                 pass_fds = (*pass_fds, settings_fd)
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=pass_fds, env=env, close_fds=True)
+            popen = self._fork(spec, argv, env, pass_fds)
+            if popen is None:
+                popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=pass_fds, env=env, close_fds=True)
         except OSError as exc:
             log.error("worker %s: cannot start: %s", spec.name, exc)
             self._schedule_respawn(worker, f"cannot start: {exc}")
@@ -147,9 +155,19 @@ class WorkerPool:
         worker.respawn_at = None
         worker.killing_cause = None
         worker.watch = watch_exit(self.loop, popen.pid, popen, lambda code, sig, w=worker, p=popen: self._exited(w, p, code, sig))
-        log.info("worker %s: started pid %d", spec.name, popen.pid)
+        log.info("worker %s: started pid %d%s", spec.name, popen.pid, " (forked by the zygote)" if isinstance(popen, ChildProcess) else "")
 
-    def _exited(self, worker: _Worker, popen: subprocess.Popen, code: int | None, signum: int | None) -> None:
+    def _fork(self, spec: WorkerSpec, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...]) -> ChildProcess | None:
+        """The worker forked by the zygote, or None: start it as a plain subprocess."""
+        if self.zygote is None or not self.zygote.usable or spec.kind not in ZYGOTE_KINDS:
+            return None
+        try:
+            return self.zygote.spawn(spec.name, f"workers.{spec.kind}", argv[3:], env, pass_fds)  # argv[3:]: after `python -m workers.<kind>`
+        except ZygoteError as exc:
+            log.warning("worker %s: %s; starting it as a plain subprocess", spec.name, exc)
+            return None
+
+    def _exited(self, worker: _Worker, popen: subprocess.Popen | ChildProcess, code: int | None, signum: int | None) -> None:
         if worker.popen is not popen:
             return
         worker.popen = None

@@ -62,6 +62,16 @@ def heartbeat_env(http_address: str | None, unix_path: Path | None) -> dict[str,
     return env
 
 
+def forked_kinds(config: Config) -> list[str]:
+    """The kinds of worker `worker_specs` runs that the zygote forks, so it preloads those and no others."""
+    kinds = ["health"]
+    if config.heartbeat.http.enabled:
+        kinds.append("heartbeat_http")
+    if config.heartbeat.unix.enabled:
+        kinds.append("heartbeat_unix")
+    return kinds
+
+
 def worker_specs(config: Config, sockets: IntakeSockets, node_id: str, data_dir: Path) -> list[WorkerSpec]:
     """Intake workers for the bound sockets (they inherit them), the health worker, and the Manager's."""
     hb = config.heartbeat

@@ -29,6 +29,14 @@ HELPER = ROOT / "tests" / "support" / "helper_agent.py"
 TAG_VAR = "AGENTD_TEST_TAG"
 
 
+def is_zygote_forked(pid: int) -> bool:
+    """The zygote or a worker it forked, by the process name it sets (workers/zygote.py)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().startswith("agentd-")
+    except OSError:
+        return False
+
+
 def processes_tagged(tag: str) -> list[int]:
     """Live (non-zombie) processes whose environment carries our test tag."""
     needle = f"{TAG_VAR}={tag}".encode()
@@ -213,7 +221,9 @@ class TestDaemon:
         """Tagged processes that are agents (or their children): not agentd, not its workers.
 
         Workers are told apart by AGENTD_PARENT_PID in their environment, which only the worker pool
-        sets: a cmdline check would race with a worker that is between fork and exec.
+        sets: a cmdline check would race with a worker that is between fork and exec. The zygote and the
+        workers it forks were never exec'd (their /proc environ is agentd's own); they carry an
+        `agentd-` process name from birth (workers/zygote.py).
         """
         pids = []
         for pid in processes_tagged(self.tag):
@@ -223,7 +233,7 @@ class TestDaemon:
                 env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if any(var.startswith(b"AGENTD_PARENT_PID=") for var in env):
+            if any(var.startswith(b"AGENTD_PARENT_PID=") for var in env) or is_zygote_forked(pid):
                 continue
             pids.append(pid)
         return pids

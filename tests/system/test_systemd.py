@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.parent.sd_notify import MIN_PING_INTERVAL, Watchdog, watchdog_interval
+from tests.support.daemon import is_zygote_forked
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,8 @@ def test_watchdog_pings_while_supervising_and_stops_when_the_parent_stops(agentd
         # systemd's variables are agentd's alone: neither workers nor agents get them.
         agent_pid = agentd.wait_state("a", "running")["pid"]
         for w in agentd.call("workers")["workers"]:
+            if is_zygote_forked(w["pid"]):
+                continue  # never exec'd: /proc shows agentd's environment; test_zygote.py checks what it runs with
             env = environ_of(w["pid"])
             assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env, w["name"]
         env = environ_of(agent_pid)
