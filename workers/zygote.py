@@ -28,7 +28,7 @@ import traceback
 from typing import NoReturn
 
 from supervisor.common.logging_setup import setup_logging
-from supervisor.wire.zygote import SpawnReply, SpawnRequest, ZygoteReady
+from supervisor.wire.zygote import SpawnReply, SpawnRequest, ZygoteReady, ZygoteSetup
 
 log = logging.getLogger("workers.zygote")
 
@@ -52,12 +52,20 @@ def comm_for(worker_name: str) -> str:
     return "agentd-" + worker_name.removeprefix("heartbeat-")
 
 
-def serve(sock: socket.socket, parent_pid: int, preload: list[str], log_level: str, log_format: str) -> NoReturn:
+def serve(sock: socket.socket, parent_pid: int) -> NoReturn:
     """The zygote's whole life, in the process the parent just forked: never returns."""
     code = 1
+    gc.disable()  # until the workers: no holes among the preloaded objects (each worker enables it again)
     try:
-        _leave_parent_state(sock, parent_pid, log_level, log_format)
-        _preload_and_announce(sock, preload)
+        _leave_parent_state(sock, parent_pid)
+        data, fds = _receive(sock)
+        for fd in fds:
+            os.close(fd)
+        if not data:
+            os._exit(0)  # the parent stopped before it had read its config
+        setup = ZygoteSetup.model_validate_json(data)
+        setup_logging(setup.log_level, setup.log_format, process_name="agentd-zygote")
+        _preload_and_announce(sock, setup.preload)
         code = _serve_requests(sock)
     except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's stack we were forked from
         traceback.print_exc()
@@ -65,7 +73,7 @@ def serve(sock: socket.socket, parent_pid: int, preload: list[str], log_level: s
         os._exit(code)
 
 
-def _leave_parent_state(sock: socket.socket, parent_pid: int, log_level: str, log_format: str) -> None:
+def _leave_parent_state(sock: socket.socket, parent_pid: int) -> None:
     set_process_name("agentd-zygote")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -79,7 +87,7 @@ def _leave_parent_state(sock: socket.socket, parent_pid: int, log_level: str, lo
     # their descriptor numbers again later, when they may belong to a worker's socket.
     for handler in logging.getLogger().handlers[:]:
         handler.close()
-    setup_logging(log_level, log_format, process_name="agentd-zygote")
+        logging.getLogger().removeHandler(handler)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -106,7 +114,7 @@ def _preload_and_announce(sock: socket.socket, preload: list[str]) -> None:
             log.warning("zygote: cannot preload %s: %s", module, failed[module])
     # Objects that exist now are never scanned by the cyclic GC again, in the zygote or in its workers:
     # a collection writes into every object it looks at, which would copy shared pages into each worker.
-    gc.collect()
+    # No collection first: the holes it frees would be filled by each worker's allocations (the gc docs).
     gc.freeze()
     sock.send(ZygoteReady(pid=os.getpid(), preloaded=done, failed=failed).model_dump_json().encode())
 
@@ -190,6 +198,7 @@ def _become_worker(request: SpawnRequest, fds: list[int], go: int, sock: socket.
         _place_fds(fds, request.fds)
         os.environ.clear()
         os.environ.update(request.env)
+        gc.enable()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         atexit._clear()  # the parent's exit handlers are not the worker's

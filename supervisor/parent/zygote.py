@@ -24,7 +24,7 @@ import time
 
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
 from supervisor.parent.process_handle import describe_exit
-from supervisor.wire.zygote import SpawnReply, SpawnRequest, ZygoteReady
+from supervisor.wire.zygote import SpawnReply, SpawnRequest, ZygoteReady, ZygoteSetup
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,19 @@ def own_children() -> set[int]:
     return found
 
 
-def fork_zygote(preload: list[str], log_level: str, log_format: str) -> "Zygote | None":
-    """Fork the zygote, which imports the modules in `preload` (`workers.<kind>`); None (workers are then
-    plain subprocesses) when this process already runs a second thread, or cannot fork."""
+def fork_zygote() -> "Zygote | None":
+    """Fork the zygote, which waits for `Zygote.configure`; None (workers are then plain subprocesses)
+    when this process already runs a second thread, or cannot fork.
+
+    Called first thing: the zygote then shares the interpreter and the imports with the parent, but
+    holds no copy of what the parent builds later (its config, its daemon modules), which the parent
+    would soon dirty and leave to the zygote and its workers alone."""
     if threading.active_count() != 1:
         log.warning("not forking a zygote: %d threads already run; workers are plain subprocesses", threading.active_count())
         return None
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    # What exists now stays out of the cyclic GC's scans in both processes: a scan writes into every
-    # object it visits, copying pages the parent, the zygote and the workers otherwise share.
-    gc.collect()
+    # What exists now (the interpreter's and our imports' objects) stays out of the cyclic GC's scans in
+    # both processes: a scan writes into every object it visits, copying pages they otherwise share.
     gc.freeze()
     parent = os.getpid()
     try:
@@ -125,11 +128,10 @@ def fork_zygote(preload: list[str], log_level: str, log_format: str) -> "Zygote 
         try:
             ours.close()
             # By name, as `python -m workers.<kind>` names a worker: the parent never imports worker code.
-            importlib.import_module("workers.zygote").serve(theirs, parent, preload, log_level, log_format)
+            importlib.import_module("workers.zygote").serve(theirs, parent)
         finally:
             os._exit(1)
     theirs.close()
-    log.info("zygote forked (pid %d), preloading %s", pid, ", ".join(preload))
     return Zygote(pid, ours)
 
 
@@ -143,6 +145,17 @@ class Zygote:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.watch: ExitWatch | None = None
         self.strays: dict[int, ExitWatch | None] = {}
+
+    def configure(self, preload: list[str], log_level: str, log_format: str) -> None:
+        """Let the zygote import `preload` (`workers.<kind>`) while we go on starting up."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(ZygoteSetup(preload=preload, log_level=log_level, log_format=log_format).model_dump_json().encode())
+        except OSError as exc:
+            self._give_up(f"cannot send its setup: {exc}")
+            return
+        log.info("zygote (pid %d) preloading %s", self.pid, ", ".join(preload))
 
     @property
     def pid(self) -> int:

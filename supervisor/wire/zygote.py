@@ -8,6 +8,14 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 
+class ZygoteSetup(BaseModel):
+    """The parent's first message, once it has read its config: what to import, how to log."""
+
+    preload: list[str]
+    log_level: str
+    log_format: str
+
+
 class ZygoteReady(BaseModel):
     """Sent once, when the zygote has imported what its workers share and can fork them."""
 

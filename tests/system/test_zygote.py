@@ -24,7 +24,8 @@ DRIVER = textwrap.dedent("""
     import ctypes, json, os, signal, socket, sys
     from supervisor.parent.zygote import fork_zygote, own_children
     out, code = sys.argv[1], sys.argv[2]
-    zygote = fork_zygote(["tests.support.zygote_probe"], "info", "text")
+    zygote = fork_zygote()
+    zygote.configure(["tests.support.zygote_probe"], "info", "text")
     memfd = os.memfd_create("probe-settings", os.MFD_CLOEXEC)
     os.write(memfd, b'{"token": "t"}')
     ours, theirs = socket.socketpair()
