@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
@@ -16,9 +15,6 @@ from supervisor.config.loading import load_config
 from supervisor.config.schema import dump_effective
 from supervisor.common.logging_setup import setup_logging
 from supervisor.common.pidfile import AlreadyRunning
-
-if TYPE_CHECKING:
-    from supervisor.parent.zygote import Zygote
 
 log = logging.getLogger("agentd")
 
@@ -34,18 +30,6 @@ def cli() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Override daemon.log_level.")
 def run(config_path: str, log_level: str | None) -> None:
     """Run the daemon in the foreground (systemd runs this)."""
-    from supervisor.parent.zygote import fork_zygote
-
-    # First, while this process has no ZeroMQ context, no thread and nothing but its imports (docs/decisions.md).
-    zygote = fork_zygote()
-    try:
-        _run(config_path, log_level, zygote)
-    finally:
-        if zygote is not None:
-            zygote.close()  # after a failed start-up too (the daemon closes it on a normal exit)
-
-
-def _run(config_path: str, log_level: str | None, zygote: "Zygote | None") -> None:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -62,15 +46,19 @@ def _run(config_path: str, log_level: str | None, zygote: "Zygote | None") -> No
         sys.exit(1)
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    from supervisor.parent.worker_specs import forked_kinds
-
-    if zygote is not None:  # its imports run beside ours and the daemon's start-up
-        zygote.configure([f"workers.{kind}" for kind in forked_kinds(config)], config.daemon.log_level, config.daemon.log_format)
     from supervisor.parent.daemon import Daemon  # imported late so check-config stays light
     from supervisor.common.cgroups import CgroupError
     from supervisor.parent.instance_lock import InstanceLocked
     from supervisor.parent.listeners import ListenError
+    from supervisor.parent.worker_specs import forked_kinds
+    from supervisor.parent.zygote import fork_zygote
 
+    # Now, while this process has no ZeroMQ context and no thread. It has imported what workers share,
+    # and what it does not dirty later it shares with them too (forking before these imports measured
+    # 4 MiB worse in all, before the config made no difference: docs/decisions.md).
+    zygote = fork_zygote()
+    if zygote is not None:
+        zygote.configure([f"workers.{kind}" for kind in forked_kinds(config)], config.daemon.log_level, config.daemon.log_format)
     try:
         code = asyncio.run(Daemon(config, config.source, zygote).run())
     except (AlreadyRunning, InstanceLocked, ListenError, CgroupError, ValueError) as exc:
@@ -83,6 +71,9 @@ def _run(config_path: str, log_level: str | None, zygote: "Zygote | None") -> No
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"agentd: cannot start: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
+    finally:
+        if zygote is not None:
+            zygote.close()  # after a failed start-up too (the daemon closes it on a normal exit)
     sys.exit(code)
 
 

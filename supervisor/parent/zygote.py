@@ -104,11 +104,7 @@ def own_children() -> set[int]:
 
 def fork_zygote() -> "Zygote | None":
     """Fork the zygote, which waits for `Zygote.configure`; None (workers are then plain subprocesses)
-    when this process already runs a second thread, or cannot fork.
-
-    Called first thing: the zygote then shares the interpreter and the imports with the parent, but
-    holds no copy of what the parent builds later (its config, its daemon modules), which the parent
-    would soon dirty and leave to the zygote and its workers alone."""
+    when this process already runs a second thread, or cannot fork."""
     if threading.active_count() != 1:
         log.warning("not forking a zygote: %d threads already run; workers are plain subprocesses", threading.active_count())
         return None
