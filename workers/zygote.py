@@ -67,6 +67,8 @@ def serve(sock: socket.socket, parent_pid: int) -> NoReturn:
         setup_logging(setup.log_level, setup.log_format, process_name="agentd-zygote")
         _preload_and_announce(sock, setup.preload)
         code = _serve_requests(sock)
+    except ConnectionError:
+        code = 0  # the parent went away (a failed start-up): nothing to report, it said why itself
     except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's stack we were forked from
         traceback.print_exc()
     finally:
