@@ -13,7 +13,7 @@ import time
 
 from supervisor.common.cgroups import AgentCgroup
 from supervisor.common.metadata_store import parse_iso
-from supervisor.common.proc_table import ProcessTable, is_same_process, read_stat, start_ticks
+from supervisor.common.proc_table import ProcessTable, boot_time, is_same_process, read_stat, start_ticks
 from supervisor.config.agent import AgentSpec
 from supervisor.parent.process_handle import ProcessHandle
 
@@ -33,7 +33,9 @@ def adopted_handle(record, generation: int, now: float, boot: str, table: Proces
         pgid = os.getpgid(record.pid)
     except ProcessLookupError:
         return None
-    create_time = record.create_time or time.time()
+    # A record made from the process's identity alone has no create time: its start ticks give it (a
+    # guess from the clock would make the health worker take the live pid for a reused one).
+    create_time = record.create_time or boot_time() + record.start_ticks / os.sysconf("SC_CLK_TCK")
     return ProcessHandle(
         pid=record.pid,
         pgid=pgid,

@@ -253,3 +253,20 @@ def test_an_answered_stop_is_on_disk_before_agentd_can_die(agentd):
     agentd.start()
     assert agentd.wait_state("b", "stopped")["operator_stopped"]
     agentd.wait_state("a", "running")
+
+
+def test_an_agent_adopted_by_its_identity_alone_is_not_judged_dead_by_the_health_worker(agentd):
+    # Without metadata the adopted handle had no create time and took the adoption's wall clock; the health
+    # worker's sampler then took the live pid for a reused one and reported the agent dead (restarted it)
+    # on its first sample. Seen once workers started fast enough to sample before a test looked.
+    agentd.write_config([agentd.helper_agent("a", "well-behaved")])
+    agentd.start()
+    pid = agentd.wait_state("a", "running")["pid"]
+    wait_until(lambda: _metadata(agentd, "a").get("pid") == pid)
+    agentd.kill9()
+    (agentd.data_dir / "metadata" / "a.json").unlink()
+    agentd.start()
+    assert agentd.wait_state("a", "running")["pid"] == pid
+    st = wait_until(lambda: (s := agentd.status("a"))["health"] not in (None, "unknown", "starting") and s, timeout=30,
+                    message="the health worker judged the adopted agent")
+    assert (st["pid"], st["restarts"], st["health"]) == (pid, 0, "healthy"), st
