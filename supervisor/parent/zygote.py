@@ -4,8 +4,8 @@ ask it for workers, and fall back to plain subprocesses for good once it is gone
 
 Each request makes the parent a child subreaper (PR_SET_CHILD_SUBREAPER) only until the zygote answers,
 so the worker, orphaned by the zygote's intermediate process, becomes the parent's child. Outside that
-window agents' orphans go to init as before; one orphaned inside it is found by comparing the parent's
-children before and after, and reaped when it exits.
+window agents' orphans go to init as before; one orphaned inside it is found among the parent's new
+children by its earlier start time, and reaped when it exits.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 
+from supervisor.common.proc_table import read_stat
 from supervisor.parent.exit_watch import ExitWatch, watch_exit
 from supervisor.parent.process_handle import describe_exit
 from supervisor.wire.zygote import SpawnReply, SpawnRequest, ZygoteReady, ZygoteSetup
@@ -36,6 +37,7 @@ REPLY_TIMEOUT = 5.0  # two forks
 CLOSE_TIMEOUT = 2.0
 PR_SET_CHILD_SUBREAPER = 36
 MAX_MESSAGE = 1 << 16
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ZygoteError(Exception):
@@ -88,6 +90,24 @@ def _prctl(option: int, value: int) -> None:
     if libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _ticks_now() -> int:
+    """Clock ticks since boot, the clock of a process's start time in /proc/<pid>/stat."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
+
+
+def _started_before(pid: int, ticks: int) -> bool:
+    stat = read_stat(pid)
+    return stat is not None and stat.start_ticks < ticks
+
+
+def _zygote_forked(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().startswith("agentd-")  # workers/zygote.py names what it forks
+    except OSError:
+        return False
 
 
 def own_children() -> set[int]:
@@ -175,12 +195,13 @@ class Zygote:
             raise ZygoteError("no zygote")
         request = SpawnRequest(name=name, module=module, argv=argv, env=env, fds=list(fds))
         arrived: set[int] = set()
+        window = 0
         try:
             if self.ready is None:
                 self.ready = ZygoteReady.model_validate_json(self._receive(READY_TIMEOUT))
                 log.info("zygote (pid %d) ready: %s preloaded%s", self.pid, ", ".join(self.ready.preloaded) or "nothing",
                          "".join(f"; {m} failed: {why}" for m, why in self.ready.failed.items()))
-            before = own_children()
+            before, window = own_children(), _ticks_now()
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
             try:
                 ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -191,11 +212,12 @@ class Zygote:
                 arrived = own_children() - before
         except (OSError, ValueError) as exc:  # a timeout is an OSError; a garbled message a ValueError
             self._give_up(f"{type(exc).__name__}: {exc}")
-            self._reap_later(arrived)  # a worker forked before the failure never runs (no go byte), but is ours
+            # A worker forked before the failure never runs (no go byte), but is ours to reap.
+            self._reap_later({pid for pid in arrived if _started_before(pid, window) or _zygote_forked(pid)})
             raise ZygoteError(f"the zygote failed: {exc}") from None
-        if reply.pid is not None:
-            arrived.discard(reply.pid)
-        self._reap_later(arrived)
+        # Orphans that moved to us started before the request, unlike the worker or anything another thread
+        # of ours (the start-up spawns) forked meanwhile, which its own Popen reaps.
+        self._reap_later({pid for pid in arrived if _started_before(pid, window)})
         if reply.pid is None:
             raise ZygoteError(reply.error or "no pid in the reply")
         return ChildProcess(reply.pid)
