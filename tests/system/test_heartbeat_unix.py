@@ -237,8 +237,10 @@ def test_connection_limits_and_sigterm(world):
     log = run_dir / "limits.log"
     # The test process is in no agent's tree: its connections are "unverified", 16 // 8 = 2 of them may be
     # open at once (the rest of max_connections is kept for agents), and each must deliver a valid
-    # heartbeat within UNVERIFIED_DEADLINE. The order of events is read from the worker's counters.
-    worker = start_worker(run_dir, sock, log, max_connections=16, idle_timeout=30)
+    # heartbeat within unverified_timeout. The order of events is read from the worker's counters, which
+    # reach the parent with its liveness beats, every 3 s while no agent expects heartbeats: the deadline
+    # is well past that, or the refusal's count could arrive only after the first two were closed.
+    worker = start_worker(run_dir, sock, log, max_connections=16, idle_timeout=30, unverified_timeout=12)
     conns = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
     try:
         wait_until(lambda: parent.counters(worker.pid), timeout=30, message="the worker's first beat")
