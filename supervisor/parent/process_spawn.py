@@ -52,6 +52,18 @@ def validate_command(spec: AgentSpec) -> None:
         raise SpawnError(problem)
 
 
+def _move_into_cgroup(procs_fd: int, pid: int) -> None:
+    """Move the new process into its cgroup from here too: the shell's own move (CGROUP_EXEC) keeps the
+    agent's command from running outside it, this one makes it a member before spawn returns, so no
+    sample, stop or membership check in between finds the cgroup without its main process."""
+    try:
+        os.write(procs_fd, str(pid).encode())
+    except ProcessLookupError:
+        pass  # the shell already exited (exit 125 or a failed exec): its exit is reported as usual
+    except OSError as exc:  # the shell's own move decides (it exits 125 if the move cannot be made)
+        log.warning("cannot move pid %d into its cgroup from agentd: %s", pid, exc.strerror or exc)
+
+
 @dataclass
 class Launched:
     """A freshly started agent process: what `RealProcessOps.spawn` needs to watch and describe it."""
@@ -122,18 +134,17 @@ class AgentSpawner:
                cgroup: AgentCgroup | None, procs_fd: int | None) -> subprocess.Popen:
         """Fork and exec, in the cgroup if there is one; closes `fds` (log, stdout, stderr) and `procs_fd`."""
         log_fd, out_fd, err_fd = fds
-        run, preexec = argv, None
+        run, preexec, move_after = argv, None, None
         if procs_fd is not None and not kwargs:
             # Same user as agentd: a shell moves itself into the cgroup and execs the agent (same pid),
             # so subprocess keeps its vfork fast path; preexec_fn would fork the whole parent.
-            os.close(procs_fd)
-            procs_fd = None
+            move_after, procs_fd = procs_fd, None
             run = ["/bin/sh", "-c", CGROUP_EXEC, "agentd-cgroup-exec", str(cgroup.path / "cgroup.procs"), *argv]
         elif procs_fd is not None:
             def preexec(fd=procs_fd) -> None:
                 os.write(fd, b"0")  # after the uid change: the fd carries agentd's right to move it
         try:
-            return subprocess.Popen(
+            popen = subprocess.Popen(
                 run,
                 cwd=spec.work_dir,
                 env=env,
@@ -146,6 +157,9 @@ class AgentSpawner:
                 preexec_fn=preexec,
                 **kwargs,
             )
+            if move_after is not None:
+                _move_into_cgroup(move_after, popen.pid)
+            return popen
         except subprocess.SubprocessError as exc:  # the preexec write failed
             raise SpawnError(f"cannot move the new process into cgroup {cgroup.path}: {exc}") from exc
         except OSError as exc:
@@ -153,8 +167,9 @@ class AgentSpawner:
         finally:
             for fd in {log_fd, out_fd, err_fd}:
                 os.close(fd)
-            if procs_fd is not None:
-                os.close(procs_fd)
+            for fd in (procs_fd, move_after):
+                if fd is not None:
+                    os.close(fd)
 
     def environment(self, spec: AgentSpec) -> dict[str, str]:
         """The agent's environment (docs/configuration.md): agentd's own without systemd's, then the agent's."""

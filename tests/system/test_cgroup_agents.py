@@ -10,7 +10,9 @@ import uuid
 
 import pytest
 
-from supervisor.common.cgroups import flat_keyed, pid_cgroup
+from supervisor.common.cgroups import detect, flat_keyed, pid_cgroup
+from supervisor.config.agent import AgentSpec
+from supervisor.parent.process_spawn import AgentSpawner
 from tests.support.cgroup_root import controllers_of, remove_tree, writable_cgroup2
 from tests.support.daemon import ROOT
 from tests.support.processes import pid_alive
@@ -139,6 +141,30 @@ def test_unrecorded_unmarked_processes_in_an_agents_cgroup_are_stopped_before_it
         if straggler.poll() is None:
             straggler.kill()
             straggler.wait()
+
+
+@needs_cgroup2
+def test_a_spawned_agent_is_in_its_cgroup_when_spawn_returns(tmp_path):
+    """Regression (stressed run): the shell that moves itself into the cgroup had not done so yet when
+    the health worker sampled the new generation; cgroup.procs was empty, so the live agent was judged
+    `dead` and restarted until it ended failed (and its stop signals reached nobody: SIGKILL after 3 s)."""
+    root = MOUNT / f"agentd-test-{uuid.uuid4().hex[:10]}"
+    spawner = AgentSpawner(tmp_path / "logs", {}, detect("auto", root), lambda _id: None)
+    spec = AgentSpec.model_validate({"id": "quick", "binary_path": "/bin/sleep", "args": ["300"], "work_dir": str(tmp_path / "work"),
+                                     "log": {"format": "plain"}})
+    launched = None
+    try:
+        for _ in range(20):  # the shell wins the race on a quiet machine now and then: try it often
+            launched = spawner.launch(spec)
+            members = launched.cgroup.pids()
+            launched.popen.kill()
+            launched.popen.wait()
+            assert launched.popen.pid in members, f"pid {launched.popen.pid} not yet in {launched.cgroup.path} ({members})"
+    finally:
+        if launched is not None and launched.popen.poll() is None:
+            launched.popen.kill()
+            launched.popen.wait()
+        remove_tree(root)
 
 
 @needs_cgroup2
