@@ -33,9 +33,10 @@ def adopted_handle(record, generation: int, now: float, boot: str, table: Proces
         pgid = os.getpgid(record.pid)
     except ProcessLookupError:
         return None
-    # A record made from the process's identity alone has no create time: its start ticks give it (a
-    # guess from the clock would make the health worker take the live pid for a reused one).
-    create_time = record.create_time or boot_time() + record.start_ticks / os.sysconf("SC_CLK_TCK")
+    # From the start ticks just checked, never the record's create time: that was computed from the wall
+    # clock (a clock step since moves it), and the health worker takes a pid whose create time differs
+    # for a reused one, i.e. judges the live agent dead. A record made from identity alone has none.
+    create_time = boot_time() + record.start_ticks / os.sysconf("SC_CLK_TCK")
     return ProcessHandle(
         pid=record.pid,
         pgid=pgid,

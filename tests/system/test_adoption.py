@@ -178,6 +178,12 @@ def test_identity_is_start_ticks_not_wall_clock_create_time(agentd):
     path.write_text(json.dumps(doc))
     agentd.start()
     assert agentd.wait_state("a", "running")["pid"] == pid
+    # Regression (stressed run): the adopted handle kept the record's create time, so the health worker
+    # took the live pid for a reused one and judged the agent dead; on a quiet machine the first status
+    # came before that verdict, so only a loaded one showed it.
+    st = wait_until(lambda: (s := agentd.status("a"))["health"] not in (None, "unknown", "starting") and s, timeout=30,
+                    message="the health worker judged the adopted agent")
+    assert (st["pid"], st["restarts"], st["health"]) == (pid, 0, "healthy"), st
 
 
 def test_leftovers_of_a_vanished_main_process_are_stopped_before_a_new_start(agentd):
