@@ -21,7 +21,7 @@ from supervisor.common.shared_ticks import sleep_to_tick
 from supervisor.common.stall_watch import StallWatch
 from supervisor.wire.states import UP_STATES
 from supervisor.wire.verbs import workers as workers_verb
-from workers.health_judge import HealthJudge, HealthRules, rules_of
+from workers.health_judge import DEAD_RECHECK, HealthJudge, HealthRules, rules_of
 from workers.link import ControlFailure, WorkerLink
 from workers.tree_sampler import TreeSampler
 from workers.runner import begin_process, load_worker_settings, start_link, stop_event, worker_arg_parser
@@ -183,6 +183,8 @@ class HealthWorker:
             current = agents.get(agent.id)
             if current is not None and self._verdict_gen.get(agent.id) != current.generation:
                 self._start_endpoint_check(current)
+        if any((a := agents.get(i)) is not None and a.generation == g for i, g in self._verdict_gen.items()):
+            wait = min(wait, DEAD_RECHECK)  # a refused `dead` verdict is judged again then (health_judge.py)
         return wait
 
     async def _send_verdicts(self, verdicts: list[Verdict], agents: dict[str, AgentView]) -> None:

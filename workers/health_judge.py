@@ -19,6 +19,9 @@ from supervisor.wire.messages import AgentHealth, AgentView, ResourceSample, Ver
 from supervisor.wire.states import UP_STATES
 
 _DEFAULTS = health_check_defaults()  # the config's, so a rule has one default (docs/health.md)
+# A `dead` verdict the parent acts on ends the generation at once (it leaves the up states); one still up
+# this long after was refused because the parent's watch on the process says it lives: judge it again.
+DEAD_RECHECK = 5.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class _AgentState:
     verdict_sent: bool = False
     verdict_kind: str = ""
     verdict_since: float = 0.0  # start of the evidence behind the sent verdict
+    verdict_formed: float = 0.0  # when it was sent
 
     def reopen(self) -> None:
         """Forget the sent verdict and the evidence behind it: judge again from fresh evidence."""
@@ -140,7 +144,7 @@ class HealthJudge:
         self.reopened = []
         for agent_id, agent in agents.items():
             st = self._state_for(now, agent)
-            if st is not None and st.verdict_sent and self._refuted(st, last_heartbeat.get(agent_id), intake_restarted_at, stalled_until):
+            if st is not None and st.verdict_sent and self._refuted(st, now, last_heartbeat.get(agent_id), intake_restarted_at, stalled_until):
                 st.reopen()
                 self.reopened.append(agent_id)
             if st is None:
@@ -160,7 +164,7 @@ class HealthJudge:
             report[agent_id] = st.health
             if kind not in ("healthy", "starting"):
                 st.verdict_sent = True  # once per generation: the parent's restart brings a new one
-                st.verdict_kind, st.verdict_since = kind, since
+                st.verdict_kind, st.verdict_since, st.verdict_formed = kind, since, now
                 verdicts.append(Verdict(worker=self.worker, agent_id=agent_id, generation=agent.generation, verdict=kind, detail=detail,
                                         time=now if wall is None else wall, since=since, formed=now))
         return verdicts, report
@@ -177,12 +181,16 @@ class HealthJudge:
                 self._take_sample(st, rules_of(agent), self._sample_of(agent, samples))
 
     @staticmethod
-    def _refuted(st: _AgentState, last_hb: float | None, intake_restarted_at: float | None, stalled_until: float | None) -> bool:
+    def _refuted(st: _AgentState, now: float, last_hb: float | None, intake_restarted_at: float | None, stalled_until: float | None) -> bool:
         """The parent may have refused the sent verdict: it stalled after the evidence began, or (for
-        no_heartbeat) it could not take heartbeats in for part of it or one arrived since. The parent
-        refuses only in these cases (supervisor/parent/heartbeat_apply.py, VerdictApplier), so a refused verdict is always judged again."""
+        no_heartbeat) it could not take heartbeats in for part of it or one arrived since, or (for dead)
+        its own watch on the process says it lives, which shows here as the same generation still up a
+        while later. The parent refuses only in these cases (supervisor/parent/heartbeat_apply.py,
+        VerdictApplier; lifecycle.AgentProcess.verdict), so a refused verdict is always judged again."""
         if stalled_until is not None and stalled_until > st.verdict_since:
             return True
+        if st.verdict_kind == "dead":
+            return now - st.verdict_formed >= DEAD_RECHECK
         if st.verdict_kind != "no_heartbeat":
             return False
         return any(t is not None and t > st.verdict_since for t in (intake_restarted_at, last_hb))

@@ -244,6 +244,10 @@ class AgentProcess(AgentTransitions):
         if self.operator_stopped or self.state not in UP_STATES:
             return ActionResult(False, f"ignored: agent is {self.state.value}")
         kind, _, detail = reason.partition(": ")
+        if kind == "dead" and self.ops.tree_alive(handle):
+            # The parent is the authority on liveness: its own watch on the process outranks a sample
+            # that missed it. The health worker judges again (health_judge.DEAD_RECHECK).
+            return ActionResult(False, f"refused: process {handle.pid} is alive by agentd's own watch on it")
         self.health, self.health_detail = kind, detail
         self.dirty = True
         if self.spec.restart.policy == "never":

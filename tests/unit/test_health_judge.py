@@ -6,7 +6,7 @@ import pytest
 
 from supervisor.config.health_check import HealthCheck
 from supervisor.wire.messages import AgentView, ResourceSample
-from workers.health_judge import HealthJudge, rules_of
+from workers.health_judge import DEAD_RECHECK, HealthJudge, rules_of
 
 MIB = 1024 * 1024
 T0 = 1_700_000_000.0  # wall clock of the process start in every test
@@ -402,6 +402,21 @@ def test_no_heartbeat_verdict_reopened_when_a_heartbeat_arrives_after_its_eviden
     (v,), _ = b.round(T0 + 16)
     b.beat(T0 + 15.5)  # the parent had it; our copy of the times was a moment behind
     verdicts, report = b.round(T0 + 17)
+    assert b.judge.reopened == ["a"] and verdicts == [] and report["a"].health == "healthy"
+
+
+def test_dead_verdict_of_a_generation_still_up_after_the_recheck_time_is_judged_again():
+    """The parent refuses `dead` when its own watch says the process lives (a sample that missed it);
+    the judge would otherwise stay quiet about that generation for good: no heartbeat checks either."""
+    b = Bench()
+    b.beat(T0 + 5)
+    b.samples["a"] = sample(T0 + 6, procs=0, cpu=None, rss=0)
+    (v,), _ = b.round(T0 + 7)
+    assert v.verdict == "dead"
+    b.samples["a"] = sample(T0 + 8)
+    assert b.round(T0 + 7 + DEAD_RECHECK / 2)[0] == [] and b.judge.reopened == []  # the parent may still act on it
+    b.beat(T0 + 10)
+    verdicts, report = b.round(T0 + 7 + DEAD_RECHECK)
     assert b.judge.reopened == ["a"] and verdicts == [] and report["a"].health == "healthy"
 
 

@@ -108,7 +108,8 @@ def test_a_verdict_on_the_current_process_restarts_it(world):
     a = world.agent()
     a.tick(world.t + 5)
     applier, actions = verdicts(world)
-    applier.apply(Verdict(worker="health", agent_id="a1", generation=a.generation, verdict="dead", detail="gone", time=0.0))
+    # Not `dead`: the fake process lives, and a `dead` verdict about a live process is refused (test_lifecycle.py).
+    applier.apply(Verdict(worker="health", agent_id="a1", generation=a.generation, verdict="over_threshold", detail="rss 600 MiB > 500 MiB for 60 s", time=0.0))
     assert a.state == S.STOPPING and actions == [1]
 
 

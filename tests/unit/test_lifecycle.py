@@ -139,6 +139,20 @@ def test_dead_verdict_racing_a_clean_exit_leaves_an_on_failure_agent_stopped(ops
     assert a.state == S.STOPPED and a.restart_count == 0 and len(ops.spawned) == 1
 
 
+def test_dead_verdict_about_a_process_agentds_own_watch_says_lives_is_refused(ops):
+    """Regression (stressed run): a sample that missed the live process (not yet in its cgroup) made a
+    `dead` verdict, and a healthy agent was restarted for it; the parent is the authority on liveness."""
+    a = new_agent(ops)
+    a.start(0.0)
+    a.tick(1.0)
+    gen, pid = a.handle.generation, a.handle.pid
+    res = a.verdict(5.0, gen, f"dead: process {pid} is gone")
+    assert not res.ok and "alive" in res.message
+    assert a.state == S.RUNNING and a.handle.pid == pid and a.restart_count == 0 and ops.signals == []
+    ops.alive.discard(gen)  # now really gone (an adopted process with no exit watch): acted on
+    assert a.verdict(6.0, gen, f"dead: process {pid} is gone").ok
+
+
 def test_agent_expecting_heartbeats_stays_starting_until_first_heartbeat(ops):
     a = new_agent(ops, health_check={"heartbeat_timeout": "90s"})
     a.start(0.0)
