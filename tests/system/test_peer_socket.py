@@ -145,6 +145,7 @@ def test_a_descendant_is_proven_while_in_the_tree_and_not_after_it_left(net):
     owners = SocketOwners()
     assert socket_in_tree(h.inodes[0], [root], root, owners=owners)[0] == h.pid  # found among the root's children
     assert owners.holder(h.inodes[1], h.uid, [root], root)[0] == h.pid
+    assert owners.holder(h.inodes[3], h.uid, [root], root)[0] == h.pid  # the parent as kept by its pidfd
     h.proc.stdin.write("leave\n")
     h.proc.stdin.flush()
     h.proc.wait(10)
@@ -152,6 +153,18 @@ def test_a_descendant_is_proven_while_in_the_tree_and_not_after_it_left(net):
                message="the child reparented")
     assert owners.holder(h.inodes[2], h.uid, [root], root) is None
     assert socket_in_tree(h.inodes[2], [root], root, owners=owners) is None
+
+
+def test_the_descriptors_a_record_holds_are_closed_with_it(net):
+    h = net(4, mode="child")
+    root = h.proc.pid
+    before = len(os.listdir("/proc/self/fd"))
+    owners = SocketOwners()
+    socket_in_tree(h.inodes[0], [root], root, owners=owners)
+    assert owners.holder(h.inodes[1], h.uid, [root], root)[0] == h.pid
+    assert len(os.listdir("/proc/self/fd")) > before
+    owners.close()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_process_that_exited_takes_its_record_with_it(net):
