@@ -1353,6 +1353,10 @@ def main() -> int:
     if not AGENTD.exists() or not shutil.which("wrk"):
         print("needs .venv (make test once) and wrk (apt-get install wrk)", file=sys.stderr)
         return 2
+    if "http" in phases and subprocess.run([str(PYTHON), "-c", "import uvicorn, httptools, uvloop"], capture_output=True).returncode:
+        # Checked before the first run, not when the yardstick starts minutes into it.
+        print(f"the yardstick needs uvicorn in {VENV_BIN.parent}: {PYTHON} -m pip install uvicorn httptools uvloop", file=sys.stderr)
+        return 2
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" [")[0]
     result: dict = {
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(), "python": platform.python_version(),
