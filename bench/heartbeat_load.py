@@ -217,6 +217,37 @@ def proc_cpu(pid: int) -> tuple[float, float] | None:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
+def tree_of(pid: int) -> list[int]:
+    """pid and all its descendants now (from each thread's /proc children list)."""
+    out, queue = [], [pid]
+    while queue:
+        p = queue.pop()
+        out.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                queue.extend(int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of pid onto `cpus` (processes it starts later inherit it); a process gone meanwhile is skipped."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in tasks:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
 def children_cpu() -> tuple[float, float]:
     """(user, system) CPU seconds of our waited-for children (wrk): os.times() counts them once they exit."""
     t = os.times()
@@ -807,7 +838,8 @@ def render_identity(r: dict) -> list[str]:
     ident = r.get("identity")
     if ident:
         lines.append(f"Sender identity (heartbeat.http.verify_sender), 1 worker, {a['connections']} conns, wrk run by the agent itself "
-                     f"(so its connections are in the agent's tree), {a.get('identity_seconds', 10):g} s each:")
+                     f"(so its connections are in the agent's tree), {a.get('identity_seconds', 10):g} s each"
+                     + (", the HTTP worker pinned to CPU 0 and the parent, the other workers and wrk to the last CPU:" if a.get("pin") else ":"))
         lines.append("")
         lines.append("| load | worker CPU µs per heartbeat, median | heartbeats/s applied, median (rounds) | wrk req/s | p99 ms | non-200 (all rounds) | tree checks (all rounds) | of which recalled | descriptors read | throughput cost vs check off |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
@@ -1063,8 +1095,17 @@ def identity_phase(args, tmp_parent: Path, marker_dirs: list[Path], result: dict
             agentd.start()
             agentd.wait_ready(1, 1, timeout=60)
             workers = agentd.agentctl("workers")
-            port = int(next(w["info"]["listen"] for w in workers["workers"] if w["kind"] == "heartbeat_http").rsplit(":", 1)[1])
+            http = next(w for w in workers["workers"] if w["kind"] == "heartbeat_http")
+            port = int(http["info"]["listen"].rsplit(":", 1)[1])
             daemons[verify] = (agentd, ctl, port)
+            if args.pin:
+                # The HTTP worker alone on CPU 0; the parent, the other workers and the agent (so the wrk it
+                # starts) on the last CPU. Unpinned, the ratio swung by ±20 % between rounds on a quiet 2-CPU
+                # box with the scheduler's choice of who shares a core with the worker.
+                last = {os.cpu_count() - 1}
+                for p in tree_of(agentd.proc.pid):
+                    pin(p, last)
+                pin(http["pid"], {0})
         for rep in range(args.identity_repeats):
             for label, verify, token, closing in IDENTITY_MODES:
                 agentd, ctl, port = daemons[verify]
@@ -1329,6 +1370,8 @@ def main() -> int:
     parser.add_argument("--parent-seconds", type=float, default=15.0, help="length of the parent-capacity run (default 15)")
     parser.add_argument("--identity-seconds", type=float, default=10.0, help="length of each sender-identity run (default 10)")
     parser.add_argument("--identity-repeats", type=int, default=3, help="interleaved rounds per sender-identity mode (default 3)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="sender identity phase: do not pin the HTTP worker to CPU 0 and the rest to the last CPU")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, agentd.log, wrk output)")
