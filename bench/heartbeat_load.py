@@ -218,20 +218,14 @@ def proc_cpu(pid: int) -> tuple[float, float] | None:
 
 
 def tree_of(pid: int) -> list[int]:
-    """pid and all its descendants now (from each thread's /proc children list)."""
+    """pid and all its descendants now."""
+    from workers.proc_lineage import children
+
     out, queue = [], [pid]
     while queue:
         p = queue.pop()
         out.append(p)
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                queue.extend(int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split())
-            except OSError:
-                pass
+        queue.extend(children(p))
     return out
 
 
