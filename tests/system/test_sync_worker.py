@@ -8,6 +8,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -376,11 +377,21 @@ def test_a_manager_that_never_answers_costs_only_deadlines(agentd):
     release = threading.Event()
 
     class Stuck(manager_pb2_grpc.ManagerServiceServicer):
+        # A Manager that accepts every call and hangs. Every call, not only RegisterNode: metrics go out on their own
+        # schedule, and an UNIMPLEMENTED answer to one of them once overwrote the last error this test reads.
         def RegisterNode(self, request, context):
-            release.wait(30)  # a Manager that accepted the call and hangs
+            release.wait(30)
             return manager_pb2.RegisterNodeResponse(success=True)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        def Heartbeat(self, request, context):
+            release.wait(30)
+            return manager_pb2.HeartbeatResponse(success=True)
+
+        def ReportMetrics(self, request, context):
+            release.wait(30)
+            return manager_pb2.ReportMetricsResponse(success=True)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))  # room for every call left hanging
     manager_pb2_grpc.add_ManagerServiceServicer_to_server(Stuck(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -389,7 +400,9 @@ def test_a_manager_that_never_answers_costs_only_deadlines(agentd):
         agentd.wait_state("solo", "running")
         worker = wait_until(lambda: (w := sync_worker(agentd))["counters"].get("register_failed", 0) >= 2 and w, timeout=30,
                             message="registrations timing out")
-        assert "RegisterNode: DEADLINE_EXCEEDED" in worker["info"]["last_error"] and worker["info"]["connected"] == "no"
+        assert re.fullmatch(r"(RegisterNode|ReportMetrics): DEADLINE_EXCEEDED.*", worker["info"]["last_error"])
+        assert worker["info"]["connected"] == "no" and worker["info"]["registered"] == "no"
+        assert "RegisterNode: DEADLINE_EXCEEDED" in agentd.log_text()
         assert worker["restarts"] == 0 and worker["last_beat_age_s"] < 10  # still beating (the pool kills at 10 s of silence)
         agentd.call("stop", {"ids": ["solo"]})  # agentd itself is unaffected
     finally:
