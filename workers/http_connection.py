@@ -39,6 +39,7 @@ class HttpConnection(asyncio.Protocol):
         self.headers_done = False
         self.head_received = 0  # bytes fed while the current request's headers are incomplete
         self.body = bytearray()
+        self.unsent = b""  # 200s waiting for the end of this loop pass (HeartbeatHttpServer.write_soon)
         # While a scrape waits for the parent's metrics, requests after it on this connection wait too, so
         # that replies go out in request order: (method, path, token, body, keep_alive) of each.
         self.held: list[tuple[bytes, bytes, str | None, bytes, bool]] | None = None
@@ -90,6 +91,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.unsent = b""
         if self.holder is not None:  # its descriptor is about to be free: the client's next socket likely gets it
             self.server._fd_hints.freed(*self.holder, self.peer.inode)
         if self.peer is not None:
@@ -181,8 +183,8 @@ class HttpConnection(asyncio.Protocol):
         # Content-Length is known now: refuse an oversized body before a byte of it is read.
         if self.length is not None and self.length > self.settings.max_body:
             self._too_large()
-        elif self.expect_continue and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif self.expect_continue:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         if self.discarding:
@@ -244,7 +246,7 @@ class HttpConnection(asyncio.Protocol):
             self.verified()
         self.server.counters[_STATUS_KEYS.get(status) or f"http_{status}"] += 1
         if reply is ACCEPTED.body and keep_alive and not headers and method != b"HEAD":
-            self.write(ACCEPTED.response)  # the common case, rendered once per millisecond
+            self.write_soon(ACCEPTED.response)  # the common case, rendered once per millisecond
         else:
             self.write(render(status, reply, content_type=content_type, close=not keep_alive,
                               headers=headers, head_only=method == b"HEAD"))
@@ -276,7 +278,21 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            if self.unsent:  # replies go out in request order
+                data, self.unsent = self.unsent + data, b""
             self.transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Send at the end of this pass over the ready connections, with the other replies of the pass."""
+        if not self.unsent:
+            self.server.write_soon(self)
+        self.unsent += data
+
+    def flush(self) -> None:
+        if self.unsent:
+            data, self.unsent = self.unsent, b""
+            if self.transport is not None and not self.closed:
+                self.transport.write(data)
 
     def expired(self) -> None:
         """The deadline passed: cut off a slow request (408), end a linger, or close an idle keep-alive."""
@@ -289,5 +305,6 @@ class HttpConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush()
             self.closed = True
             self.transport.close()
