@@ -12,6 +12,8 @@ import re
 from datetime import datetime, timezone
 from functools import lru_cache
 
+import pydantic_core
+
 from supervisor.common.json_limits import JsonTooDeep, check_depth
 from supervisor.config.agent import AGENT_ID_PATTERN
 from supervisor.config.units import describe_value
@@ -74,6 +76,22 @@ def decode_json(data: bytes | bytearray, what: str = "body") -> object:
     bad syntax, nesting past MAX_JSON_DEPTH (supervisor/common/json_limits.py), integers over Python's 4300-digit limit."""
     try:
         check_depth(data)  # json and pydantic recurse per level: refuse before they would hit the stack
+    except JsonTooDeep:
+        raise _invalid(f"{what}: JSON nested too deeply") from None
+    try:
+        # pydantic's jiter parses a heartbeat in a third of json's time (docs/performance.md, "Decoding with
+        # jiter"). It is stricter than json (lone surrogates, over-long numbers): whatever it refuses goes
+        # through json, so what is accepted and every error's wording stay json's.
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return decode_json_stdlib(data, what)
+
+
+def decode_json_stdlib(data: bytes | bytearray, what: str = "body") -> object:
+    """decode_json through the standard library's json only: the wording of every error, and the reference
+    the fast path is tested against (tests/unit/test_input_properties.py)."""
+    try:
+        check_depth(data)
         return parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise _invalid(f"{what}: not valid UTF-8 (byte {exc.start})") from None

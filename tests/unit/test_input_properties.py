@@ -17,7 +17,7 @@ from supervisor.parent.control_server import BadRequest, parse_request
 from supervisor.wire.messages import AgentView, Heartbeat
 from supervisor.wire.protocol import Reply
 from workers.agent_directory import AgentDirectory
-from workers.heartbeat_rules import HeartbeatRejected, decode_json, parse_heartbeat
+from workers.heartbeat_rules import HeartbeatRejected, decode_json, decode_json_stdlib, parse_heartbeat
 
 NASTY_TEXT = ["\ud800", "\udfff", "\x00", "\x1b[2J", "\x1b]0;t\x07", "\u202e", "\u200b", "\x7f", "\x85", "é", "🙂", ""]
 FIELDS = ["agent_id", "pid", "timestamp", "status", "version", "cpu", "memory", "token", "generation"]
@@ -85,6 +85,47 @@ def test_heartbeat_parser_answers_every_input(data, agent_id_required):
         _rejection_is_typed(exc)
         return
     _accepted_can_be_forwarded(fields)
+
+
+# Texts built from JSON's own tokens and its near misses, so most are almost-JSON: where a fast parser and
+# json.loads could disagree (whitespace json does not allow, NaN spellings, number shapes, escapes).
+_TOKENS = ['{', '}', '[', ']', ',', ':', '"', '\\', '"a"', '"\\u00e9"', '"\\ud800"', '"\\udc00"', '\\u', 'u0041',
+           '1', '-', '0', '01', '.', '5', 'e', 'E', '+', '1e400', '-1e-400', '9' * 30, '0.1', 'true', 'false', 'null',
+           'NaN', '-NaN', 'nan', 'Infinity', '-Infinity', 'inf', ' ', '\t', '\n', '\r', '\x0c', '\x0b', '\xa0',
+           '\u2028', '\x00', '\x1f', '\x7f', 'é', '\ufeff']
+near_json = st.one_of(
+    st.lists(st.sampled_from(_TOKENS), max_size=30).map(lambda parts: "".join(parts).encode("utf-8", "surrogatepass")),
+    st.tuples(st.sampled_from(["", " ", "\t\n", "\x0c", "\ufeff"]), values.map(_dumps), st.sampled_from(["", " \r\n", "\x0b", "x"]))
+    .map(lambda t: t[0].encode() + t[1] + t[2].encode()),
+    st.floats(allow_nan=False).map(lambda f: repr(f).encode()),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,400})(\.[0-9]{1,400})?([eE][+-]?[0-9]{1,4})?", fullmatch=True).map(str.encode),
+)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as JSON values, telling NaN, -0.0, 1 and 1.0, and True and 1 apart."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@PROFILE
+@given(raw_json | near_json)
+def test_fast_json_decoding_answers_exactly_as_json_does(data):
+    """decode_json's jiter fast path: every input gets the value, or the error message, json.loads gives."""
+    def outcome(decode):
+        try:
+            return True, decode(data)
+        except HeartbeatRejected as exc:
+            return False, exc.message
+    fast, reference = outcome(decode_json), outcome(decode_json_stdlib)
+    assert fast[0] == reference[0] and _same(fast[1], reference[1]), (data, fast, reference)
 
 
 @PROFILE
