@@ -79,8 +79,8 @@ def decode_json(data: bytes | bytearray, what: str = "body") -> object:
     except JsonTooDeep:
         raise _invalid(f"{what}: JSON nested too deeply") from None
     try:
-        # pydantic's jiter parses a heartbeat in a third of json's time (docs/performance.md, "Decoding with
-        # jiter"). It is stricter than json (lone surrogates, over-long numbers): whatever it refuses goes
+        # pydantic's jiter parses a heartbeat in 0.51 µs, json 1.34 µs (docs/performance.md, "One HTTP
+        # worker at 1.5×"). It is stricter than json (lone surrogates, over-long numbers): whatever it refuses goes
         # through json, so what is accepted and every error's wording stay json's.
         return pydantic_core.from_json(data)
     except ValueError:
