@@ -69,29 +69,22 @@ def parse_json(text: str) -> object:
     return json.loads(text)  # raises "Extra data", "Expecting value", ... exactly as before
 
 
-def decode_json(data: bytes | bytearray, what: str = "body") -> object:
+def decode_json(data: bytes | bytearray, what: str = "body", *, fast: bool = True) -> object:
     """Bytes to a JSON value, or HeartbeatRejected 400 `invalid` whose message says what is wrong with them.
 
     Every failure json can raise is mapped here, so an intake never sees a traceback from input: bad UTF-8,
-    bad syntax, nesting past MAX_JSON_DEPTH (supervisor/common/json_limits.py), integers over Python's 4300-digit limit."""
+    bad syntax, nesting past MAX_JSON_DEPTH (supervisor/common/json_limits.py), integers over Python's 4300-digit limit.
+    `fast=False` uses the standard library's json alone: the reference the fast path is tested against."""
     try:
         check_depth(data)  # json and pydantic recurse per level: refuse before they would hit the stack
-    except JsonTooDeep:
-        raise _invalid(f"{what}: JSON nested too deeply") from None
-    try:
-        # pydantic's jiter parses a heartbeat in 0.51 µs, json 1.34 µs (docs/performance.md, "One HTTP
-        # worker at 1.5×"). It is stricter than json (lone surrogates, over-long numbers): whatever it refuses goes
-        # through json, so what is accepted and every error's wording stay json's.
-        return pydantic_core.from_json(data)
-    except ValueError:
-        return decode_json_stdlib(data, what)
-
-
-def decode_json_stdlib(data: bytes | bytearray, what: str = "body") -> object:
-    """decode_json through the standard library's json only: the wording of every error, and the reference
-    the fast path is tested against (tests/unit/test_input_properties.py)."""
-    try:
-        check_depth(data)
+        if fast:
+            # pydantic's jiter parses a heartbeat in 0.51 µs, json 1.34 µs (docs/performance.md, "One HTTP
+            # worker and the 1.5× target"). It is stricter than json (lone surrogates, over-long numbers):
+            # whatever it refuses goes through json, so what is accepted and every error's wording stay json's.
+            try:
+                return pydantic_core.from_json(data)
+            except ValueError:
+                pass
         return parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise _invalid(f"{what}: not valid UTF-8 (byte {exc.start})") from None

@@ -95,7 +95,7 @@ class HeartbeatHttpServer:
 
         Sent one by one, each reply woke the sleeping client again, a cross-CPU wake-up per request (15 % of
         this worker's CPU under wrk on a KVM guest, 4 % after); sent back to back, most find it still awake.
-        Measured in docs/performance.md, "One HTTP worker at 1.5×"."""
+        Measured in docs/performance.md, "One HTTP worker and the 1.5× target"."""
         if not self._unsent:
             asyncio.get_running_loop().call_soon(self._flush_unsent)
         self._unsent.append(conn)
