@@ -295,7 +295,7 @@ class HeartbeatHttpServer:
             return self._busy(1)
         self.latency_ns += time.perf_counter_ns() - started
         self.counters["accepted"] += 1
-        return 200, ACCEPTED(), JSON_TYPE, ()
+        return 200, ACCEPTED(received_at), JSON_TYPE, ()
 
     def _batch(self, items: list, token: str | None, received_at: float, conn: "HttpConnection | None" = None) -> tuple[int, bytes, bytes, tuple]:
         n = len(items)

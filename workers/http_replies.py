@@ -81,8 +81,9 @@ class _Accepted:
         self.body = b""
         self.response = b""  # render(200, self.body): what a keep-alive POST gets
 
-    def __call__(self) -> bytes:
-        ms = int(time.time() * 1000)
+    def __call__(self, now: float | None = None) -> bytes:
+        """The body for a heartbeat accepted at `now` (epoch seconds; the caller's receipt time saves a clock read)."""
+        ms = int((time.time() if now is None else now) * 1000)
         if ms != self.ms:
             body = self._body()
             self.ms, self.body, self.response = ms, body, render(200, body)

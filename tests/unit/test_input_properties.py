@@ -18,6 +18,7 @@ from supervisor.wire.messages import AgentView, Heartbeat
 from supervisor.wire.protocol import Reply
 from workers.agent_directory import AgentDirectory
 from workers.heartbeat_rules import HeartbeatRejected, decode_json, parse_heartbeat
+from workers.http_connection import HttpConnection, bearer_token
 
 NASTY_TEXT = ["\ud800", "\udfff", "\x00", "\x1b[2J", "\x1b]0;t\x07", "\u202e", "\u200b", "\x7f", "\x85", "é", "🙂", ""]
 FIELDS = ["agent_id", "pid", "timestamp", "status", "version", "cpu", "memory", "token", "generation"]
@@ -126,6 +127,24 @@ def test_fast_json_decoding_answers_exactly_as_json_does(data):
             return False, exc.message
     fast, reference = outcome(True), outcome(False)
     assert fast[0] == reference[0] and _same(fast[1], reference[1]), (data, fast, reference)
+
+
+authorization_values = st.one_of(
+    st.binary(max_size=40),
+    st.tuples(st.sampled_from([b"Bearer", b"bearer", b"BEARER", b"Basic", b"Bearer\t", b"", b" Bearer"]),
+              st.sampled_from([b" ", b"  ", b"\t", b"\xa0", b""]), st.binary(max_size=20),
+              st.sampled_from([b"", b" ", b"\xa0", b"\x85", b" x"])).map(b"".join),
+)
+
+
+@PROFILE
+@given(authorization_values)
+def test_authorization_fast_path_reads_the_token_as_the_general_parse_does(value):
+    """HttpConnection.on_header's shortcut for "Bearer <token>" gives exactly bearer_token's answer."""
+    conn = HttpConnection.__new__(HttpConnection)  # on_header needs no loop, server or transport
+    conn.token = "unset"
+    conn.on_header(b"Authorization", value)
+    assert conn.token == bearer_token(value), value
 
 
 @PROFILE
