@@ -133,8 +133,37 @@ def _minute_start(text: str) -> float | None:
     return start
 
 
-def _parse_time(text: str) -> float | None:
+_fromisoformat = datetime.fromisoformat
+_SIGNS = ("+", "-")
+
+
+def parse_time(text: str) -> float | None:
     """Epoch seconds of an RFC 3339 time (naive means UTC), or None if it is not one."""
+    # What agents send, "YYYY-MM-DDTHH:MM:SS[.ffffff]" and "Z" or "+HH:MM", goes to datetime's C parser:
+    # 0.4 µs against 0.7-1.1 µs for the general path (docs/performance.md, "One HTTP worker and the 1.5×
+    # target"). fromisoformat accepts more than RFC 3339 (basic formats, a comma fraction, any separator,
+    # zones without a colon); the shape checked first keeps its answer the general path's, and a property
+    # test holds the two to one answer.
+    if text[-1:] == "Z":
+        size = len(text) - 1  # the date, the time and its fraction
+    elif text[-3:-2] == ":" and text[-6:-5] in _SIGNS:
+        size = len(text) - 6
+    else:
+        size = 0
+    # 1 to 6 fraction digits: fromisoformat truncates beyond microseconds, the general path does not.
+    if (
+        (size == 19 or (20 < size <= 26 and text[19] == "."))  # fromisoformat takes "SS.Z" too
+        and text[4] == "-" and text[7] == "-" and text[10] == "T" and text[13] == ":" and text[16] == ":"
+    ):
+        try:
+            return _fromisoformat(text).timestamp()
+        except ValueError:
+            pass  # a leap second, a day that does not exist, a stray character: the general path decides
+    return parse_time_general(text)
+
+
+def parse_time_general(text: str) -> float | None:
+    """`parse_time` for any RFC 3339 shape: the reference its fast path is tested against."""
     m = _RFC3339.fullmatch(text)
     if m is None:
         return None
@@ -218,7 +247,7 @@ def parse_heartbeat(obj: object, *, agent_id_required: bool, received_at: float,
     if stamp is None:
         out["timestamp"] = float(received_at)
     else:
-        epoch = _parse_time(stamp) if isinstance(stamp, str) else None
+        epoch = parse_time(stamp) if isinstance(stamp, str) else None
         if epoch is None:
             out["timestamp"] = float(received_at)
             if bad_timestamps is not None:

@@ -10,14 +10,14 @@ import os
 import time
 
 import pydantic_core
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from supervisor.parent.control_server import BadRequest, parse_request
 from supervisor.wire.messages import AgentView, Heartbeat
 from supervisor.wire.protocol import Reply
 from workers.agent_directory import AgentDirectory
-from workers.heartbeat_rules import HeartbeatRejected, decode_json, parse_heartbeat
+from workers.heartbeat_rules import HeartbeatRejected, decode_json, parse_heartbeat, parse_time, parse_time_general
 from workers.http_connection import HttpConnection, bearer_token
 
 NASTY_TEXT = ["\ud800", "\udfff", "\x00", "\x1b[2J", "\x1b]0;t\x07", "\u202e", "\u200b", "\x7f", "\x85", "é", "🙂", ""]
@@ -145,6 +145,49 @@ def test_authorization_fast_path_reads_the_token_as_the_general_parse_does(value
     conn.token = "unset"
     conn.on_header(b"Authorization", value)
     assert conn.token == bearer_token(value), value
+
+
+def _two(low: int, high: int) -> st.SearchStrategy[str]:
+    return st.integers(low, high).map(lambda n: f"{n:02d}")
+
+
+# Timestamps near the shape the fast path takes, and every way off it: other separators and zones, a comma
+# or empty fraction, too many digits, non-ASCII digits, days and hours that do not exist, leap seconds.
+timestamp_parts = st.tuples(
+    st.sampled_from(["2024", "0000", "0001", "9999", "1970", "٢٠٢٤", "20", "+2024"]), st.sampled_from(["-", "", "/"]),
+    _two(0, 13), st.sampled_from(["-", ""]), _two(0, 32),
+    st.sampled_from(["T", "t", " ", "_", "\ud800"]), _two(0, 25), st.sampled_from([":", ""]), _two(0, 61),
+    st.sampled_from([":", ""]), _two(0, 61),
+    st.sampled_from(["", ".", ".5", ".25", ".123456", ".1234567", ".000000001", ",5", ".5a", ".٥", "..5"]),
+    st.sampled_from(["", "Z", "z", "+02:30", "-05:00", "+24:00", "-23:59", "+0200", "+02", "+02:30:00", "-00:00", "+02:3", "Z\n", "ZZ"]),
+).map("".join)
+
+
+@st.composite
+def timestamps(draw) -> str:
+    text = draw(timestamp_parts)
+    if text and draw(st.booleans()):  # one character replaced anywhere
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.characters()) + text[at + 1:]
+    return text
+
+
+@settings(PROFILE, max_examples=500)
+@given(timestamps() | st.sampled_from(["2024-03-01T12:00:00", "2024-03-01 12:00:00"]).flatmap(
+    lambda start: st.tuples(st.just(start), st.sampled_from(["", ".", ".5", ".1234567", ",5"]),
+                            st.sampled_from(["Z", "+02:30", "+0200", ""]))).map("".join) | st.text(max_size=40))
+@example("2024-03-01T12:00:00.Z")  # fromisoformat takes an empty fraction
+@example("2024-03-01T12:00:00,5Z")
+@example("2024-03-01T12:00:00.1234567Z")
+@example("2016-12-31T23:59:60Z")
+@example("2024-03-01T12:00:00.5+02:3Z")
+def test_timestamp_fast_path_reads_every_time_as_the_general_parse_does(text):
+    """parse_time's fromisoformat shortcut accepts what the general RFC 3339 parse does, as the same instant."""
+    fast, reference = parse_time(text), parse_time_general(text)
+    if reference is None:
+        assert fast is None, (text, fast)
+    else:
+        assert fast is not None and abs(fast - reference) < 1e-6, (text, fast, reference)
 
 
 @PROFILE
